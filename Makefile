@@ -1,0 +1,35 @@
+# One command each: `make demo` runs the whole pipeline on the demo dataset, `make test` runs the tests.
+# Both create the virtual environment (.venv) on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install test demo lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade "pip>=24"
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/gaugan-pipeline demo
+
+bench: install
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""GauGAN / SPADE in plain PyTorch: layers, networks, losses, data reader, trainer and synthesizer."""

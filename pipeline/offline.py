@@ -1,0 +1,19 @@
+"""Environment variables that keep DVC, MLflow, Prefect and albumentations from phoning home.
+
+They must be set before those libraries are imported, so ``pipeline/__init__`` calls this first.
+"""
+
+import os
+
+OFFLINE_ENV = {
+    "DO_NOT_TRACK": "true",  # MLflow only honours the string "true"
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+}
+
+
+def set_offline_env() -> None:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
