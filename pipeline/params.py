@@ -143,13 +143,16 @@ class MlflowSettings(_Section):
 
 
 class Params(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     seed: int = 0
     data: DataSettings = DataSettings()
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
     segmenter: SegmenterSettings = SegmenterSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
-    register: RegisterSettings = RegisterSettings()
+    # "register" would shadow a BaseModel attribute, so the field is named registry in code.
+    registry: RegisterSettings = Field(RegisterSettings(), alias="register")
     mlflow: MlflowSettings = MlflowSettings()
 
 
