@@ -1,0 +1,81 @@
+"""Process-group set-up for torchrun: NCCL on GPU, gloo on CPU; one process works without it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None  # None: a single process, no process group
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; set train.device: auto or cpu")
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    return torch.device("cpu")
+
+
+def init_distributed(device_preference: str = "auto") -> DistContext:
+    """Reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); plain ``python`` is world 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_preference, local_rank)
+    if world_size == 1:
+        return DistContext(0, 1, 0, device, None)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistContext(rank, world_size, local_rank, device, backend)
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(ctx: DistContext, obj: object) -> object:
+    """Rank 0's object (e.g. the resume checkpoint it loaded), sent to every rank."""
+    if not ctx.distributed:
+        return obj
+    holder = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(holder, src=0, device=ctx.device if ctx.backend == "nccl" else None)
+    value = holder[0]
+    if ctx.device.type == "cuda" and value is not None:
+        value = _to_device(value, ctx.device)
+    return value
+
+
+def _to_device(value: object, device: torch.device) -> object:
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
