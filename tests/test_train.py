@@ -1,0 +1,259 @@
+"""The train stage: settings checks, step-indexed batches, DDP equivalence, resume, NaN, tracking."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline.params import ParamsError, parse_params
+from pipeline.train_data import StepBatchSampler
+
+TINY_PARAMS = {
+    "seed": 3,
+    "data": {"format": "demo", "out": "data/prepared", "demo": {"num_train": 12, "num_val": 4, "width": 32, "height": 32}},
+    "model": {
+        "ngf": 4, "ndf": 4, "nef": 4, "z_dim": 8, "spade_hidden": 8, "use_instance": True,
+        # instance norm: per-process batch statistics would make 1 vs 2 processes differ on CPU
+        "norm_G": "spectralspadeinstance3x3", "num_D": 2, "n_layers_D": 2,
+    },
+    "train": {
+        "batch_size": 4, "max_steps": 4, "lambda_vgg": 0.0, "load_size": 36, "crop_size": 32,
+        "ema": False, "num_workers": 0, "checkpoint_every": 2, "log_every": 1, "sample_every": 2,
+        "device": "cpu",
+    },
+    "segmenter": {"steps": 2},
+    "evaluate": {"feature_extractor": "tiny"},
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A tiny prepared demo dataset, shared by the tests of this module (read-only)."""
+    from pipeline.ingest import run_ingest
+
+    root = tmp_path_factory.mktemp("prepared")
+    settings = parse_params(TINY_PARAMS).data
+    run_ingest("demo", root / "unused", root / "data", workers=1, on_error="fail", settings=settings, progress=False)
+    return root / "data"
+
+
+def _project(tmp_path: Path, prepared: Path, **override) -> tuple[Path, dict]:
+    """A working folder with params.yaml and a link to the shared prepared dataset."""
+    raw = _merge(TINY_PARAMS, override)
+    (tmp_path / "data").mkdir(exist_ok=True)
+    link = tmp_path / "data" / "prepared"
+    if not link.exists():
+        link.symlink_to(prepared, target_is_directory=True)
+    raw = _merge(raw, {"mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path, raw
+
+
+def _fresh(tmp_path: Path, name: str, prepared: Path) -> Path:
+    (tmp_path / name).mkdir()
+    return _project(tmp_path / name, prepared)[0]
+
+
+def _trainer_state(project: Path) -> dict:
+    return torch.load(project / "runs" / "train" / "last.pt", map_location="cpu", weights_only=True)
+
+
+def _assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    for net in ("G", "D"):
+        sa, sb = a["trainer"][net], b["trainer"][net]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            torch.testing.assert_close(sa[key].float(), sb[key].float(), atol=atol, rtol=1e-4, msg=f"{net}.{key}")
+
+
+# ---------------------------------------------------------------------------------------------
+# settings fail before any work
+# ---------------------------------------------------------------------------------------------
+
+def test_crop_larger_than_load_is_rejected_naming_the_keys():
+    with pytest.raises(ParamsError, match=r"train.*crop_size \(80\) is larger than train.load_size \(72\)"):
+        parse_params({"train": {"crop_size": 80, "load_size": 72}})
+
+
+def test_unknown_key_is_rejected_naming_it():
+    with pytest.raises(ParamsError, match=r"train\.max_step: unknown key"):
+        parse_params({"train": {"max_step": 10}})
+
+
+def test_bad_settings_fail_before_training(prepared, tmp_path):
+    from gaugan.data import load_class_table
+    from pipeline.train import TrainError, check_settings
+
+    classes = load_class_table(prepared)
+    params = parse_params(_merge(TINY_PARAMS, {"model": {"label_nc": classes.label_nc + 1}}))
+    with pytest.raises(TrainError, match=r"model\.label_nc is .* classes\.json has label_nc"):
+        check_settings(params, classes, 1, prepared)
+    params = parse_params(_merge(TINY_PARAMS, {"train": {"batch_size": 3}}))
+    with pytest.raises(TrainError, match=r"train\.batch_size \(3\) does not divide over 2 processes"):
+        check_settings(params, classes, 2, prepared)
+    no_instances = type(classes)(**{**classes.__dict__, "has_instances": False})
+    params = parse_params(TINY_PARAMS)
+    with pytest.raises(TrainError, match=r"model\.use_instance is true but the dataset .* has no instance maps"):
+        check_settings(params, no_instances, 1, prepared)
+
+
+# ---------------------------------------------------------------------------------------------
+# batches are a function of the step: the same for any process count, and on resume
+# ---------------------------------------------------------------------------------------------
+
+def test_ranks_split_the_same_global_batches():
+    single = StepBatchSampler(20, 4, rank=0, world_size=1, seed=1, start_step=0, max_steps=12)
+    ranks = [StepBatchSampler(20, 4, rank=r, world_size=2, seed=1, start_step=0, max_steps=12) for r in range(2)]
+    for whole, half0, half1 in zip(single, *ranks):
+        assert whole == half0 + half1
+    batches = list(single)
+    assert len(batches) == 12
+    # one epoch (5 steps of 4) covers every sample once
+    assert sorted(i for b in batches[:5] for i, _ in b) == list(range(20))
+    # epochs are shuffled differently, and each sample's augmentation seed changes with the epoch
+    assert [i for i, _ in batches[0]] != [i for i, _ in batches[5]] or batches[0] != batches[5]
+    resumed = list(StepBatchSampler(20, 4, rank=0, world_size=1, seed=1, start_step=7, max_steps=12))
+    assert resumed == batches[7:]
+
+
+def test_sampler_refuses_a_split_smaller_than_the_batch():
+    with pytest.raises(ValueError, match="fewer than train.batch_size=8"):
+        StepBatchSampler(5, 8, 0, 1, 0, 0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the real stage
+# ---------------------------------------------------------------------------------------------
+
+def _run(project: Path, *args: str, nproc: int = 1) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "pipeline.cli", "train", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "pipeline.cli", "train", *args]
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(prepared, tmp_path):
+    one = _fresh(tmp_path, "one", prepared)
+    two = _fresh(tmp_path, "two", prepared)
+    _run(one)
+    _run(two, nproc=2)
+    a, b = _trainer_state(one), _trainer_state(two)
+    assert a["step"] == b["step"] == 4
+    _assert_same_weights(a, b, atol=1e-5)
+    # and training did move the weights away from the (seeded) initial ones
+    from gaugan.data import load_class_table
+    from gaugan.trainer import GauGANTrainer
+    from pipeline.params import load_params
+    from pipeline.train import model_config, train_options
+
+    params = load_params(one / "params.yaml")
+    torch.manual_seed(params.seed)
+    cpu = torch.device("cpu")
+    initial = GauGANTrainer(model_config(params, load_class_table(prepared)), train_options(params, cpu), cpu).state_dict()
+    moved = max((a["trainer"]["G"][k].float() - initial["G"][k].float()).abs().max().item()
+                for k in initial["G"] if initial["G"][k].is_floating_point())
+    assert moved > 1e-4
+
+
+def test_killed_run_resumes_to_the_same_weights(prepared, tmp_path, monkeypatch):
+    from gaugan.trainer import GauGANTrainer
+    from pipeline.params import load_params
+    from pipeline.train import run_train
+
+    straight = _fresh(tmp_path, "straight", prepared)
+    crashed = _fresh(tmp_path, "crashed", prepared)
+    run_train(load_params(straight / "params.yaml"), straight)
+
+    original = GauGANTrainer.train_step
+    calls = {"n": 0}
+
+    def dies_at_step_3(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, batch)
+
+    monkeypatch.setattr(GauGANTrainer, "train_step", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(load_params(crashed / "params.yaml"), crashed)
+    assert _trainer_state(crashed)["step"] == 2  # the checkpoint of step 2 survived
+    monkeypatch.setattr(GauGANTrainer, "train_step", original)
+    metrics = run_train(load_params(crashed / "params.yaml"), crashed)
+    assert metrics["steps"] == 4
+    _assert_same_weights(_trainer_state(straight), _trainer_state(crashed), atol=0.0)
+    # the resumed run logged into the same MLflow run, and the loss history has every step once
+    ref_a = json.loads((crashed / "outputs/train/run.json").read_text())
+    import mlflow
+
+    client = mlflow.MlflowClient(ref_a["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name(ref_a["experiment"]).experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(ref_a["run_id"], "G_GAN")]
+    assert sorted(set(steps)) == [1, 2, 3, 4]
+    rows = (crashed / "outputs/train/losses.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+
+
+def test_outputs_and_tracking(prepared, tmp_path):
+    from pipeline.params import load_params
+    from pipeline.train import run_train
+
+    project, _ = _project(tmp_path, prepared)
+    metrics = run_train(load_params(project / "params.yaml"), project)
+    assert metrics["steps"] == 4 and all(torch.isfinite(torch.tensor(metrics[k])) for k in ("G_GAN", "D_real", "D_Fake"))
+    assert (project / "models/generator.pt").is_file()
+    saved = json.loads((project / "outputs/train/metrics.json").read_text())
+    assert saved["steps"] == 4
+    from PIL import Image
+
+    grid = Image.open(project / "outputs/train/samples.png")
+    assert grid.size == (3 * 32, 4 * 32)  # label | generated | real, one row per validation sample
+    import mlflow
+
+    ref = json.loads((project / "outputs/train/run.json").read_text())
+    run = mlflow.MlflowClient(ref["tracking_uri"]).get_run(ref["run_id"])
+    assert run.data.params["train.batch_size"] == "4"
+    assert run.data.tags["data_version"] and run.data.tags["settings_fingerprint"]
+    assert "images_per_sec" in run.data.metrics
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(prepared, tmp_path, monkeypatch):
+    from gaugan.trainer import GauGANTrainer, NonFiniteLossError
+    from pipeline.params import load_params
+    from pipeline.train import TrainError, run_train
+
+    project, _ = _project(tmp_path, prepared)
+    original = GauGANTrainer.train_step
+    calls = {"n": 0}
+
+    def nan_at_step_3(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise NonFiniteLossError("G_GAN is nan at step 3")
+        return original(self, batch)
+
+    monkeypatch.setattr(GauGANTrainer, "train_step", nan_at_step_3)
+    with pytest.raises(TrainError, match=r"G_GAN is nan at step 3.*last good checkpoint is kept"):
+        run_train(load_params(project / "params.yaml"), project)
+    assert _trainer_state(project)["step"] == 2
+    assert not (project / "models/generator.pt").exists()
