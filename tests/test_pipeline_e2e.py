@@ -1,0 +1,129 @@
+"""The real tools, end to end, on a tiny setting: dvc repro in a temporary copy of the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["gaugan", "pipeline", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore"]
+
+TINY = {
+    "data": {"workers": 1, "demo": {"num_train": 16, "num_val": 6, "width": 32, "height": 32}},
+    "model": {"ngf": 4, "ndf": 4, "nef": 4, "z_dim": 8, "spade_hidden": 8, "n_layers_D": 2},
+    "train": {"batch_size": 4, "max_steps": 3, "decay_start_step": None, "load_size": 36, "crop_size": 32,
+              "num_workers": 0, "checkpoint_every": 2, "log_every": 1, "sample_every": 3, "device": "cpu"},
+    "segmenter": {"steps": 3, "width": 4, "batch_size": 4, "device": "cpu"},
+    "evaluate": {"feature_extractor": "tiny", "tiny_feature_dim": 16, "kid_subset_size": 3, "batch_size": 4,
+                 "device": "cpu", "num_samples": 2},
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("project")
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, root / name)
+    shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}", OMP_NUM_THREADS="1",
+               PREFECT_HOME=str(root / ".prefect"))
+    subprocess.run([sys.executable, "-m", "pipeline.cli", "demo-data", "--out", "data/raw/demo"], cwd=root, env=env,
+                   check=True, capture_output=True)
+    return root, env
+
+
+def _dvc(project: tuple[Path, dict], *args: str, ok: bool = True) -> str:
+    root, env = project
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=900)
+    out = proc.stdout + proc.stderr
+    if ok:
+        assert proc.returncode == 0, out[-5000:]
+    else:
+        assert proc.returncode != 0, out[-5000:]
+    return out
+
+
+def _ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def _registered_versions(root: Path, name: str) -> list[str]:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    return sorted(v.version for v in client.search_model_versions(f"name='{name}'"))
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end_then_noop_then_only_what_changed(project):
+    root, _ = project
+    out = _dvc(project, "repro")
+    assert _ran(out) == {"ingest", "train", "train-segmenter", "evaluate", "register"}
+    registration = json.loads((root / "outputs/register/registration.json").read_text())
+    assert registration["promoted"] is True and registration["version"] in ("1", 1)
+    metrics = json.loads((root / "outputs/evaluate/metrics.json").read_text())
+    assert metrics["fid"] >= 0 and 0 <= metrics["miou"] <= 1
+    shown = _dvc(project, "metrics", "show")
+    assert "fid" in shown and "miou" in shown
+
+    again = _dvc(project, "repro")
+    assert _ran(again) == set()
+    assert "Data and pipelines are up to date" in again
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"]["num_samples"] = 3
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = _dvc(project, "repro")
+    assert "evaluate" in _ran(changed)
+    assert not _ran(changed) & {"ingest", "train", "train-segmenter"}
+    assert "evaluate.num_samples" in _dvc(project, "params", "diff")
+
+
+@pytest.mark.slow
+def test_a_failing_stage_leaves_outputs_and_registry_as_they_were(project):
+    root, _ = project
+    if not (root / "outputs/register/registration.json").exists():
+        _dvc(project, "repro")
+    before_metrics = (root / "outputs/evaluate/metrics.json").read_bytes()
+    before_registration = (root / "outputs/register/registration.json").read_bytes()
+    name = json.loads(before_registration)["name"]
+    versions = _registered_versions(root, name)
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"]["feature_extractor"] = "inception"  # no weights file here: the stage must refuse
+    params["evaluate"]["inception_weights"] = str(root / "missing-inception.pth")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _dvc(project, "repro", ok=False)
+    assert "evaluate" in out and "missing-inception.pth" in out
+    assert (root / "outputs/evaluate/metrics.json").read_bytes() == before_metrics
+    assert (root / "outputs/register/registration.json").read_bytes() == before_registration
+    assert _registered_versions(root, name) == versions
