@@ -16,9 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ["gaugan", "pipeline", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore"]
 
 TINY = {
-    "data": {"workers": 1, "demo": {"num_train": 16, "num_val": 6, "width": 32, "height": 32}},
+    "data": {"workers": 1, "demo": {"num_train": 16, "num_val": 6, "width": 64, "height": 64}},
     "model": {"ngf": 4, "ndf": 4, "nef": 4, "z_dim": 8, "spade_hidden": 8, "n_layers_D": 2},
-    "train": {"batch_size": 4, "max_steps": 3, "decay_start_step": None, "load_size": 36, "crop_size": 32,
+    "train": {"batch_size": 4, "max_steps": 3, "decay_start_step": None, "load_size": 72, "crop_size": 64,
               "num_workers": 0, "checkpoint_every": 2, "log_every": 1, "sample_every": 3, "device": "cpu"},
     "segmenter": {"steps": 3, "width": 4, "batch_size": 4, "device": "cpu"},
     "evaluate": {"feature_extractor": "tiny", "tiny_feature_dim": 16, "kid_subset_size": 3, "batch_size": 4,

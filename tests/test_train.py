@@ -17,14 +17,14 @@ from pipeline.train_data import StepBatchSampler
 
 TINY_PARAMS = {
     "seed": 3,
-    "data": {"format": "demo", "out": "data/prepared", "demo": {"num_train": 12, "num_val": 4, "width": 32, "height": 32}},
+    "data": {"format": "demo", "out": "data/prepared", "demo": {"num_train": 12, "num_val": 4, "width": 64, "height": 64}},
     "model": {
         "ngf": 4, "ndf": 4, "nef": 4, "z_dim": 8, "spade_hidden": 8, "use_instance": True,
         # instance norm: per-process batch statistics would make 1 vs 2 processes differ on CPU
         "norm_G": "spectralspadeinstance3x3", "num_D": 2, "n_layers_D": 2,
     },
     "train": {
-        "batch_size": 4, "max_steps": 4, "lambda_vgg": 0.0, "load_size": 36, "crop_size": 32,
+        "batch_size": 4, "max_steps": 4, "lambda_vgg": 0.0, "load_size": 72, "crop_size": 64,
         "ema": False, "num_workers": 0, "checkpoint_every": 2, "log_every": 1, "sample_every": 2,
         "device": "cpu",
     },
@@ -227,7 +227,7 @@ def test_outputs_and_tracking(prepared, tmp_path):
     from PIL import Image
 
     grid = Image.open(project / "outputs/train/samples.png")
-    assert grid.size == (3 * 32, 4 * 32)  # label | generated | real, one row per validation sample
+    assert grid.size == (3 * 64, 4 * 64)  # label | generated | real, one row per validation sample
     import mlflow
 
     ref = json.loads((project / "outputs/train/run.json").read_text())
