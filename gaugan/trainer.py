@@ -233,8 +233,12 @@ class GauGANTrainer:
     def inference_generator(self) -> tuple[nn.Module, nn.Module | None]:
         """(G, E) for evaluation and export: the EMA weights when on, in eval mode, unwrapped."""
         source = self.ema if self.ema is not None else self.generator
-        model = copy.deepcopy(source).eval()
-        _unsync_batchnorm(model)
+        # A fresh module loaded from the state dict: deepcopy fails on spectral-norm modules that
+        # have run a forward pass (their computed weight is not a graph leaf). SyncBatchNorm and
+        # BatchNorm2d share their state dict, so this also gives a model that runs anywhere.
+        model = GeneratorModel(self.config).to(self.device)
+        model.load_state_dict(source.state_dict())
+        model.eval()
         return model.netG, model.netE
 
     def state_dict(self) -> dict:
@@ -265,14 +269,3 @@ class GauGANTrainer:
             self.ema.load_state_dict(state["ema"])
         self.step = int(state["step"])
         self._apply_lr_schedule()
-
-
-def _unsync_batchnorm(module: nn.Module) -> None:
-    """Turn SyncBatchNorm back into BatchNorm2d (same state) so the model runs anywhere."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.SyncBatchNorm):
-            bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
-            bn.load_state_dict(child.state_dict())
-            setattr(module, name, bn.to(next(child.buffers()).device))
-        else:
-            _unsync_batchnorm(child)

@@ -100,7 +100,7 @@ def test_bad_settings_fail_before_training(prepared, tmp_path):
 
     classes = load_class_table(prepared)
     params = parse_params(_merge(TINY_PARAMS, {"model": {"label_nc": classes.label_nc + 1}}))
-    with pytest.raises(TrainError, match=r"model\.label_nc is .* classes\.json has label_nc"):
+    with pytest.raises(TrainError, match=r"model\.label_nc is 13 but .*classes\.json has label_nc 12"):
         check_settings(params, classes, 1, prepared)
     params = parse_params(_merge(TINY_PARAMS, {"train": {"batch_size": 3}}))
     with pytest.raises(TrainError, match=r"train\.batch_size \(3\) does not divide over 2 processes"):
@@ -159,20 +159,40 @@ def test_two_gloo_processes_match_one_process(prepared, tmp_path):
     _run(two, nproc=2)
     a, b = _trainer_state(one), _trainer_state(two)
     assert a["step"] == b["step"] == 4
-    _assert_same_weights(a, b, atol=1e-5)
-    # and training did move the weights away from the (seeded) initial ones
+    # Compare the trained networks as functions. Raw weights are not comparable: a conv bias in
+    # front of an instance norm has a zero true gradient, so Adam turns float noise of either
+    # sign into a full +-lr step there, with no effect on any output.
     from gaugan.data import load_class_table
+    from gaugan.discriminator import MultiscaleDiscriminator
+    from gaugan.encoding import encode_labels
+    from gaugan.generator import SPADEGenerator
     from gaugan.trainer import GauGANTrainer
     from pipeline.params import load_params
     from pipeline.train import model_config, train_options
 
     params = load_params(one / "params.yaml")
+    config = model_config(params, load_class_table(prepared))
+    torch.manual_seed(11)
+    labels = torch.randint(0, config.label_nc, (2, 64, 64))
+    semantics = encode_labels(labels, config.label_nc, True, torch.zeros(2, 1, 64, 64))
+
+    def outputs(state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        netG, netD = SPADEGenerator(config).eval(), MultiscaleDiscriminator(config).eval()
+        netG.load_state_dict(state["G"])
+        netD.load_state_dict(state["D"])
+        with torch.no_grad():
+            fake = netG(semantics)
+            return fake, netD(torch.cat([semantics, fake], 1))[0][-1]
+
+    (fake_a, score_a), (fake_b, score_b) = outputs(a["trainer"]), outputs(b["trainer"])
+    torch.testing.assert_close(fake_a, fake_b, atol=2e-3, rtol=0)
+    torch.testing.assert_close(score_a, score_b, atol=2e-3, rtol=0)
+    # ... while training did change the function: the initial generator's output is far away
     torch.manual_seed(params.seed)
     cpu = torch.device("cpu")
-    initial = GauGANTrainer(model_config(params, load_class_table(prepared)), train_options(params, cpu), cpu).state_dict()
-    moved = max((a["trainer"]["G"][k].float() - initial["G"][k].float()).abs().max().item()
-                for k in initial["G"] if initial["G"][k].is_floating_point())
-    assert moved > 1e-4
+    initial = GauGANTrainer(config, train_options(params, cpu), cpu).state_dict()
+    fake_0, _ = outputs(initial)
+    assert (fake_0 - fake_a).abs().max() > 20 * (fake_a - fake_b).abs().max()
 
 
 def test_killed_run_resumes_to_the_same_weights(prepared, tmp_path, monkeypatch):
