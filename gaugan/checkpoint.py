@@ -72,12 +72,15 @@ def load_generator(path: Path | str, device: torch.device | str = "cpu") -> Load
 def load_reference_checkpoint(module: nn.Module, path: Path | str) -> None:
     """Load an NVlabs/SPADE ``latest_net_{G,D,E}.pth`` into the matching module, strictly."""
     state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    shape_errors = []
-    if missing or unexpected:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: {tuple(state[k].shape)} in file, {tuple(own[k].shape)} here"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
         raise ValueError(
-            f"{path} does not match {type(module).__name__}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}; "
-            "check the setting (label_nc, use_instance, num_upsampling_layers, ngf)"
+            f"{path} does not match {type(module).__name__}: missing keys {missing[:5]}, unexpected keys "
+            f"{unexpected[:5]}, shape mismatches {shapes[:3]}; check the setting (label_nc, use_instance, "
+            "num_upsampling_layers, ngf)"
         )
-    if shape_errors:
-        raise ValueError(f"{path}: shape mismatch {shape_errors}")
+    module.load_state_dict(state, strict=True)

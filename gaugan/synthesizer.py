@@ -9,7 +9,6 @@ import torch
 
 from gaugan.checkpoint import load_generator
 from gaugan.edges import instance_edges_torch
-from gaugan.encoder import reparameterize
 from gaugan.encoding import encode_labels
 
 
@@ -52,6 +51,8 @@ class Synthesizer:
             raise ValueError("this model was trained with instance maps: pass instances (an instance map per label map)")
         insts = self._as_batch(instances) if instances is not None else None
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        # all noise drawn up front, so a sample's output does not depend on the batch size
+        noise = torch.randn(labels.shape[0], cfg.z_dim, generator=generator) if cfg.use_vae else None
         outputs = []
         for start in range(0, labels.shape[0], batch_size):
             lab = labels[start:start + batch_size].to(self.device)
@@ -62,9 +63,9 @@ class Synthesizer:
                 if style_images is not None and self.netE is not None:
                     style = torch.as_tensor(style_images)[start:start + batch_size].to(self.device).float()
                     mu, logvar = self.netE(style)
-                    z = reparameterize(mu, logvar, generator)
+                    z = mu + noise[start:start + batch_size].to(self.device) * torch.exp(0.5 * logvar)
                 else:
-                    z = torch.randn(lab.shape[0], cfg.z_dim, generator=generator).to(self.device)
+                    z = noise[start:start + batch_size].to(self.device)
             autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
             with autocast:
                 out = self.netG(semantics, z)
