@@ -247,7 +247,7 @@ def test_generator_file_round_trip_and_synthesizer(tmp_path):
     again = synth(labels, instances=labels, seed=1)
     other = synth(labels, instances=labels, seed=2)
     assert one.shape == (3, 3, 64, 64)
-    torch.testing.assert_close(one, again, atol=1e-5, rtol=0)  # batch size 2 vs 8: same images
+    torch.testing.assert_close(one, again, atol=1e-4, rtol=0)  # batch size 2 vs 8: same images
     assert (one - other).abs().max() > 1e-2  # another seed, another style
     assert synth.to_uint8(one).dtype.name == "uint8"
     with pytest.raises(ValueError, match="trained with instance maps"):
