@@ -33,7 +33,8 @@ def _is_better(value: float, champion: float | None, greater_is_better: bool) ->
 def run_register(params: Params, root: Path | str = ".") -> dict:
     import mlflow
     import torch
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import Schema, TensorSpec
 
     from gaugan.checkpoint import load_generator
     from pipeline.serving import GauGANPyfunc
@@ -58,8 +59,11 @@ def run_register(params: Params, root: Path | str = ".") -> dict:
     example = {"label": np.zeros((1, h, w), dtype=np.int64)}
     if loaded.config.use_instance:
         example["instance"] = np.zeros((1, h, w), dtype=np.int64)
-    output = np.zeros((1, h, w, 3), dtype=np.uint8)
-    signature = infer_signature(example, output, params={"seed": -1})
+    # any batch size and any image size (divisible by 2**upsamplings): -1 in every free dimension
+    inputs = Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1), name) for name in example])
+    outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
+    params_schema = infer_signature(example, params={"seed": -1}).params
+    signature = ModelSignature(inputs=inputs, outputs=outputs, params=params_schema)
 
     mlflow.set_tracking_uri(ref.tracking_uri)
     client = mlflow.MlflowClient(ref.tracking_uri)

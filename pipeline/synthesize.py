@@ -39,8 +39,10 @@ def synthesize(model: str, label_path: Path | str, out_path: Path | str, instanc
     if model.startswith("models:/") or model.startswith("runs:/"):
         pyfunc = _load_registered(model, tracking_uri)
         inputs = {"label": label[None]}
-        if instance is not None:
-            inputs["instance"] = instance[None]
+        expects_instance = "instance" in pyfunc.metadata.get_input_schema().input_names()
+        if instance is not None or expects_instance:
+            # without an instance map, class regions serve as instances (their boundaries as edges)
+            inputs["instance"] = (instance if instance is not None else label)[None]
         image = pyfunc.predict(inputs, params={"seed": -1 if seed is None else int(seed)})[0]
     else:
         from gaugan.synthesizer import Synthesizer
