@@ -127,3 +127,40 @@ def test_a_failing_stage_leaves_outputs_and_registry_as_they_were(project):
     assert (root / "outputs/evaluate/metrics.json").read_bytes() == before_metrics
     assert (root / "outputs/register/registration.json").read_bytes() == before_registration
     assert _registered_versions(root, name) == versions
+
+
+@pytest.mark.slow
+def test_prefect_flows_run_the_same_pipeline_and_retrain_on_new_data(project):
+    root, env = project
+    if not (root / "outputs/register/registration.json").exists():
+        _dvc(project, "repro")
+    # restore the parameters the failure test may have changed
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"]["feature_extractor"] = "tiny"
+    params["evaluate"]["inception_weights"] = None
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def cli(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--repo", str(root)], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+        return proc.stdout + proc.stderr
+
+    first = cli("flow", "retrain")  # no snapshot yet: runs the pipeline through Prefect
+    assert "rerunning the pipeline" in first and "Finished in state Completed" in first
+    assert "nothing to do" in cli("flow", "retrain")
+    versions_before = json.loads((root / "outputs/register/registration.json").read_text())["version"]
+    from pipeline.ingest.demo import generate_sample
+
+    image, label, instance = generate_sample(123, 0, 64, 64)
+    for sub, arr in (("images", image), ("labels", label), ("instances", instance)):
+        from PIL import Image
+
+        Image.fromarray(arr).save(root / "data/raw/demo" / sub / "train" / "arrived_later.png")
+    third = cli("flow", "retrain")
+    assert "1 new or changed source files" in third
+    assert "Running stage 'ingest'" in third and "Running stage 'train'" in third
+    stats = json.loads((root / "data/prepared/stats.json").read_text())
+    assert stats["processed_this_run"] == 1  # incremental: only the new sample was prepared
+    registration = json.loads((root / "outputs/register/registration.json").read_text())
+    assert int(registration["version"]) == int(versions_before) + 1
