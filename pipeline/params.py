@@ -110,24 +110,56 @@ class TrainSettings(_Section):
 
 
 class SegmenterSettings(_Section):
+    """The segmentation network that scores generated images (mIoU, pixel accuracy)."""
+
     arch: Literal["unet-small", "fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"] = "unet-small"
-    weights: str | None = Field(None, description="pretrained weights file; null: train one with train-segmenter")
-    width: int = Field(32, ge=4)
-    steps: int = Field(600, ge=1)
+    weights: str | None = Field(
+        None,
+        description="weights file to start from (torchvision state dict or segmenter file); required for the torchvision "
+        "archs; null: unet-small is trained from scratch",
+    )
+    width: int = Field(32, ge=4, description="unet-small channels at full resolution")
+    steps: int = Field(600, ge=0, description="training (or fine-tuning) steps; 0: only package segmenter.weights")
     batch_size: int = Field(16, ge=1)
     lr: float = Field(0.001, gt=0)
+    num_workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     out: str = "models/segmenter.pt"
+    metrics: str = Field("outputs/segmenter/metrics.json", description="train loss and real-validation mIoU")
 
 
 class EvaluateSettings(_Section):
-    feature_extractor: Literal["inception", "tiny"] = "inception"
-    inception_weights: str | None = Field(None, description="pt_inception-2015-12-05 weights file; null: standard cache")
+    feature_extractor: Literal["inception", "tiny"] = Field(
+        "inception", description="inception: paper-comparable FID (needs the weights file); tiny: seeded small CNN, offline"
+    )
+    inception_weights: str | None = Field(
+        None,
+        description="weights-inception-2015-12-05-6726825d.pth / pt_inception-2015-12-05-6726825d.pth; "
+        "null: $TORCH_HOME/hub/checkpoints/",
+    )
+    allow_download: bool = Field(False, description="download the Inception weights into the torch hub cache when missing")
+    inception_feature_dim: Literal[64, 192, 768, 2048] = Field(2048, description="2048 for FID as published")
     tiny_feature_dim: int = Field(256, ge=8)
-    kid_subset_size: int = Field(50, ge=2)
+    kid_subset_size: int = Field(50, ge=2, description="capped at the number of images")
+    kid_subsets: int = Field(100, ge=1)
     batch_size: int = Field(16, ge=1)
     max_images: int | None = Field(None, ge=1, description="null: the whole validation split")
+    ignore_classes: list[int] | None = Field(
+        None, description="classes left out of mIoU/accuracy; null: classes.json 'ignore', else the dataset's standard (ADE20K: [0])"
+    )
+    vae_style: Literal["real", "random"] = Field(
+        "real", description="models with a style encoder: encode the real image (reference protocol) or draw z at random"
+    )
+    num_samples: int = Field(8, ge=1, description="rows in samples.png")
+    stats_cache: str | None = Field(".cache/evaluate", description="cache of real-image features; null: off")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out_dir: str = "outputs/evaluate"
+
+    @model_validator(mode="after")
+    def _tiny_dim_even(self) -> "EvaluateSettings":
+        if self.tiny_feature_dim % 2:
+            raise ValueError(f"evaluate.tiny_feature_dim must be even (mean and std halves), got {self.tiny_feature_dim}")
+        return self
 
 
 class RegisterSettings(_Section):

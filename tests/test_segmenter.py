@@ -1,0 +1,138 @@
+"""Segmentation networks: UNet shapes, torchvision weights loading, the segmenter file, train-segmenter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.evaluation.segmenter import (
+    SegmenterError,
+    UNetSmall,
+    _load_pretrained,
+    build_network,
+    load_segmenter,
+    save_segmenter,
+)
+
+
+def test_unet_small_any_size_and_file_round_trip(tmp_path):
+    torch.manual_seed(0)
+    net = UNetSmall(num_classes=5, width=4).eval()
+    for h, w in [(32, 32), (37, 50)]:  # not multiples of 8: padded inside, cropped back
+        assert net(torch.randn(2, 3, h, w)).shape == (2, 5, h, w)
+    path = save_segmenter(tmp_path / "seg.pt", net, "unet-small", 5, 4, {"dataset": {"label_nc": 5, "names": list("abcde")}})
+    seg = load_segmenter(path)
+    assert seg.arch == "unet-small" and seg.num_classes == 5 and seg.meta["dataset"]["names"] == list("abcde")
+    images = np.random.default_rng(0).integers(0, 256, (3, 24, 40, 3), dtype=np.uint8)
+    pred = seg.predict(images, batch_size=2)
+    assert pred.shape == (3, 24, 40) and pred.dtype == torch.long
+    assert int(pred.min()) >= 0 and int(pred.max()) < 5
+    # the same network, loaded again, predicts the same
+    assert torch.equal(load_segmenter(path).predict(images), pred)
+    with pytest.raises(FileNotFoundError, match="train-segmenter"):
+        load_segmenter(tmp_path / "missing.pt")
+
+
+def test_torchvision_weights_load_checked_and_head_replaced(tmp_path):
+    # A "pretrained" torchvision file with 21 classes (as torchvision's own VOC-class files), bare keys.
+    src = build_network("lraspp_mobilenet_v3_large", 21).net
+    path = tmp_path / "lraspp.pth"
+    torch.save(src.state_dict(), path)
+
+    net = build_network("lraspp_mobilenet_v3_large", 6)
+    fresh = _load_pretrained(net, "lraspp_mobilenet_v3_large", path, 6)
+    assert sorted(fresh) == sorted(f"net.classifier.{k}_classifier.{p}" for k in ("low", "high") for p in ("weight", "bias"))
+    # the backbone came from the file
+    key = "net.backbone.0.0.weight"
+    assert torch.equal(net.state_dict()[key], src.state_dict()[key[len("net."):]])
+    assert net(torch.randn(1, 3, 32, 32)).shape == (1, 6, 32, 32)
+
+    # another architecture's file is an error, never silently random weights
+    with pytest.raises(SegmenterError, match="does not fit"):
+        _load_pretrained(build_network("unet-small", 6, 4), "unet-small", path, 6)
+    with pytest.raises(SegmenterError, match="does not exist"):
+        _load_pretrained(net, "lraspp_mobilenet_v3_large", tmp_path / "nope.pth", 6)
+
+
+# --------------------------------------------------------------------------------------------
+# the train-segmenter stage
+
+
+def _params(**segmenter):
+    from pipeline.params import parse_params
+
+    base = {"width": 8, "steps": 30, "batch_size": 8, "lr": 0.003, "device": "cpu"}
+    return parse_params({"seed": 2, "train": {"crop_size": 32, "load_size": 32}, "segmenter": {**base, **segmenter}})
+
+
+def test_train_segmenter_writes_file_and_metrics_and_is_seeded(tmp_path):
+    import json
+
+    from test_eval_stage import NAMES, write_prepared
+
+    from pipeline.evaluation.dataset import dataset_fingerprint
+    from pipeline.evaluation.segmenter import run_train_segmenter
+
+    params = _params()
+    data = write_prepared(tmp_path / params.data.out, n_train=12, n_val=4)
+    out = run_train_segmenter(params, tmp_path)
+    assert out == tmp_path / params.segmenter.out
+    raw = torch.load(out, map_location="cpu", weights_only=True)
+    assert raw["arch"] == "unet-small" and raw["num_classes"] == 4 and raw["width"] == 8
+    assert raw["dataset"] == {"name": "toy", "label_nc": 4, "names": NAMES, "fingerprint": dataset_fingerprint(data)}
+    assert raw["input_hw"] == [32, 32]
+    metrics = json.loads((tmp_path / params.segmenter.metrics).read_text())
+    assert metrics["steps"] == 30 and metrics["num_train_images"] == 12 and metrics["num_val_images"] == 4
+    assert 0 < metrics["train_loss"] < 1.0  # from ~1.4 (4 classes) at the start
+    assert metrics["accuracy_real_val"] > 0.7
+
+    # an untrained network of the same shape does much worse on the same images
+    from pipeline.evaluation.segmenter import Segmenter, score_on_split
+    from gaugan.data import PreparedDataset
+
+    torch.manual_seed(0)
+    untrained = Segmenter(UNetSmall(4, 8).eval(), "unet-small", 4)
+    val = PreparedDataset(data, "val", load_instances=False)
+    assert score_on_split(untrained, val, (32, 32), []).accuracy < metrics["accuracy_real_val"] - 0.3
+
+    # same seed, same data: the same weights
+    (tmp_path / "b" / "data").mkdir(parents=True)
+    (tmp_path / "b" / params.data.out).symlink_to(data, target_is_directory=True)
+    raw_b = torch.load(run_train_segmenter(params, tmp_path / "b"), map_location="cpu", weights_only=True)
+    for key, value in raw["state_dict"].items():
+        assert torch.equal(value, raw_b["state_dict"][key]), key
+
+
+def test_train_segmenter_refuses_torchvision_arch_without_weights_and_empty_train(tmp_path):
+    from test_eval_stage import write_prepared
+
+    from pipeline.evaluation.segmenter import run_train_segmenter
+
+    params = _params(arch="deeplabv3_mobilenet_v3_large")
+    write_prepared(tmp_path / params.data.out, n_train=2, n_val=2)
+    with pytest.raises(SegmenterError, match="segmenter.weights is null.*unet-small"):
+        run_train_segmenter(params, tmp_path)
+
+    empty = tmp_path / "empty"
+    write_prepared(empty / params.data.out, n_train=0, n_val=2)
+    with pytest.raises(SegmenterError, match="train split is empty"):
+        run_train_segmenter(_params(), empty)
+
+
+def test_train_segmenter_fine_tunes_torchvision_weights_with_another_head(tmp_path):
+    from test_eval_stage import write_prepared
+
+    from pipeline.evaluation.segmenter import run_train_segmenter
+
+    weights = tmp_path / "lraspp-21.pth"
+    torch.save(build_network("lraspp_mobilenet_v3_large", 21).net.state_dict(), weights)
+    params = _params(arch="lraspp_mobilenet_v3_large", weights=str(weights), steps=0)
+    write_prepared(tmp_path / params.data.out, n_train=4, n_val=2)
+    with pytest.raises(SegmenterError, match="segmenter.steps > 0"):
+        run_train_segmenter(params, tmp_path)
+    out = run_train_segmenter(_params(arch="lraspp_mobilenet_v3_large", weights=str(weights), steps=2, batch_size=4), tmp_path)
+    seg = load_segmenter(out)
+    assert seg.arch == "lraspp_mobilenet_v3_large" and seg.num_classes == 4
+    assert seg.meta["pretrained_from"] == str(weights) and seg.meta["metrics"]["fresh_head_keys"] == 4
+    assert seg.predict(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 32, 32)
