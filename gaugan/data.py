@@ -8,7 +8,7 @@ none) and ``edges/``. Label PNGs are read as raw indices, never converted.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
