@@ -132,7 +132,8 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
         metrics = run_evaluate(p, Path("."))
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         _fail(err, "evaluate")
-    typer.echo(", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))
+    typer.echo(", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)))
 
 
 @app.command()

@@ -79,6 +79,7 @@ def test_fid_and_kid_match_torch_fidelity_on_the_same_weights_and_folders(surrog
 
     backbone = inception_backbone(surrogate_weights)
     assert backbone.info["paper_comparable"] is False  # the surrogate's sha256 is not the real file's
+    assert backbone.info["name"] == "inception-v3-arch-other-weights-" + backbone.info["weights_sha256"][:8]
     assert backbone.info["resize"] == "tf1-bilinear-299"
     real = backbone.extract(_read_folder(real_dir))
     fake = backbone.extract(_read_folder(fake_dir))

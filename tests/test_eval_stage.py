@@ -62,13 +62,16 @@ def write_tiny_generator(path: Path, classes: dict, seed: int = 0, crop_size: in
     """A randomly initialised SPADE generator saved as the train stage saves it."""
     from gaugan.checkpoint import save_generator
     from gaugan.config import GauGANConfig
+    from gaugan.encoder import ConvEncoder
     from gaugan.generator import SPADEGenerator
 
     settings = dict(ngf=4, z_dim=8, spade_hidden=8, use_instance=True)  # batch-norm SPADE: eval uses running stats
     settings.update(model)
     config = GauGANConfig(label_nc=int(classes["label_nc"]), crop_size=crop_size, **settings)
     torch.manual_seed(seed)
-    save_generator(path, SPADEGenerator(config), None, config, classes, {"steps": 0})
+    netG = SPADEGenerator(config)
+    netE = ConvEncoder(config) if config.use_vae else None
+    save_generator(path, netG, netE, config, classes, {"steps": 0})
     return path
 
 
@@ -232,3 +235,20 @@ def test_inception_without_weights_fails_before_synthesis(project, tmp_path, mon
     with pytest.raises(FeatureWeightsError, match="evaluate.feature_extractor: tiny"):
         run_evaluate(tiny_params(feature_extractor="inception"), root)
     assert not (root / "outputs").exists()
+
+
+def test_style_encoder_models_use_the_real_image_or_a_seeded_draw(project, tmp_path):
+    from pipeline.evaluation.stage import run_evaluate
+
+    params = tiny_params(max_images=4, stats_cache=None)
+    (tmp_path / "data").symlink_to(project / "data", target_is_directory=True)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "segmenter.pt").symlink_to(project / params.segmenter.out)
+    classes = json.loads((project / params.data.out / "classes.json").read_text())
+    write_tiny_generator(tmp_path / params.train.model_out, classes, use_vae=True, nef=4)
+
+    real_a = run_evaluate(params, tmp_path)
+    real_b = run_evaluate(params, tmp_path)
+    drawn = run_evaluate(tiny_params(max_images=4, stats_cache=None, vae_style="random"), tmp_path)
+    assert real_a["fid"] == real_b["fid"]  # seeded: the same numbers twice
+    assert drawn["fid"] != real_a["fid"]  # style from the encoder of the real image vs a random z

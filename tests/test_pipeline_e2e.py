@@ -158,7 +158,7 @@ def test_prefect_flows_run_the_same_pipeline_and_retrain_on_new_data(project):
 
         Image.fromarray(arr).save(root / "data/raw/demo" / sub / "train" / "arrived_later.png")
     third = cli("flow", "retrain")
-    assert "1 new or changed source files" in third
+    assert "3 new or changed source files" in third  # image, label and instance map
     assert "Running stage 'ingest'" in third and "Running stage 'train'" in third
     stats = json.loads((root / "data/prepared/stats.json").read_text())
     assert stats["processed_this_run"] == 1  # incremental: only the new sample was prepared

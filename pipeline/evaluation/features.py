@@ -139,7 +139,7 @@ class TinyFeatureExtractor(nn.Module):
 def tiny_backbone(dim: int = 256, seed: int = TINY_SEED) -> FeatureBackbone:
     net = TinyFeatureExtractor(dim, seed)
     info = {
-        "name": f"tiny-cnn-seed{seed}",
+        "name": f"tiny-cnn-seed{seed}-d{dim}",
         "paper_comparable": False,
         "feature_dim": dim,
         "weights_file": None,
@@ -238,9 +238,15 @@ def inception_backbone(
     )
     net.num_features = feature_dim
     sha = sha256_file(path)
+    real = sha.startswith(INCEPTION_SHA256_PREFIX)
+    # The name identifies the feature space (the registry compares only numbers of the same name):
+    # another weights file or another layer is another space.
+    name = "inception-v3-tf-2015-12-05" if real else f"inception-v3-arch-other-weights-{sha[:8]}"
+    if feature_dim != 2048:
+        name += f"-pool{feature_dim}"
     info = {
-        "name": "inception-v3-tf-2015-12-05",
-        "paper_comparable": sha.startswith(INCEPTION_SHA256_PREFIX),
+        "name": name,
+        "paper_comparable": real and feature_dim == 2048,
         "feature_dim": feature_dim,
         "weights_file": str(path),
         "weights_sha256": sha,

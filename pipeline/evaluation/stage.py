@@ -247,10 +247,10 @@ def run_evaluate(params, root: Path | str = Path(".")) -> dict:
     fake_feats, real_feats = [], []
     keep_labels, keep_fakes, keep_reals = [], [], []
     noise_gen = torch.Generator().manual_seed(params.seed + 12345)
-    # The key covers the manifest (ids, splits, source hashes), so a hit skips the real images'
-    # feature pass; the ids are checked again after the loop all the same.
+    # The key covers the manifest (ids, splits, source hashes); a hit skips the real images' feature pass.
+    expected_ids = [str(i) for i in val.ids[:n]]
     cached = cache.load()
-    cached_real = cached[1] if cached is not None else None
+    cached_real = cached[1] if cached is not None and cached[0] == expected_ids else None
 
     bs = e.batch_size
     progress = tqdm(total=n, desc="evaluate", unit="img", dynamic_ncols=True, disable=None)
@@ -280,20 +280,16 @@ def run_evaluate(params, root: Path | str = Path(".")) -> dict:
             acc_real.update(segmenter.predict(reals, bs), labels)
             noise = torch.randint(0, 256, reals.shape, generator=noise_gen, dtype=torch.uint8)
             acc_rand.update(segmenter.predict(noise, bs), labels)
-            if sum(len(x) for x in keep_labels) < e.num_samples:
-                k = e.num_samples - sum(len(x) for x in keep_labels)
-                keep_labels.append(labels[:k]), keep_fakes.append(fakes[:k]), keep_reals.append(reals[:k])
+            k = e.num_samples - sum(len(x) for x in keep_labels)
+            if k > 0:
+                keep_labels.append(labels[:k])
+                keep_fakes.append(fakes[:k])
+                keep_reals.append(reals[:k])
             progress.update(len(items))
     finally:
         progress.close()
 
     fake_f = torch.cat(fake_feats)
-    if cached_real is not None and cached[0] != ids:
-        log.warning("cached real-image features %s do not match the validation ids; recomputing", cache.path)
-        cached_real = None
-        for start in range(0, n, bs):
-            reals = np.stack([resize_image(val[i]["image"], hw) for i in range(start, min(n, start + bs))])
-            real_feats.append(backbone.extract(torch.from_numpy(reals), device))
     if cached_real is not None:
         real_f, stats_cached = cached_real, True
     else:
