@@ -18,6 +18,8 @@ from torch.utils.data import Dataset
 
 @dataclass(frozen=True)
 class ClassTable:
+    """classes.json as read: ``names[i]`` and ``colors[i]`` describe label value ``i``."""
+
     dataset: str
     label_nc: int
     dontcare: int = 255
@@ -54,6 +56,8 @@ def class_table_from_dict(data: dict, source: str = "classes.json") -> ClassTabl
         raise ValueError(f"{source}: malformed class table ({err!r}); re-run the ingest stage") from None
     if len(table.names) != table.label_nc:
         raise ValueError(f"{source}: label_nc is {table.label_nc} but {len(table.names)} classes are listed")
+    if [int(c["index"]) for c in classes] != list(range(table.label_nc)):
+        raise ValueError(f"{source}: class indices must be 0..{table.label_nc - 1}, each once")
     return table
 
 
@@ -69,16 +73,23 @@ def load_class_table(root: Path | str) -> ClassTable:
 
 
 def colorize(label: np.ndarray, classes: ClassTable) -> np.ndarray:
-    """Class indices [H,W] -> RGB uint8 [H,W,3]; dontcare (and unknown values) are black."""
-    palette = np.zeros((max(256, classes.label_nc + 1), 3), dtype=np.uint8)
+    """Class indices [H,W] -> RGB uint8 [H,W,3] with the class colours; dontcare and any value
+    outside 0..label_nc-1 are black."""
+    palette = np.zeros((classes.label_nc + 1, 3), dtype=np.uint8)  # last row: black
     if classes.colors:
         palette[: len(classes.colors)] = np.asarray(classes.colors, dtype=np.uint8)
-    label = np.asarray(label)
-    return palette[np.clip(label, 0, len(palette) - 1)]
+    label = np.asarray(label).astype(np.int64)
+    valid = (label >= 0) & (label < classes.label_nc)
+    return palette[np.where(valid, label, classes.label_nc)]
 
 
 class PreparedDataset(Dataset):
-    """One split of a prepared dataset; items are dicts of numpy arrays (see ``__getitem__``)."""
+    """One split of a prepared dataset (a torch Dataset).
+
+    ``ds[i]`` is ``dict(id=str, image=uint8 [H,W,3], label=int64 [H,W] (255 = dontcare),
+    instance=int32 [H,W] or None)``, passed through ``transform(sample)`` when one is given.
+    ``ids`` lists the sample ids in order, ``classes`` is the :class:`ClassTable`.
+    """
 
     def __init__(self, root: Path | str, split: str, transform=None, load_instances: bool = True):
         import pandas as pd
@@ -88,8 +99,16 @@ class PreparedDataset(Dataset):
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{manifest_path}: no manifest; run the ingest stage to prepare {self.root}")
         self.classes = load_class_table(self.root)
-        manifest = pd.read_parquet(manifest_path)
-        rows = manifest[manifest["split"] == split].sort_values("id")
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        try:
+            manifest = pd.read_parquet(manifest_path)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise ValueError(f"{manifest_path}: unreadable manifest ({err}); re-run the ingest stage") from None
+        missing = {"id", "split", "image", "label", "instance"} - set(manifest.columns)
+        if missing:
+            raise ValueError(f"{manifest_path}: manifest lacks the columns {sorted(missing)}; re-run the ingest stage")
+        rows = manifest[manifest["split"] == split].sort_values("id").astype(object)
         if rows.empty:
             raise ValueError(f"{manifest_path}: the {split!r} split is empty")
         self.rows = rows.to_dict("records")
@@ -101,25 +120,29 @@ class PreparedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _read(self, rel: str) -> np.ndarray:
+    def _read(self, rel: str, rgb: bool = False) -> np.ndarray:
         path = self.root / rel
         try:
             with Image.open(path) as im:
+                if rgb and im.mode != "RGB":
+                    im = im.convert("RGB")  # images only: maps are always read as raw indices
                 return np.array(im)
-        except (OSError, FileNotFoundError) as err:
+        except OSError as err:  # FileNotFoundError included
             raise FileNotFoundError(f"{path}: cannot read ({err}); re-run the ingest stage") from None
 
     def __getitem__(self, index: int) -> dict:
         row = self.rows[index]
-        image = self._read(row["image"])
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=2)
         sample = {
             "id": row["id"],
-            "image": image[..., :3],
+            "image": self._read(row["image"], rgb=True),
             "label": self._read(row["label"]).astype(np.int64),
             "instance": None,
         }
-        if self.load_instances and row.get("instance"):
+        if self.load_instances and not _isnull(row.get("instance")):
             sample["instance"] = self._read(row["instance"]).astype(np.int32)
         return self.transform(sample) if self.transform else sample
+
+
+def _isnull(value) -> bool:
+    """Missing manifest path: None, or NaN/empty as some parquet readers return it."""
+    return value is None or (isinstance(value, float) and value != value) or value == ""

@@ -46,6 +46,9 @@ class DataSettings(_Section):
     coco_crowd: Literal["ignore", "instance"] = "ignore"
     # ADE20K-full: resize so the short side is this many pixels (only ever down, NEAREST for maps).
     ade20k_short_side: int = Field(512, ge=16)
+    # COCO-Stuff / ADE20K instance maps: pixels outside every object get one id per label value
+    # ("per_class", so edges also mark stuff boundaries, as the reference's COCO maps do) or stay 0.
+    instance_background: Literal["per_class", "none"] = "per_class"
 
 
 class ModelSettings(_Section):

@@ -1,11 +1,19 @@
-"""The full ADE20K release (2021): ``*_seg.png`` files mapped to the 150 SceneParsing classes.
+"""The full ADE20K release (ADE20K_2021_17_01): ``*_seg.png`` mapped to the 150 SceneParsing classes.
 
-Class = R // 10 * 256 + G (a full-ADE index), mapped with ``mapFromADE.txt`` (columns: 150-class
-index, full index; unmapped -> 0 "other"); instances = the distinct values of B (0 = none).
-Maps whose short side is above ``short_side`` are resized (NEAREST) so it equals ``short_side``,
-as the SceneParsing conversion script does. Expected in the source folder: the release's
-``images/ADE/{training,validation}/...``, plus ``mapFromADE.txt`` and ``objectInfo150.csv``
-(both from the SceneParsing toolkit).
+Source layout::
+
+    <source>/images/ADE/{training,validation}/<scene folders>/ADE_*.jpg and ADE_*_seg.png
+    <source>/mapFromADE.txt                     from the SceneParsing toolkit (convertFromADE/)
+    <source>/objectInfo150.txt | .csv           from the SceneParsing toolkit (.txt preferred)
+
+This follows the toolkit's convertFromADE.m: maps whose short side exceeds
+``settings.ade20k_short_side`` (512) are resized NEAREST so that it equals it (square images are
+left alone, as there); full class = R // 10 * 256 + G, mapped to 0..150 with mapFromADE.txt
+(columns: 150-class index, full index; tabs and spaces mixed; unmapped -> 0 'other'). Labels then
+follow the ``ade20k`` convention (label_nc 151, 0 = other). Instances: each distinct B value > 0
+is one object (B is 0 exactly where nothing is annotated), ids 1..k in B order. A resized image is
+stored as JPEG (quality 95, no chroma subsampling), the one place where an image is re-encoded;
+others keep their bytes. Part maps (``_parts_N.png``) are not used.
 """
 
 from __future__ import annotations
@@ -16,77 +24,98 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.ingest.folder import ade20k_classes, read_image
-from pipeline.ingest.writer import IngestError, SampleTask, hash_files
+from pipeline.ingest.ade20k import ade20k_class_table, read_object_info
+from pipeline.ingest.common import IngestError, image_resized, load_image
+from pipeline.ingest.writer import Loaded, SampleTask
+
+SPLITS = (("train", "training"), ("val", "validation"))
 
 
 def read_map_from_ade(path: Path) -> np.ndarray:
-    """Lookup table full-ADE index -> 150-class index (0 where unmapped)."""
+    """mapFromADE.txt -> lookup table full-ADE index -> 150-class index (0 where unmapped)."""
+    path = Path(path)
     if not path.is_file():
-        raise IngestError(f"{path}: missing mapFromADE.txt (from the SceneParsing toolkit's convertFromADE)")
+        raise IngestError(f"{path}: missing mapFromADE.txt (from the SceneParsing toolkit's convertFromADE/)")
     pairs = []
-    for line in path.read_text().splitlines():
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
         parts = line.split()  # the file mixes tabs and spaces
-        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
-            pairs.append((int(parts[0]), int(parts[1])))
+        if not parts:
+            continue
+        try:
+            idx150, full = int(parts[0]), int(parts[1])
+        except (ValueError, IndexError):
+            raise IngestError(f"{path}:{lineno}: malformed line {line!r}; expected '<150-class idx> <full idx>'") from None
+        if not 1 <= idx150 <= 150 or full < 1:
+            raise IngestError(f"{path}:{lineno}: index out of range in {line!r}")
+        pairs.append((idx150, full))
+    if not pairs:
+        raise IngestError(f"{path}: no mappings listed")
     lut = np.zeros(max(full for _, full in pairs) + 1, np.uint8)
     for idx150, full in pairs:
         lut[full] = idx150
     return lut
 
 
-def _target_size(w: int, h: int, short_side: int) -> tuple[int, int]:
-    if min(w, h) <= short_side or w == h and w <= short_side:
-        return w, h
-    scale = short_side / min(w, h)
-    return int(round(w * scale)), int(round(h * scale))
+def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(w, h) after convertFromADE's resize: only the short side of a non-square image above
+    ``short_side`` is brought down to it, the other side rounded half up."""
+    if height < width and height > short_side:
+        return int(np.floor(width / height * short_side + 0.5)), short_side
+    if width < height and width > short_side:
+        return short_side, int(np.floor(height / width * short_side + 0.5))
+    return width, height
 
 
 def convert_seg(seg_rgb: np.ndarray, lut: np.ndarray, short_side: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """``_seg.png`` RGB -> (150-class label uint8, instance ids uint16), resized NEAREST if large."""
+    """``_seg.png`` RGB [H,W,3] -> (label uint8 0..150, instance ids uint16), resized NEAREST if large."""
+    h, w = seg_rgb.shape[:2]
+    tw, th = target_size(w, h, short_side)
+    if (tw, th) != (w, h):
+        seg_rgb = np.array(Image.fromarray(seg_rgb).resize((tw, th), Image.NEAREST))
     r, g, b = (seg_rgb[..., i].astype(np.int64) for i in range(3))
     full = r // 10 * 256 + g
-    label = np.where(full < len(lut), lut[np.minimum(full, len(lut) - 1)], 0).astype(np.uint8)
-    _, inst = np.unique(b, return_inverse=True)
-    inst = inst.reshape(b.shape).astype(np.uint16)
-    if b.min() > 0:
-        inst = inst + 1
-    h, w = label.shape
-    tw, th = _target_size(w, h, short_side)
-    if (tw, th) != (w, h):
-        label = np.array(Image.fromarray(label).resize((tw, th), Image.NEAREST))
-        inst = np.array(Image.fromarray(inst).resize((tw, th), Image.NEAREST))
+    label = np.where(full < lut.size, lut[np.minimum(full, lut.size - 1)], 0).astype(np.uint8)
+    values, inverse = np.unique(b, return_inverse=True)
+    inst = (inverse.reshape(b.shape) + (0 if values[0] == 0 else 1)).astype(np.uint16)
     return label, inst
 
 
-def _load(image: str, seg: str, lut_path: str, short_side: int):
+def load_full(image: str, seg: str, lut_path: str, short_side: int) -> Loaded:
     lut = read_map_from_ade(Path(lut_path))
-    with Image.open(seg) as im:
-        label, inst = convert_seg(np.array(im.convert("RGB")), lut, short_side)
-    data, ext, arr = read_image(Path(image))
-    if arr.shape[:2] != label.shape:
-        resized = np.array(Image.fromarray(arr).resize(label.shape[::-1], Image.BICUBIC))
-        import io
+    try:
+        with Image.open(seg) as im:
+            if im.mode != "RGB":
+                raise IngestError(f"{seg}: expected an RGB _seg.png, got mode {im.mode}")
+            rgb = np.array(im)
+    except OSError as err:
+        raise IngestError(f"{seg}: unreadable segmentation ({err})") from None
+    label, inst = convert_seg(rgb, lut, short_side)
+    if not Path(image).is_file():
+        raise IngestError(f"{seg}: label without its image (expected {image})")
+    with Image.open(image) as im:
+        size = im.size
+    if size != rgb.shape[1::-1]:
+        raise IngestError(f"{image}: image is {size[0]}x{size[1]} but its _seg.png is {rgb.shape[1]}x{rgb.shape[0]}")
+    if label.shape[::-1] != size:
+        return Loaded(image_resized(image, label.shape[::-1]), label, None, inst)
+    return Loaded(load_image(image), label, None, inst)
 
-        buf = io.BytesIO()
-        Image.fromarray(resized).save(buf, format="JPEG", quality=95)
-        return (buf.getvalue(), ".jpg", resized), label, inst
-    return (data, ext, arr), label, inst
 
-
-def ade20k_full_tasks(source: Path, short_side: int = 512) -> tuple[list[SampleTask], dict]:
+def ade20k_full_tasks(source: Path, settings) -> tuple[list[SampleTask], dict]:
+    short_side = settings.ade20k_short_side
     lut_path = source / "mapFromADE.txt"
-    read_map_from_ade(lut_path)  # fail early with a clear message
-    entries = ade20k_classes(source)
+    read_map_from_ade(lut_path)  # fail early, with the file's name
+    entries = read_object_info(source)
     tasks = []
-    for split, sub in (("train", "training"), ("val", "validation")):
-        for seg in sorted((source / "images" / "ADE" / sub).rglob("*_seg.png")):
+    for split, sub in SPLITS:
+        root = source / "images" / "ADE" / sub
+        if not root.is_dir():
+            continue
+        for seg in sorted(root.rglob("*_seg.png")):
             stem = seg.name[: -len("_seg.png")]
             image = seg.with_name(f"{stem}.jpg")
-            files = (str(image), str(seg))
-            digest = hash_files([image, seg, lut_path] if image.is_file() else [seg], f"ade20k-full/1:{short_side}")
-            tasks.append(SampleTask(stem, split, str(seg.relative_to(source)), digest,
-                                    partial(_load, str(image), str(seg), str(lut_path), short_side), files))
-    classes = {"format_version": 1, "dataset": "ade20k-full", "label_nc": 151, "dontcare": 255,
-               "contain_dontcare_label": True, "has_instances": True, "classes": entries, "ignore": [0]}
-    return tasks, classes
+            tasks.append(SampleTask(stem, split, image.relative_to(source).as_posix(),
+                                    (str(image), str(seg), str(lut_path)),
+                                    partial(load_full, str(image), str(seg), str(lut_path), short_side),
+                                    f"ade20k-full/1:short_side={short_side}"))
+    return tasks, ade20k_class_table("ade20k-full", entries, True)

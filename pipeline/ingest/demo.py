@@ -1,20 +1,30 @@
-"""The demo dataset: procedurally generated landscapes, deterministic from a seed.
+"""The demo dataset: procedurally generated landscapes, deterministic from (seed, index, size).
 
-Sky with a gradient and clouds, mountains with snow caps, a lake with reflections and a sandy
-shore, textured grass, a road, trees, rocks and houses, under a per-image sun (brightness and
-warmth). Each tree, rock, cloud and house is its own instance; each stuff class region is one
-instance too, so edges also mark stuff boundaries. The class colours are strong and consistent,
-so a small GAN learns the mapping in minutes on a CPU.
+A scene: a sky gradient (day to golden hour) with a sun glow and puffy clouds; one or two mountain
+ranges with facet shading, haze on the far one and snow on the peaks above a snow line; a lake
+that mirrors the sky and mountains with ripples, a sandy shore, textured grass with flower
+patches, a winding road in perspective; then trees (round or conifer, with trunks and shading),
+rocks and houses (walls, roof, windows), bigger when nearer, with cast shadows. Lighting (sun
+side, brightness, warmth) and sensor noise vary per image.
+
+Each cloud, mountain range, tree, rock and house is its own instance (ids 1..n in paint order,
+later objects cover earlier ones); the other pixels get one id per class after those (as the
+``per_class`` instance background of the real datasets), so edges mark both.
+
+Class colours are strong and consistent (blue sky, green grass, blue water ...), so a small GAN
+learns the mapping in minutes on a CPU; the layout, lighting and textures vary enough to make it a
+real learning problem. Generation is vectorised NumPy: a few ms per 64x64 sample.
 """
 
 from __future__ import annotations
 
+import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-CLASSES = [  # name, display colour (for label visualisation, not the rendered texture)
+CLASSES = [  # name, display colour (for label visualisation; the rendered textures vary around it)
     ("sky", (110, 170, 235)),
     ("cloud", (245, 245, 250)),
     ("mountain", (120, 105, 95)),
@@ -30,174 +40,324 @@ CLASSES = [  # name, display colour (for label visualisation, not the rendered t
 ]
 NAMES = [c[0] for c in CLASSES]
 IDX = {name: i for i, name in enumerate(NAMES)}
-THING_CLASSES = {"cloud", "tree", "rock", "house"}
+GENERATOR_VERSION = "landscape/2"  # part of every sample's hash: bump when the pictures change
+VAL_OFFSET = 1_000_000  # val samples use indices from here, so the splits never share a scene
 
 
 def class_table() -> dict:
-    return {
-        "format_version": 1,
-        "dataset": "demo",
-        "label_nc": len(CLASSES),
-        "dontcare": 255,
-        "contain_dontcare_label": True,
-        "has_instances": True,
-        "classes": [{"index": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(CLASSES)],
-    }
+    from pipeline.ingest.common import class_table as table
+
+    entries = [{"index": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(CLASSES)]
+    return table("demo", entries, has_instances=True)
 
 
-def _noise(rng: np.random.Generator, h: int, w: int, scale: int) -> np.ndarray:
-    """Smooth value noise in [0, 1]: a coarse random grid, bilinearly upsampled."""
-    gh, gw = max(2, h // scale + 2), max(2, w // scale + 2)
-    grid = rng.random((gh, gw)).astype(np.float32)
-    ys = np.linspace(0, gh - 1.001, h)
-    xs = np.linspace(0, gw - 1.001, w)
-    y0, x0 = ys.astype(int), xs.astype(int)
+# --- noise ----------------------------------------------------------------------------------
+
+def _noise(rng: np.random.Generator, h: int, w: int, cells_y: float, cells_x: float) -> np.ndarray:
+    """Smooth value noise in [0, 1]: a random grid of about cells_y x cells_x cells, bilinear."""
+    gh, gw = int(cells_y) + 2, int(cells_x) + 2
+    grid = rng.random((gh, gw), dtype=np.float32)
+    ys = np.linspace(0, cells_y, h, dtype=np.float32)
+    xs = np.linspace(0, cells_x, w, dtype=np.float32)
+    y0, x0 = ys.astype(np.int64), xs.astype(np.int64)
     fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-    a = grid[y0][:, x0]
-    b = grid[y0][:, x0 + 1]
-    c = grid[y0 + 1][:, x0]
-    d = grid[y0 + 1][:, x0 + 1]
-    return a * (1 - fy) * (1 - fx) + b * (1 - fy) * fx + c * fy * (1 - fx) + d * fy * fx
+    top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
+    bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _profile(rng: np.random.Generator, x: np.ndarray, points: int, lo: float, hi: float) -> np.ndarray:
+    """A random piecewise-linear 1-D profile over x in [0, 1] (sharp peaks: mountain ridges)."""
+    cx = np.linspace(-0.1, 1.1, points) + rng.uniform(-0.3, 0.3, points) * (1.2 / points)
+    return np.interp(x, np.sort(cx), rng.uniform(lo, hi, points)).astype(np.float32)
+
+
+# --- the scene ------------------------------------------------------------------------------
+
+class _Scene:
+    """Label, instance and image canvases for one sample, painted back to front."""
+
+    def __init__(self, rng: np.random.Generator, h: int, w: int):
+        self.rng, self.h, self.w = rng, h, w
+        self.y = ((np.arange(h, dtype=np.float32) + 0.5) / h)[:, None]  # [H,1] in (0, 1)
+        self.x = ((np.arange(w, dtype=np.float32) + 0.5) / w)[None, :]  # [1,W]
+        self.label = np.full((h, w), IDX["sky"], np.uint8)
+        self.things = np.zeros((h, w), np.uint16)
+        self.img = np.zeros((h, w, 3), np.float32)
+        self.next_id = 1
+        self.fine = _noise(rng, h, w, h / 2.0, w / 2.0)  # pixel-scale grain
+        self.mid = _noise(rng, h, w, 10, 10)
+        self.coarse = _noise(rng, h, w, 4, 4)
+        self.root = self  # views share the root's id counter
+
+    def view(self, x0: float, x1: float, y0: float, y1: float) -> "_Scene":
+        """The same scene restricted to the box [x0, x1] x [y0, y1] (normalised, clipped, 1 px margin):
+        views of the canvases, so an object costs its own area, not the frame's."""
+        r0, r1 = max(0, int(np.floor(y0 * self.h)) - 1), min(self.h, int(np.ceil(y1 * self.h)) + 1)
+        c0, c1 = max(0, int(np.floor(x0 * self.w)) - 1), min(self.w, int(np.ceil(x1 * self.w)) + 1)
+        r1, c1 = max(r0, r1), max(c0, c1)
+        v = object.__new__(_Scene)
+        v.root, v.rng, v.h, v.w = self.root, self.rng, r1 - r0, c1 - c0
+        v.y, v.x = self.y[r0:r1], self.x[:, c0:c1]
+        for name in ("label", "things", "img", "fine", "mid", "coarse"):
+            setattr(v, name, getattr(self, name)[r0:r1, c0:c1])
+        return v
+
+    def paint(self, mask: np.ndarray, cls: str, color: np.ndarray, thing: bool = True) -> np.ndarray:
+        """Set label (+ a new instance id) and pixel colours ([N,3] or [3]) where ``mask``."""
+        mask = np.broadcast_to(mask, (self.h, self.w))
+        if mask.any():
+            self.label[mask] = IDX[cls]
+            if thing:
+                self.things[mask] = self.root.next_id
+                self.root.next_id += 1
+            else:
+                self.things[mask] = 0
+            self.img[mask] = color if np.ndim(color) == 1 else color[mask]
+        return mask
+
+
+def _rgb(*v) -> np.ndarray:
+    return np.asarray(v, np.float32)
 
 
 def generate_sample(seed: int, index: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image uint8 [H,W,3], label uint8 [H,W], instance uint16 [H,W]) for one sample."""
-    rng = np.random.default_rng([seed & 0xFFFFFFFF, index, 0xDE30])
-    h, w = height, width
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    yn, xn = yy / h, xx / w
-    label = np.full((h, w), IDX["sky"], np.uint8)
-    things = np.zeros((h, w), np.uint16)
-    next_id = 100
+    """(image uint8 [H,W,3], label uint8 [H,W], instance uint16 [H,W]) of sample ``index``."""
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, index & 0xFFFFFFFF, 0x5EED_DE30])
+    s = _Scene(rng, height, width)
+    y, x, h, w = s.y, s.x, s.h, s.w
+    horizon = rng.uniform(0.36, 0.6)
+    golden = rng.uniform(0, 1) ** 2  # 0 = midday, 1 = golden hour
+    sun_x = rng.choice([rng.uniform(0.05, 0.35), rng.uniform(0.65, 0.95)])
+    sun_y = horizon * rng.uniform(0.2, 0.8)
+    sun_dir = 1.0 if sun_x > 0.5 else -1.0  # light comes from the right (+1) or the left
 
-    horizon = rng.uniform(0.38, 0.62)
-    # mountains: a ridge of summed sines above the horizon
-    ridge = horizon - rng.uniform(0.08, 0.25) * (
-        0.6 + 0.4 * np.sin(xn * rng.uniform(4, 9) + rng.uniform(0, 6))
-        * np.sin(xn * rng.uniform(9, 17) + rng.uniform(0, 6))
-    )
-    has_mountains = rng.random() < 0.8
-    if has_mountains:
-        mountain = yn >= ridge[None, :] if ridge.ndim == 1 else yn >= ridge
-        mountain &= yn < horizon
-        label[mountain] = IDX["mountain"]
-        snow_line = ridge + rng.uniform(0.012, 0.035)
-        label[mountain & (yn < snow_line)] = IDX["snow"]
-    # ground below the horizon: a lake (sometimes), sand shore, grass
-    has_lake = rng.random() < 0.6
-    shore = horizon + (rng.uniform(0.1, 0.25) if has_lake else 0.0)
-    shore_line = shore + 0.03 * np.sin(xn * rng.uniform(5, 12) + rng.uniform(0, 6))
-    ground = yn >= horizon
-    label[ground] = IDX["grass"]
-    if has_lake:
-        label[ground & (yn < shore_line)] = IDX["water"]
-        label[(yn >= shore_line) & (yn < shore_line + rng.uniform(0.03, 0.07))] = IDX["sand"]
-    # a road winding towards the horizon
+    # sky: zenith to horizon gradient, warmer near the horizon at golden hour, a glow around the sun
+    t = np.clip(y / horizon, 0, 1)[..., None]
+    zenith = _rgb(55, 110, 205) * (1 - golden) + _rgb(70, 95, 170) * golden
+    low = _rgb(170, 205, 240) * (1 - golden) + _rgb(250, 190, 140) * golden
+    sky = zenith * (1 - t ** 1.5) + low * t ** 1.5
+    glow = np.exp(-((x - sun_x) ** 2 + ((y - sun_y) * 1.6) ** 2) / 0.02)[..., None]
+    sky = sky + glow * (_rgb(255, 240, 200) - sky) * 0.6
+    s.img[:] = np.broadcast_to(sky, (h, w, 3))
+
+    # clouds: unions of a few ellipses, lit from above
+    for _ in range(rng.integers(0, 4)):
+        cx, cy = rng.uniform(-0.05, 1.05), rng.uniform(0.05, max(0.08, horizon - 0.15))
+        blob = np.zeros((h, w), bool)
+        span = rng.uniform(0.1, 0.25)
+        for _ in range(rng.integers(3, 6)):
+            ex = cx + rng.uniform(-span, span) * 0.6
+            ey = cy + rng.uniform(-0.02, 0.015)
+            rx, ry = rng.uniform(0.05, 0.11), rng.uniform(0.025, 0.05)
+            blob |= ((x - ex) / rx) ** 2 + ((y - ey) / ry) ** 2 < 1
+        blob &= s.label == IDX["sky"]
+        shade = np.clip(1.02 - 4.0 * (y - cy + 0.03), 0.72, 1.02)[..., None] * (0.94 + 0.08 * s.mid[..., None])
+        tint = _rgb(250, 250, 252) * (1 - golden) + _rgb(255, 215, 185) * golden
+        s.paint(blob, "cloud", np.broadcast_to(tint * shade, (h, w, 3)))
+
+    # mountain ranges, far (hazy, bluish) then near; facet shading from the ridge slope; snow caps
+    if rng.random() < 0.85:
+        ranges = 1 + int(rng.random() < 0.55)
+        snow_line = horizon - rng.uniform(0.16, 0.3)
+        for k in range(ranges):
+            near = k == ranges - 1
+            top, bottom = (horizon - rng.uniform(0.12, 0.3), horizon - rng.uniform(0.02, 0.08)) if near else \
+                (horizon - rng.uniform(0.2, 0.38), horizon - rng.uniform(0.05, 0.12))
+            ridge = _profile(rng, x[0], int(rng.integers(4, 9)), top, bottom)[None, :]
+            ridge = ridge + 0.012 * (s.mid[:1, :] - 0.5)
+            body = (y >= ridge) & (y < horizon)
+            slope = np.gradient(ridge[0], x[0])[None, :]
+            facet = np.clip(1.0 - 0.12 * sun_dir * np.sign(slope) * np.minimum(np.abs(slope), 3) / 3 * 2.5, 0.6, 1.3)
+            base = _rgb(118, 100, 90) if near else _rgb(130, 135, 160)
+            rock = base * (0.8 + 0.4 * s.coarse[..., None]) * (0.9 + 0.2 * s.fine[..., None]) * facet[..., None]
+            depth = np.clip((y - ridge) / max(1e-3, horizon - float(ridge.min())), 0, 1)[..., None]
+            rock = rock * (1.0 - 0.25 * depth)  # darker towards the foot
+            if not near:
+                rock = rock * 0.6 + sky * 0.4  # haze
+            s.paint(body, "mountain", rock)
+            snow = body & (y < snow_line + 0.03 * (s.mid - 0.5)) & (y < ridge + rng.uniform(0.04, 0.09))
+            snow_col = _rgb(238, 242, 250) * facet[..., None] * (0.93 + 0.07 * s.fine[..., None])
+            s.paint(snow, "snow", np.broadcast_to(snow_col, (h, w, 3)), thing=False)  # stuff: one id for all snow
+
+    # ground: grass everywhere below the horizon, then a lake with its shore
+    ground = np.broadcast_to(y >= horizon, (h, w))
+    depth = np.clip((y - horizon) / (1 - horizon), 0, 1)  # 0 at the horizon, 1 at the bottom
+    grass_base = _rgb(70, 145, 50) * (1 - golden * 0.3) + _rgb(120, 140, 40) * golden * 0.3
+    stripes = 0.5 + 0.5 * np.sin((x * 40 + s.mid * 6) * np.pi)
+    grass = grass_base * (0.7 + 0.35 * s.coarse[..., None] + 0.25 * (s.fine[..., None] - 0.5)
+                          + 0.06 * stripes[..., None]) * (0.85 + 0.25 * depth[..., None])
+    s.paint(ground, "grass", grass, thing=False)
+    shore = None
+    if rng.random() < 0.6:
+        shore = horizon + _profile(rng, x[0], 5, -0.08, rng.uniform(0.12, 0.3))[None, :]
+        water = ground & (y < shore)
+        if water.any():
+            # mirror what is above the horizon, with horizontal ripples, darker and bluer
+            rows = np.clip(np.round((2 * horizon - y) * h - 0.5), 0, h - 1).astype(np.int64)
+            ripple = np.sin(y * h * 1.9 + s.fine * 4.0)
+            cols = np.clip(np.round(x * w - 0.5 + 1.2 * ripple), 0, w - 1).astype(np.int64)
+            mirrored = s.img[rows[:, :1].repeat(w, 1), cols]
+            refl = mirrored * _rgb(0.55, 0.68, 0.85) + _rgb(8, 28, 55)
+            refl = refl * (0.92 + 0.1 * ripple[..., None])
+            s.paint(water, "water", refl, thing=False)
+            beach = ground & (y >= shore) & (y < shore + rng.uniform(0.025, 0.06)) & (shore > horizon + 0.01)
+            s.paint(beach, "sand", _rgb(220, 198, 145) * (0.85 + 0.2 * s.fine[..., None] + 0.1 * s.mid[..., None]),
+                    thing=False)
+    dry = ground & (s.label != IDX["water"])
+
+    # flowers: patches on the grass, dotted pink and yellow
+    patches = (s.coarse * 0.6 + s.mid * 0.4 > rng.uniform(0.62, 0.75)) & (s.label == IDX["grass"])
+    dots = np.where((s.fine > 0.55)[..., None], _rgb(235, 95, 165), _rgb(245, 215, 70))
+    flowers = np.where((s.fine > 0.35)[..., None] | (s.fine < 0.2)[..., None], dots, grass * 0.9)
+    s.paint(patches, "flowers", flowers, thing=False)
+
+    # a road winding towards the horizon, wider when nearer
     if rng.random() < 0.5:
-        centre = rng.uniform(0.3, 0.7) + 0.15 * np.sin(yn * rng.uniform(3, 7))
-        half = 0.02 + 0.12 * (yn - shore) / max(1e-3, 1 - shore)
-        road = (np.abs(xn - centre) < half) & (yn > shore_line + 0.08)
-        label[road] = IDX["road"]
-    # flower patches on grass
-    patches = (_noise(rng, h, w, max(4, w // 6)) > 0.78) & (label == IDX["grass"])
-    label[patches] = IDX["flowers"]
+        start = horizon + (0.03 if shore is None else float(np.max(shore)) - horizon + 0.05)
+        centre = rng.uniform(0.3, 0.7) + rng.uniform(0.08, 0.18) * np.sin(y * rng.uniform(4, 9) + rng.uniform(0, 6))
+        half = 0.01 + 0.13 * np.clip((y - start) / max(1e-3, 1 - start), 0, 1)
+        road = dry & (np.abs(x - centre) < half) & (y > start)
+        asphalt = _rgb(95, 92, 90) * (0.85 + 0.15 * s.fine[..., None]) * (0.85 + 0.2 * depth[..., None])
+        dash = (np.abs(x - centre) < half * 0.06) & (np.sin(y * 70) > 0.2)
+        asphalt = np.where(dash[..., None], _rgb(225, 220, 200), asphalt)
+        s.paint(road, "road", asphalt, thing=False)
 
-    def paint(mask: np.ndarray, cls: str) -> None:
-        nonlocal next_id
-        if mask.any():
-            label[mask] = IDX[cls]
-            things[mask] = next_id
-            next_id += 1
+    # objects on the ground, painted far to near, each with its cast shadow on the ground
+    objects = [("house", rng.uniform(horizon + 0.08, 0.9)) for _ in range(rng.integers(0, 3) if rng.random() < 0.45 else 0)]
+    objects += [("tree", rng.uniform(horizon + 0.03, 1.02)) for _ in range(rng.integers(2, 9))]
+    objects += [("rock", rng.uniform(horizon + 0.05, 1.0)) for _ in range(rng.integers(0, 4))]
+    objects.sort(key=lambda o: o[1])
+    for kind, base in objects:
+        scale = 0.35 + 0.9 * (base - horizon) / (1 - horizon)  # perspective
+        cx = rng.uniform(0.0, 1.0)
+        if kind == "tree":
+            _tree(s, rng, cx, base, scale, sun_dir, golden)
+        elif kind == "rock":
+            _rock(s, rng, cx, base, scale, sun_dir)
+        else:
+            _house(s, rng, cx, base, scale, sun_dir)
 
-    # clouds: soft ellipses in the sky
-    for _ in range(rng.integers(0, 4)):
-        cx, cy = rng.uniform(0, 1), rng.uniform(0.03, horizon - 0.12)
-        rx, ry = rng.uniform(0.08, 0.2), rng.uniform(0.03, 0.06)
-        paint((((xn - cx) / rx) ** 2 + ((yn - cy) / ry) ** 2 < 1) & (label == IDX["sky"]), "cloud")
-    # houses on the grass
-    for _ in range(rng.integers(0, 2) if shore < 0.7 else 0):
-        bx, by = rng.uniform(0.1, 0.8), rng.uniform(shore + 0.12, 0.85)
-        bw, bh = rng.uniform(0.1, 0.18), rng.uniform(0.08, 0.14)
-        body = (xn > bx) & (xn < bx + bw) & (yn > by - bh) & (yn < by)
-        roof = (yn <= by - bh) & (yn > by - bh - 0.5 * bw + np.abs(xn - bx - bw / 2)) & (xn > bx) & (xn < bx + bw)
-        paint(body | roof, "house")
-    # trees: a canopy ellipse on a short trunk; nearer (lower) trees are bigger, painted last
-    ys_trees = np.sort(rng.uniform(horizon + 0.02, 0.98, rng.integers(2, 7)))
-    for ty in ys_trees:
-        tx = rng.uniform(0, 1)
-        size = 0.04 + 0.1 * (ty - horizon) / (1 - horizon)
-        canopy = ((xn - tx) / (size * 0.7)) ** 2 + ((yn - (ty - size * 1.2)) / size) ** 2 < 1
-        trunk = (np.abs(xn - tx) < size * 0.12) & (yn > ty - size * 0.6) & (yn < ty)
-        paint(canopy | trunk, "tree")
-    # rocks
-    for _ in range(rng.integers(0, 4)):
-        rx0, ry0 = rng.uniform(0, 1), rng.uniform(horizon + 0.05, 1.0)
-        r = rng.uniform(0.02, 0.05)
-        paint(((xn - rx0) / (1.4 * r)) ** 2 + ((yn - ry0) / r) ** 2 < 1, "rock")
-
-    image = _render(rng, label, yn, xn, horizon, has_lake, h, w)
-    instance = np.where(things > 0, things, label.astype(np.uint16) + 1).astype(np.uint16)
-    return image, label, instance
-
-
-def _render(rng, label, yn, xn, horizon, has_lake, h, w) -> np.ndarray:
-    sun = rng.uniform(0.75, 1.15)  # overall brightness
-    warmth = rng.uniform(-0.08, 0.12)  # evening light is warmer
-    fine = _noise(rng, h, w, 3)
-    coarse = _noise(rng, h, w, max(4, w // 8))
-    img = np.zeros((h, w, 3), np.float32)
-
-    def fill(cls: str, rgb, texture: float = 0.0, noise=None):
-        mask = label == IDX[cls]
-        if mask.any():
-            base = np.asarray(rgb, np.float32)[None, :]
-            n = (fine if noise is None else noise)[mask][:, None] - 0.5
-            img[mask] = base * (1 + texture * n)
-
-    t = np.clip(yn / max(horizon, 1e-3), 0, 1)[..., None]
-    sky_top, sky_low = np.array([60, 120, 215], np.float32), np.array([175, 210, 245], np.float32)
-    sky = sky_top * (1 - t) + sky_low * t
-    img[:] = sky
-    fill("cloud", (245, 246, 250), 0.1, coarse)
-    fill("mountain", (115, 100, 92), 0.5, coarse)
-    fill("snow", (236, 240, 248), 0.08)
-    fill("grass", (78, 150, 55), 0.55, fine * 0.6 + coarse * 0.4)
-    fill("flowers", (225, 110, 170), 0.6)
-    fill("sand", (218, 196, 140), 0.25)
-    fill("road", (92, 88, 84), 0.2)
-    fill("tree", (28, 92, 36), 0.7)
-    fill("rock", (128, 128, 132), 0.45, coarse)
-    fill("house", (178, 82, 60), 0.15)
-    water = label == IDX["water"]
-    if has_lake and water.any():
-        # the water reflects the sky, darker and bluer, with ripples
-        ripple = 0.85 + 0.15 * np.sin(yn * h * 1.7 + fine * 6)
-        refl = (sky * np.array([0.45, 0.6, 0.85], np.float32)) * ripple[..., None]
-        img[water] = refl[water] + np.array([5, 25, 45], np.float32)
-    # lighting: brightness, warmth, and a soft vertical falloff on the ground
-    img *= sun
+    # global light: brightness, warmth, a touch of vignetting and sensor noise
+    img = s.img * rng.uniform(0.82, 1.12)
+    warmth = 0.1 * golden + rng.uniform(-0.04, 0.04)
     img[..., 0] *= 1 + warmth
     img[..., 2] *= 1 - warmth
-    ground = yn > horizon
-    img[ground] *= (1.0 - 0.15 * (1 - yn[ground]))[:, None]
-    img += rng.normal(0, 2.0, img.shape).astype(np.float32)  # sensor noise
-    return np.clip(img, 0, 255).astype(np.uint8)
+    img *= (1.0 - 0.18 * ((x - 0.5) ** 2 + (y - 0.5) ** 2))[..., None]
+    img += rng.normal(0.0, 2.0, img.shape).astype(np.float32)
+    image = np.clip(img, 0, 255).astype(np.uint8)
+    from pipeline.ingest.common import background_segments
+
+    return image, s.label, background_segments(s.things, s.label)
+
+
+def _shadow(s: _Scene, cx: float, base: float, rx: float, ry: float, sun_dir: float) -> None:
+    """Darken the ground (not objects) in an ellipse beside the base, away from the sun."""
+    sx = cx - sun_dir * rx * 0.6
+    s = s.view(sx - rx, sx + rx, base - ry, base + ry)
+    m = (((s.x - sx) / rx) ** 2 + ((s.y - base) / ry) ** 2 < 1) & (s.things == 0)
+    m &= s.label != IDX["sky"]
+    s.img[m] *= 0.68
+
+
+def _tree(s: _Scene, rng, cx: float, base: float, scale: float, sun_dir: float, golden: float) -> None:
+    size = 0.07 * scale * rng.uniform(0.8, 1.25)
+    _shadow(s, cx, base, size * 1.1, size * 0.25, sun_dir)
+    trunk_h = size * rng.uniform(0.5, 0.8)
+    s = s.view(cx - 1.3 * size, cx + 1.3 * size, base - trunk_h - size * 2.8, base)
+    trunk = (np.abs(s.x - cx) < size * 0.12) & (s.y > base - trunk_h - size * 0.3) & (s.y < base)
+    if rng.random() < 0.4:  # conifer: a tall triangle
+        top = base - trunk_h - size * 2.6
+        canopy = (s.y > top) & (s.y < base - trunk_h * 0.6) & (np.abs(s.x - cx) < (s.y - top) * 0.38)
+        green = _rgb(30, 85, 45)
+    else:  # round canopy
+        cy = base - trunk_h - size * 0.85
+        canopy = ((s.x - cx) / (size * 0.85)) ** 2 + ((s.y - cy) / size) ** 2 < 1 + 0.25 * (s.mid - 0.5)
+        green = _rgb(40, 110, 40) * (1 - golden * 0.2) + _rgb(90, 110, 30) * golden * 0.2
+    light = 1.0 + 0.35 * sun_dir * np.clip((s.x - cx) / max(size, 1e-3), -1, 1) - 0.25 * np.clip(
+        (s.y - (base - trunk_h - size)) / max(size, 1e-3), -1, 1)
+    leaves = green * (0.65 + 0.6 * s.fine[..., None]) * light[..., None]
+    bark = np.broadcast_to(_rgb(95, 65, 40) * (0.8 + 0.3 * s.fine[..., None]), leaves.shape)
+    color = np.where(canopy[..., None], leaves, bark)
+    s.paint(canopy | trunk, "tree", color)
+
+
+def _rock(s: _Scene, rng, cx: float, base: float, scale: float, sun_dir: float) -> None:
+    r = 0.035 * scale * rng.uniform(0.7, 1.4)
+    _shadow(s, cx, base, r * 1.5, r * 0.3, sun_dir)
+    cy = base - r * 0.55
+    s = s.view(cx - 1.8 * r, cx + 1.8 * r, cy - 1.2 * r, base)
+    blob = (((s.x - cx) / (1.5 * r)) ** 2 + ((s.y - cy) / r) ** 2 < 1 + 0.3 * (s.mid - 0.5)) & (s.y < base)
+    light = 1.0 + 0.3 * sun_dir * np.clip((s.x - cx) / (1.5 * r), -1, 1) - 0.3 * np.clip((s.y - cy) / r, -1, 1)
+    grey = _rgb(135, 132, 128) * rng.uniform(0.85, 1.1)
+    s.paint(blob, "rock", grey * (0.7 + 0.45 * s.fine[..., None]) * light[..., None])
+
+
+def _house(s: _Scene, rng, cx: float, base: float, scale: float, sun_dir: float) -> None:
+    bw = 0.14 * scale * rng.uniform(0.8, 1.2)
+    bh = bw * rng.uniform(0.55, 0.8)
+    left = cx - bw / 2
+    _shadow(s, cx, base, bw * 0.8, bw * 0.12, sun_dir)
+    roof_top = base - bh - bw * rng.uniform(0.3, 0.5)
+    s = s.view(cx - 0.6 * bw, cx + 0.6 * bw, roof_top, base)
+    inside = (s.x > left) & (s.x < left + bw)
+    body = inside & (s.y > base - bh) & (s.y < base)
+    roof = (s.y <= base - bh) & (s.y > roof_top + np.abs(s.x - cx) * (base - bh - roof_top) / (bw * 0.55)) & \
+        (np.abs(s.x - cx) < bw * 0.55)
+    wall = _rgb(*rng.choice([(225, 210, 180), (235, 235, 225), (200, 170, 130)])) * (0.9 + 0.1 * s.fine[..., None])
+    wall = wall * (1.0 + 0.12 * sun_dir * np.sign(s.x - cx))[..., None]
+    u, v = (s.x - left) / bw, (s.y - (base - bh)) / bh
+    window = ((np.abs(u - 0.25) < 0.09) | (np.abs(u - 0.75) < 0.09)) & (np.abs(v - 0.4) < 0.14)
+    door = (np.abs(u - 0.5) < 0.08) & (v > 0.5)
+    wall = np.where((window | door)[..., None], _rgb(60, 55, 65), wall)
+    tiles = _rgb(*rng.choice([(170, 60, 45), (120, 60, 40), (90, 80, 85)])) * (0.85 + 0.2 * s.fine[..., None])
+    s.paint(body | roof, "house", np.where(roof[..., None], tiles, wall))
+
+
+# --- tasks and the folder source ------------------------------------------------------------
+
+def _load_generated(seed: int, index: int, width: int, height: int):
+    from pipeline.ingest.common import ImageData, encode_png
+    from pipeline.ingest.writer import Loaded
+
+    image, label, instance = generate_sample(seed, index, width, height)
+    return Loaded(ImageData(encode_png(image), ".png", width, height), label, None, instance)
+
+
+def _samples(demo):
+    for split, count, offset in (("train", demo.num_train, 0), ("val", demo.num_val, VAL_OFFSET)):
+        for i in range(count):
+            yield split, f"demo_{split}_{i:06d}", offset + i
+
+
+def demo_tasks(demo) -> tuple[list, dict]:
+    """Writer tasks for the demo samples of ``demo`` (DemoDataSettings) and the class table."""
+    from pipeline.ingest.writer import SampleTask
+
+    tasks = []
+    for split, name, index in _samples(demo):
+        tag = f"{GENERATOR_VERSION}:{demo.seed}:{index}:{demo.width}x{demo.height}"
+        tasks.append(SampleTask(name, split, f"generated:{demo.seed}:{index}", (),
+                                partial(_load_generated, demo.seed, index, demo.width, demo.height), tag))
+    return tasks, class_table()
 
 
 def write_demo_source(out_dir: Path | str, settings) -> Path:
-    """Write the demo samples as a ``folder``-format source (see ``pipeline.ingest.folder``)."""
-    import json
+    """Write the demo samples of ``settings`` (DemoDataSettings) as a ``folder``-format source:
+    ``images/``, ``labels/``, ``instances/`` per split and ``classes.json``. Ingesting it gives
+    byte-identical files to the ``demo`` format (only the manifest's ``source`` differs). The folder
+    is replaced as a whole (atomically); add your own samples after writing it."""
+    from pipeline.ingest.common import encode_png
+    from pipeline.io import atomic_path
 
     out = Path(out_dir)
-    for split, count, offset in (("train", settings.num_train, 0), ("val", settings.num_val, 1_000_000)):
-        for sub in ("images", "labels", "instances"):
-            (out / sub / split).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            image, label, instance = generate_sample(settings.seed, offset + i, settings.width, settings.height)
-            name = f"demo_{split}_{i:06d}"
-            Image.fromarray(image).save(out / "images" / split / f"{name}.png")
-            Image.fromarray(label).save(out / "labels" / split / f"{name}.png")
-            Image.fromarray(instance).save(out / "instances" / split / f"{name}.png")
-    table = class_table()
-    (out / "classes.json").write_text(json.dumps({"dataset": "demo", "classes": table["classes"]}, indent=2))
+    with atomic_path(out) as tmp:  # the whole tree appears at once
+        for split, name, index in _samples(settings):
+            image, label, instance = generate_sample(settings.seed, index, settings.width, settings.height)
+            for sub, arr in (("images", image), ("labels", label), ("instances", instance)):
+                (tmp / sub / split).mkdir(parents=True, exist_ok=True)
+                (tmp / sub / split / f"{name}.png").write_bytes(encode_png(arr))  # the bytes the demo format writes
+        table = class_table()
+        doc = {"dataset": "demo", "contain_dontcare_label": table["contain_dontcare_label"], "classes": table["classes"]}
+        (tmp / "classes.json").write_text(json.dumps(doc, indent=2) + "\n")
     return out

@@ -1,220 +1,324 @@
 """Writes the prepared dataset: parallel, incremental, atomic.
 
-Each source sample is a :class:`SampleTask` with a content hash. Samples whose hash matches the
-existing manifest are carried over (hard links to the unchanged files, so their bytes are
-identical); the others are processed in a process pool. The new dataset is built in a temporary
-sibling folder and swapped in at the end, so an interrupted or failed run leaves the previous
-output as it was.
+Each source sample is a :class:`SampleTask`. A worker hashes the sample's source files (plus the
+parser settings and per-sample metadata, ``task.tag`` and ``task.meta``); when the hash equals the one in the
+existing manifest, the previous output files are hard-linked (copied where links are impossible)
+into the new tree, so they stay byte-identical and nothing is decoded or encoded again; otherwise
+the sample is loaded, validated and written. The new dataset is built in a temporary sibling
+folder and renamed onto ``out`` at the end (``pipeline.io.atomic_path``): an interrupted or failed
+run leaves the previous output as it was. Results are collected in task order and the manifest is
+sorted, so the output is the same whatever the number of workers.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
 
 from gaugan.edges import instance_edges
-from pipeline.io import atomic_write_json
+from pipeline.ingest.common import DONTCARE, ImageData, IngestError, encode_png
+from pipeline.io import atomic_path, atomic_write_json
 
-DONTCARE = 255
+SPLITS = ("train", "val")
+MANIFEST_COLUMNS = ("id", "split", "image", "label", "instance", "edge", "width", "height", "source", "source_hash",
+                    "dataset")
+HASH_VERSION = "prepared/1"  # bump when the way outputs are written changes, so old outputs are redone
 
 
-class IngestError(RuntimeError):
-    """Bad input: the message names the file and the problem."""
+@dataclass(frozen=True)
+class Loaded:
+    """A sample as a parser produces it, before validation."""
+
+    image: ImageData
+    label: np.ndarray  # [H,W] integer class indices, 255 = dontcare
+    label_png: bytes | None = None  # the source label PNG, when it can be stored unchanged (8-bit greyscale)
+    instance: np.ndarray | None = None  # [H,W] integer ids, 0 = none
 
 
 @dataclass(frozen=True)
 class SampleTask:
+    """One sample to prepare. ``load`` must be picklable (a module-level function or a partial)."""
+
     id: str
     split: str
-    source: str  # what the manifest records as the sample's origin
-    source_hash: str
-    load: Callable[[], tuple]  # -> (image: np.uint8[H,W,3] | bytes-with-ext, label, instance|None)
-    files: tuple[str, ...] = field(default=())  # source files, named in error messages
+    source: str  # recorded in the manifest: path relative to the source root, or generated:<seed>:<i>
+    files: tuple[str, ...]  # the sample's source files: hashed, and named in error messages
+    load: Callable[[], Loaded]
+    tag: str = ""  # parser settings that affect the output
+    meta: object = None  # per-sample metadata that affects it (e.g. its JSON annotations); JSON-able
 
 
-def hash_files(paths, extra: str = "") -> str:
-    h = hashlib.sha256(extra.encode())
-    for p in paths:
-        if p is not None:
-            h.update(Path(p).read_bytes())
+def sample_hash(task: SampleTask) -> str:
+    """sha256 over the parser settings, the sample's metadata and its source files' bytes
+    (computed in the worker, so serialising metadata and reading files run in parallel)."""
+    h = hashlib.sha256(f"{HASH_VERSION}\0{task.tag}\0".encode())
+    if task.meta is not None:
+        h.update(json.dumps(task.meta, sort_keys=True, separators=(",", ":")).encode())
+        h.update(b"\0")
+    for f in task.files:
+        try:
+            data = Path(f).read_bytes()
+        except OSError:
+            h.update(b"<missing>\0")  # the loader reports the real problem
+            continue
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
     return h.hexdigest()
 
 
-def _png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
+def _isnull(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v) or v == ""
 
 
-def _process(task: SampleTask, tmp_root: str, label_nc: int) -> dict:
-    """Load, validate and write one sample; returns its manifest row (plus class counts)."""
+@dataclass(frozen=True)
+class _Job:
+    task: SampleTask
+    prev: dict | None
+    old_root: str
+    new_root: str
+    label_nc: int
+    dataset: str
+
+
+def _paths(task: SampleTask, ext: str, with_instance: bool) -> dict:
+    s, i = task.split, task.id
+    rel = {"image": f"images/{s}/{i}{ext}", "label": f"labels/{s}/{i}.png", "instance": None, "edge": None}
+    if with_instance:
+        rel["instance"], rel["edge"] = f"instances/{s}/{i}.png", f"edges/{s}/{i}.png"
+    return rel
+
+
+def _counts(label: np.ndarray) -> np.ndarray:
+    return np.bincount(label.ravel(), minlength=256)[:256].astype(np.int64)
+
+
+def _reuse(job: _Job, digest: str) -> tuple[dict, np.ndarray] | None:
+    prev = job.prev
+    if prev is None or prev.get("source_hash") != digest:
+        return None
+    rels = [prev[k] for k in ("image", "label", "instance", "edge") if not _isnull(prev.get(k))]
+    old, new = Path(job.old_root), Path(job.new_root)
+    if not all((old / r).is_file() for r in rels):
+        return None
+    for r in rels:
+        try:
+            os.link(old / r, new / r)
+        except OSError:
+            shutil.copy2(old / r, new / r)
+    with Image.open(new / prev["label"]) as im:
+        label = np.array(im)
+    row = {k: (None if _isnull(prev.get(k)) and k in ("instance", "edge") else prev.get(k)) for k in MANIFEST_COLUMNS}
+    row["width"], row["height"] = int(row["width"]), int(row["height"])
+    row["source"], row["dataset"] = job.task.source, job.dataset  # the same bytes may have moved
+    return row, _counts(label)
+
+
+def _process(job: _Job, digest: str) -> tuple[dict, np.ndarray]:
+    task = job.task
     where = ", ".join(task.files) or task.source
     try:
-        image, label, instance = task.load()
+        sample = task.load()
     except IngestError:
         raise
     except Exception as err:  # noqa: BLE001 - any decoding problem is bad input for this sample
         raise IngestError(f"{where}: cannot read ({type(err).__name__}: {err})") from None
-    if isinstance(image, tuple):  # (encoded bytes, extension, decoded array): keep the bytes as they are
-        image_bytes, ext, decoded = image
-    else:
-        decoded, image_bytes, ext = image, None, ".png"
-    h, w = decoded.shape[:2]
+    image, label, instance = sample.image, sample.label, sample.instance
+    w, h = image.width, image.height
     if label.shape != (h, w):
         raise IngestError(f"{where}: label map is {label.shape[1]}x{label.shape[0]} but the image is {w}x{h}")
-    values = np.unique(label)
-    bad = values[(values >= label_nc) & (values != DONTCARE)]
+    if not np.issubdtype(label.dtype, np.integer):
+        raise IngestError(f"{where}: label map has non-integer values ({label.dtype})")
+    lo, hi = (int(label.min()), int(label.max())) if label.size else (0, 0)
+    if lo < 0 or hi > 65535:
+        raise IngestError(f"{where}: label value {lo if lo < 0 else hi} is outside the class table "
+                          f"(0..{job.label_nc - 1}, {DONTCARE} = dontcare)")
+    counts = np.bincount(label.ravel(), minlength=256)
+    present = np.flatnonzero(counts)
+    bad = present[(present >= job.label_nc) & (present != DONTCARE)]
     if bad.size:
-        raise IngestError(f"{where}: label value {int(bad[0])} is outside the class table (0..{label_nc - 1}, 255 = dontcare)")
-    if instance is not None and instance.shape != (h, w):
-        raise IngestError(f"{where}: instance map is {instance.shape[1]}x{instance.shape[0]} but the image is {w}x{h}")
-
-    root = Path(tmp_root)
-    rel = {"image": f"images/{task.split}/{task.id}{ext}", "label": f"labels/{task.split}/{task.id}.png"}
-    (root / rel["image"]).write_bytes(image_bytes if image_bytes is not None else _png_bytes(decoded))
-    label_dtype = np.uint8 if label_nc < 255 else np.uint16
-    (root / rel["label"]).write_bytes(_png_bytes(label.astype(label_dtype)))
-    rel["instance"] = rel["edge"] = None
+        raise IngestError(f"{where}: label value {int(bad[0])} is outside the class table "
+                          f"(0..{job.label_nc - 1}, {DONTCARE} = dontcare)")
     if instance is not None:
-        rel["instance"] = f"instances/{task.split}/{task.id}.png"
-        rel["edge"] = f"edges/{task.split}/{task.id}.png"
-        (root / rel["instance"]).write_bytes(_png_bytes(instance.astype(np.uint16)))
-        (root / rel["edge"]).write_bytes(_png_bytes(instance_edges(instance)))
-    counts = np.bincount(label.ravel().astype(np.int64), minlength=256)
-    return {"id": task.id, "split": task.split, **rel, "width": w, "height": h, "source": task.source,
-            "source_hash": task.source_hash, "_counts": counts[:max(256, label_nc)].tolist()}
+        if instance.shape != (h, w):
+            raise IngestError(f"{where}: instance map is {instance.shape[1]}x{instance.shape[0]} but the image is {w}x{h}")
+        if instance.size and (int(instance.min()) < 0 or int(instance.max()) > 65535):
+            raise IngestError(f"{where}: instance ids must be 0..65535, got {int(instance.min())}..{int(instance.max())}")
+    rel = _paths(task, image.ext, instance is not None)
+    root = Path(job.new_root)
+    (root / rel["image"]).write_bytes(image.data)
+    label8 = label.astype(np.uint8)
+    (root / rel["label"]).write_bytes(sample.label_png if sample.label_png is not None else encode_png(label8))
+    if instance is not None:
+        (root / rel["instance"]).write_bytes(encode_png(instance.astype(np.uint16)))
+        (root / rel["edge"]).write_bytes(encode_png(instance_edges(instance)))
+    row = {"id": task.id, "split": task.split, **rel, "width": w, "height": h, "source": task.source,
+           "source_hash": digest, "dataset": job.dataset}
+    return row, counts[:256].astype(np.int64)
 
 
-def _run_one(args):
-    task, tmp_root, label_nc = args
+def _work(job: _Job):
+    """-> (status, row, counts, error): status 'reused' | 'processed' | 'error'."""
+    digest = sample_hash(job.task)
+    reused = _reuse(job, digest)
+    if reused is not None:
+        return "reused", reused[0], reused[1], None
     try:
-        return _process(task, tmp_root, label_nc), None
+        row, counts = _process(job, digest)
     except IngestError as err:
-        return None, {"file": ", ".join(task.files) or task.source, "error": str(err)}
+        return "error", None, None, {"file": ", ".join(job.task.files) or job.task.source, "error": str(err)}
+    return "processed", row, counts, None
 
 
-def write_prepared(tasks: list[SampleTask], classes: dict, out: Path, *, workers: int = 1,
-                   on_error: str = "fail", progress: bool = True, fmt: str = "", source: str = "") -> dict:
-    import pandas as pd
+def _results(jobs: list[_Job], workers: int, progress: bool) -> Iterable:
+    from tqdm import tqdm
 
-    out = Path(out)
-    label_nc = int(classes["label_nc"])
-    old_rows = {}
-    if (out / "manifest.parquet").is_file():
-        old = pd.read_parquet(out / "manifest.parquet")
-        old_rows = {(r["split"], r["id"]): r for r in old.to_dict("records")}
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left over by an interrupted run
-    for sub in ("images", "labels", "instances", "edges"):
-        for split in ("train", "val"):
-            (tmp / sub / split).mkdir(parents=True, exist_ok=True)
-
-    rows, todo, skipped = [], [], []
-    for task in tasks:
-        prev = old_rows.get((task.split, task.id))
-        if prev is not None and prev["source_hash"] == task.source_hash and _link_files(prev, out, tmp):
-            rows.append(prev)
-        else:
-            todo.append(task)
+    bar = tqdm(total=len(jobs), desc="ingest", unit="img", disable=not progress, dynamic_ncols=True)
     try:
-        results = _map(todo, str(tmp), label_nc, workers, progress)
-        for task, (row, err) in zip(todo, results):
-            if err is not None:
-                if on_error == "fail":
-                    raise IngestError(err["error"])
-                skipped.append(err)
-            else:
-                rows.append(row)
-        if not rows:
-            raise IngestError(f"{source}: no usable samples found")
-        stats = _stats(rows, out, label_nc, skipped, fmt, source, processed=len(todo))
-        manifest = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
-        manifest = manifest.sort_values(["split", "id"]).reset_index(drop=True)
-        manifest.to_parquet(tmp / "manifest.parquet", index=False)
-        atomic_write_json(tmp / "classes.json", classes)
-        atomic_write_json(tmp / "stats.json", stats)
-        _swap(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return stats
-
-
-def _link_files(row: dict, old_root: Path, new_root: Path) -> bool:
-    for key in ("image", "label", "instance", "edge"):
-        rel = row.get(key)
-        if rel is None or (isinstance(rel, float) and np.isnan(rel)):
-            continue
-        src = old_root / rel
-        if not src.is_file():
-            return False
-        dst = new_root / rel
+        if workers <= 1 or len(jobs) < 2:
+            for job in jobs:
+                yield _work(job)
+                bar.update()
+            return
+        _prewarm()
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)))
         try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
+            chunk = max(1, min(16, len(jobs) // (workers * 8)))
+            for result in pool.map(_work, jobs, chunksize=chunk):
+                yield result
+                bar.update()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        bar.close()
+
+
+def _prewarm() -> None:
+    """Import what the workers use before they fork, so each does not pay for it again."""
+    import cv2  # noqa: F401
+    from PIL import Image as _Image
+
+    _Image.preinit()
+    try:
+        from pycocotools import mask  # noqa: F401
+    except ImportError:  # only the COCO parser needs it
+        pass
+
+
+def _old_state(out: Path, classes: dict) -> dict:
+    """Rows of the existing output that may be reused: same dataset kind and class count."""
+    manifest, table = out / "manifest.parquet", out / "classes.json"
+    if not (manifest.is_file() and table.is_file()):
+        return {}
+    try:
+        import pandas as pd
+
+        old_classes = json.loads(table.read_text())
+        if (old_classes.get("dataset"), old_classes.get("label_nc")) != (classes["dataset"], classes["label_nc"]):
+            return {}
+        frame = pd.read_parquet(manifest)
+        if not set(MANIFEST_COLUMNS) <= set(frame.columns):
+            return {}
+        return {(r["split"], r["id"]): r for r in frame.astype(object).to_dict("records")}
+    except Exception:  # noqa: BLE001 - an unreadable previous output is simply rebuilt
+        return {}
+
+
+def recover(out: Path) -> None:
+    """Undo what a killed run may have left: a stale temporary tree, or (killed between the two
+    renames of the swap) the previous output parked under its ``.old`` name."""
+    out = Path(out)
+    for p in out.parent.glob(f".{out.name}.tmp-*") if out.parent.is_dir() else ():
+        if p.is_dir() and not _alive(p.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(p, ignore_errors=True)
+    if not out.exists():
+        parked = sorted(out.parent.glob(f".{out.name}.old-*")) if out.parent.is_dir() else []
+        if parked and (parked[-1] / "manifest.parquet").is_file():
+            os.replace(parked[-1], out)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
     return True
 
 
-def _map(todo: list[SampleTask], tmp_root: str, label_nc: int, workers: int, progress: bool) -> list:
-    from tqdm import tqdm
+def write_prepared(tasks: list[SampleTask], classes: dict, out: Path, *, workers: int = 1, on_error: str = "fail",
+                   progress: bool = True, fmt: str = "", source: str = "") -> dict:
+    """Prepare ``tasks`` into ``out`` (see the module docstring); returns the stats."""
+    import pandas as pd
 
-    args = [(t, tmp_root, label_nc) for t in todo]
-    bar = dict(total=len(args), desc="ingest", unit="img", disable=not progress or not args)
-    if workers <= 1 or len(args) < 2:
-        return [r for r in tqdm(map(_run_one, args), **bar)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(_run_one, args, chunksize=max(1, len(args) // (workers * 8))), **bar))
+    out = Path(out)
+    seen = set()
+    for t in tasks:
+        if t.split not in SPLITS:
+            raise IngestError(f"{t.source}: split must be one of {SPLITS}, got {t.split!r}")
+        if (t.split, t.id) in seen:
+            raise IngestError(f"{t.source}: two source samples share the id {t.id!r} in the {t.split} split "
+                              "(e.g. the same name with two extensions)")
+        seen.add((t.split, t.id))
+    recover(out)
+    old_rows = _old_state(out, classes)
+    label_nc, dataset = int(classes["label_nc"]), str(classes["dataset"])
+    rows, skipped, counts = [], [], {s: np.zeros(256, np.int64) for s in SPLITS}
+    processed = reused = 0
+    with atomic_path(out) as tmp:
+        for sub in ("images", "labels", "instances", "edges"):
+            for split in SPLITS:
+                (tmp / sub / split).mkdir(parents=True, exist_ok=True)
+        jobs = [_Job(t, old_rows.get((t.split, t.id)), str(out), str(tmp), label_nc, dataset) for t in tasks]
+        # closing(): on failure the pool is shut down before atomic_path removes the tree it writes into
+        with closing(_results(jobs, workers, progress)) as results:
+            for status, row, c, err in results:
+                if status == "error":
+                    if on_error == "fail":
+                        raise IngestError(err["error"])
+                    skipped.append(err)
+                    continue
+                processed += status == "processed"
+                reused += status == "reused"
+                rows.append(row)
+                counts[row["split"]] += c
+        if not rows:
+            raise IngestError(f"{source}: no usable samples ({len(skipped)} skipped)")
+        stats = _stats(rows, counts, label_nc, skipped, fmt, dataset, source, processed, reused)
+        frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).sort_values(["split", "id"], kind="stable")
+        frame = frame.astype({"width": "int64", "height": "int64"}).reset_index(drop=True)
+        frame.to_parquet(tmp / "manifest.parquet", index=False)
+        atomic_write_json(tmp / "classes.json", classes)
+        atomic_write_json(tmp / "stats.json", stats)
+    return stats
 
 
-def _stats(rows, out, label_nc, skipped, fmt, source, processed) -> dict:
-    counts = {"train": np.zeros(max(256, label_nc), np.int64), "val": np.zeros(max(256, label_nc), np.int64)}
-    old_stats = {}
-    if (out / "stats.json").is_file():
-        old_stats = json.loads((out / "stats.json").read_text()).get("_per_sample_counts", {})
-    per_sample = {}
-    for r in rows:
-        key = f"{r['split']}/{r['id']}"
-        c = r.get("_counts") or old_stats.get(key)
-        if c is not None:
-            per_sample[key] = c
-            counts[r["split"]][: len(c)] += np.asarray(c, np.int64)
+def _stats(rows, counts, label_nc, skipped, fmt, dataset, source, processed, reused) -> dict:
     freq = {}
     for split, c in counts.items():
-        total = c.sum()
+        total = int(c.sum())
         if total:
-            freq[split] = {str(i): round(float(c[i] / total), 6) for i in range(label_nc) if c[i]}
-    total_all = sum(c.sum() for c in counts.values())
+            freq[split] = {str(i): round(float(c[i]) / total, 6) for i in range(label_nc) if c[i]}
+    total_all = sum(int(c.sum()) for c in counts.values())
     return {
         "format": fmt,
+        "dataset": dataset,
         "source": source,
-        "num_samples": {s: sum(1 for r in rows if r["split"] == s) for s in ("train", "val")},
+        "num_samples": {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS},
+        "class_pixel_frequency_scope": "per split: class index -> fraction of all pixels of that split",
+        "class_pixel_frequency": freq,
+        "dontcare_fraction": round(sum(int(c[DONTCARE]) for c in counts.values()) / max(1, total_all), 6),
         "processed_this_run": processed,
-        "class_pixel_frequency": freq,  # per split: class index -> fraction of that split's pixels
-        "dontcare_fraction": round(float(sum(c[DONTCARE] for c in counts.values()) / max(1, total_all)), 6),
+        "reused": reused,
         "skipped": skipped,
-        "_per_sample_counts": per_sample,
     }
-
-
-def _swap(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
