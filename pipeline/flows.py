@@ -1,122 +1,327 @@
-"""Prefect flows over the DVC pipeline: retries, logs, schedules and a trigger on new data.
+"""Prefect flows over the DVC pipeline: retries, logs, run history, a schedule and a trigger on new data.
 
-DVC stays in charge of what is stale and of caching: each task runs one ``dvc repro`` stage and
-Prefect's own result cache is off for them (``NO_CACHE``). A local Prefect is used by default
-(an ephemeral server for one-off runs); set ``PREFECT_API_URL`` for a Prefect server, which
-schedules and event triggers need (``prefect server start``).
+DVC stays in charge of the DAG, of what is stale and of caching. Each Prefect task runs one stage
+with ``dvc repro --single-item <stage>`` (so a stage that is up to date is skipped by DVC, and its
+upstream stages are never run behind the flow's back), in the order of ``dvc.yaml``'s graph.
+Prefect's own result cache is off for these tasks (``NO_CACHE``): a Prefect cache hit would skip
+DVC's check. The child's output goes line by line into the Prefect run log.
+
+- :func:`pipeline_flow` (``gaugan-pipeline flow run``): every stage, in DVC's order.
+- :func:`retrain_flow` (``gaugan-pipeline flow retrain``): compares the files under ``data.source``
+  with the snapshot of the last successful run (``.gaugan/source_snapshot.json``: relative path ->
+  size, mtime and, once a file has changed, its sha256) and runs the pipeline when files were added,
+  changed or removed (or with ``force``). The ingest stage is incremental and has ``data.source``
+  as a DVC dependency, so only new samples are prepared.
+- :func:`serve_schedule` (``gaugan-pipeline schedule --cron "0 3 * * *"``): serves
+  :func:`retrain_flow` as a deployment with the cron schedule and an event trigger on
+  ``gaugan.dataset.updated`` for this repository's resource id (:func:`dataset_resource_id`).
+  Blocks until interrupted.
+- :func:`notify_new_data` (``gaugan-pipeline notify-new-data``): emits that event, e.g. from the
+  job that uploads new images; from any other process, ``prefect event emit gaugan.dataset.updated
+  --resource-id <id>`` or ``prefect.events.emit_event(...)`` with the same event and resource id.
+
+Where Prefect runs: with no ``PREFECT_API_URL``, each command starts a temporary local server
+(about 15 s) that lives as long as the command, which is enough for ``flow run`` and ``flow
+retrain``. Schedules and triggers need a server that stays up::
+
+    prefect server start                          # terminal 1 (UI at http://127.0.0.1:4200)
+    export PREFECT_API_URL=http://127.0.0.1:4200/api
+    gaugan-pipeline schedule --cron "0 3 * * *"   # terminal 2: serves until Ctrl-C
+    gaugan-pipeline notify-new-data               # anywhere with the same PREFECT_API_URL
+
+Any other Prefect server (or Prefect Cloud) works the same way through ``PREFECT_API_URL``. DVC
+must not run twice at once in one workspace: every stage task carries the tag ``dvc-workspace``,
+so ``prefect concurrency-limit create dvc-workspace 1`` serializes them across flow runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
 from collections import deque
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+# The temporary local server needs longer than Prefect's 20 s default to start on a busy machine;
+# must be set before prefect is imported.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
-from pipeline.io import atomic_write_json
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-STAGES = ("ingest", "train", "train-segmenter", "evaluate", "register")
+from pipeline.io import atomic_write_json  # noqa: E402
+
 NEW_DATA_EVENT = "gaugan.dataset.updated"
 SNAPSHOT = Path(".gaugan") / "source_snapshot.json"
+DEPLOYMENT = "gaugan-retrain"
+TAIL_LINES = 40
+
+log = logging.getLogger(__name__)
 
 
 class StageFailed(RuntimeError):
-    pass
+    """A DVC stage exited non-zero; the message names it and ends with the tail of its output."""
 
 
-def _env(repo: str) -> dict:
-    """This interpreter's tools first on PATH, and an absolute MLflow store for every stage."""
+# ------------------------------------------------------------------------------------------------
+# DVC
+
+
+def tool_env(repo: Path) -> dict[str, str]:
+    """This interpreter's tools first on PATH, an absolute MLflow store, unbuffered child output."""
+    from pipeline.offline import OFFLINE_ENV
     from pipeline.tracking import resolve_tracking_uri
 
-    env = dict(os.environ)
+    env = {**OFFLINE_ENV, **os.environ}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(None, Path(repo).resolve())
+    env["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(None, repo)
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-@task(retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE, tags=["dvc-workspace"])
-def dvc_stage(stage: str, repo: str) -> None:
-    """``dvc repro --single-item <stage>``, streamed line by line into the Prefect log."""
+def dvc_stages(repo: Path | str) -> list[str]:
+    """The pipeline's stages (those with a command) in dependency order, ties in dvc.yaml order."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    root = Path(repo).resolve()
+    with Repo(str(root)) as dvc_repo:
+        index = dvc_repo.index
+        stages = [s for s in index.stages if getattr(s, "cmd", None)]
+        position = {s: i for i, s in enumerate(index.stages)}
+        graph = index.graph.reverse().subgraph(stages)  # edges upstream -> downstream
+        ordered = nx.lexicographical_topological_sort(graph, key=lambda s: position[s])
+        return [_address(s, root) for s in ordered]
+
+
+def _address(stage, root: Path) -> str:
+    """The stage's name as ``dvc repro`` takes it from the repository root (``sub/dvc.yaml:name`` in a subfolder)."""
+    dvcfile = Path(stage.path).resolve()
+    return stage.name if dvcfile == root / "dvc.yaml" else f"{dvcfile.relative_to(root).as_posix()}:{stage.name}"
+
+
+def _outcome(stage: str, lines: list[str]) -> str:
+    text = "\n".join(lines)
+    if f"Running stage '{stage}'" in text:
+        return "ran"
+    if "is cached - skipping run" in text:
+        return "restored"
+    return "skipped"
+
+
+@task(name="dvc-stage", task_run_name="dvc repro {stage}", retries=1, retry_delay_seconds=10,
+      cache_policy=NO_CACHE, tags=["dvc-workspace"])
+def dvc_stage(stage: str, repo: str) -> str:
+    """``dvc repro --single-item <stage>``; returns 'ran', 'skipped' (up to date) or 'restored' (run-cache)."""
     logger = get_run_logger()
-    env = _env(repo)
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
-    tail: deque[str] = deque(maxlen=30)
-    with subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        for line in proc.stdout:
-            line = line.rstrip()
+    logger.info("%s$ %s", repo, " ".join(["dvc", *cmd[3:]]))
+    lines: list[str] = []
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    proc = subprocess.Popen(cmd, cwd=repo, env=tool_env(Path(repo)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\r\n")
+            if len(lines) < 10_000:
+                lines.append(line)
             tail.append(line)
             logger.info("[%s] %s", stage, line)
-    if proc.returncode != 0:
-        raise StageFailed(f"stage {stage!r} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+        code = proc.wait()
+    except BaseException:  # cancelled or interrupted: do not leave the stage running
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    if code != 0:
+        raise StageFailed(f"stage {stage!r} failed (dvc exit code {code}); last lines:\n" + "\n".join(tail))
+    return _outcome(stage, lines)
 
 
 @flow(name="gaugan-pipeline", log_prints=True)
-def pipeline_flow(repo: str = ".", stages: list[str] | None = None) -> list[str]:
-    """Run the DVC stages in order; DVC skips the ones that are up to date."""
-    done = []
-    for stage in stages or STAGES:
-        dvc_stage(stage, repo)
-        done.append(stage)
-    return done
+def pipeline_flow(repo: str = ".", stages: list[str] | None = None, retries: int = 1,
+                  retry_delay_seconds: float = 10) -> dict[str, str]:
+    """Run the DVC stages (all by default, else the named ones) in DVC's order; returns stage -> outcome.
+
+    Each stage runs alone (``--single-item``): naming a subset does not run the stages before it.
+    A failing stage is retried ``retries`` times, then the flow fails with its output's tail.
+    """
+    root = Path(repo).resolve()
+    order = dvc_stages(root)
+    if stages:
+        unknown = [s for s in stages if s not in order]
+        if unknown:
+            raise ValueError(f"unknown stages {unknown}; {root / 'dvc.yaml'} has {order}")
+        order = [s for s in order if s in stages]
+    run_stage = dvc_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
+    outcomes: dict[str, str] = {}
+    for stage in order:
+        outcomes[stage] = run_stage(stage, str(root))
+    print("stages: " + ", ".join(f"{s} {o}" for s, o in outcomes.items()))
+    return outcomes
 
 
-def source_snapshot(source: Path) -> dict[str, str]:
-    """relative path -> size:mtime:sha256-prefix, for every file under the source folder."""
-    snap = {}
-    for path in sorted(p for p in source.rglob("*") if p.is_file()):
-        st = path.stat()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        snap[str(path.relative_to(source))] = f"{st.st_size}:{digest}"
-    return snap
+# ------------------------------------------------------------------------------------------------
+# new data
 
 
-def detect_new_data(repo: Path) -> tuple[bool, dict, dict]:
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def source_dir(repo: Path) -> tuple[Path, str]:
     from pipeline.params import load_params
 
-    params = load_params(repo / "params.yaml")
-    source = repo / params.data.source
-    current = source_snapshot(source) if source.is_dir() else {}
-    previous = {}
-    if (repo / SNAPSHOT).is_file():
-        previous = json.loads((repo / SNAPSHOT).read_text())
-    changed = {k for k in current if previous.get(k) != current[k]} | (set(previous) - set(current))
-    return bool(changed), current, {"changed": sorted(changed)[:20], "num_changed": len(changed)}
+    configured = load_params(repo / "params.yaml").data.source
+    return repo / configured, configured
+
+
+def scan_source(source: Path, previous: dict[str, dict]) -> tuple[dict[str, dict], dict[str, list[str]]]:
+    """(snapshot, changes): files whose size or mtime moved are hashed, and count only if the hash moved."""
+    snapshot: dict[str, dict] = {}
+    added, changed = [], []
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        rel = path.relative_to(source).as_posix()
+        st = path.stat()
+        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": None}
+        old = previous.get(rel)
+        if old is None:
+            added.append(rel)
+        elif old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
+            entry["sha256"] = old.get("sha256")
+        else:
+            entry["sha256"] = _sha256(path)
+            if old.get("size") != st.st_size or old.get("sha256") != entry["sha256"]:
+                changed.append(rel)
+        snapshot[rel] = entry
+    removed = sorted(set(previous) - set(snapshot))
+    return snapshot, {"added": added, "changed": changed, "removed": removed}
+
+
+def read_snapshot(repo: Path, configured_source: str) -> dict[str, dict]:
+    path = repo / SNAPSHOT
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    if data.get("source") != configured_source:  # another source folder: everything is new
+        return {}
+    return data.get("files", {})
+
+
+@task(name="detect-new-data", cache_policy=NO_CACHE)
+def detect_new_data(repo: str) -> dict:
+    """Compare ``data.source`` with the last snapshot; returns changes, counts and the new snapshot."""
+    root = Path(repo)
+    source, configured = source_dir(root)
+    if not source.is_dir():
+        raise FileNotFoundError(f"data.source {source} is not a folder (params.yaml); nothing to watch")
+    snapshot, changes = scan_source(source, read_snapshot(root, configured))
+    return {"source": configured, "files": snapshot, "changes": changes,
+            "num_changes": sum(len(v) for v in changes.values())}
 
 
 @flow(name="gaugan-retrain", log_prints=True)
-def retrain_flow(repo: str = ".", force: bool = False) -> dict:
-    """Rerun the pipeline when the source folder has new, changed or removed files."""
+def retrain_flow(repo: str = ".", force: bool = False, retries: int = 1) -> dict:
+    """Run the pipeline if files under ``data.source`` were added, changed or removed since the last
+    successful run (or if ``force``); the snapshot is saved only after the pipeline succeeded."""
     root = Path(repo).resolve()
-    changed, snapshot, detail = detect_new_data(root)
-    if not changed and not force:
-        print("no new data in the source folder: nothing to do")
-        return {"ran": False, **detail}
-    print(f"{detail['num_changed']} new or changed source files: rerunning the pipeline")
-    stages = pipeline_flow(repo=str(root))
-    atomic_write_json(root / SNAPSHOT, snapshot)
-    return {"ran": True, "stages": stages, **detail}
+    found = detect_new_data(str(root))
+    changes = found["changes"]
+    summary = {k: len(v) for k, v in changes.items()}
+    if not found["num_changes"] and not force:
+        print(f"no new data in {found['source']} ({len(found['files'])} files unchanged): nothing to do")
+        return {"ran": False, "changes": summary}
+    print(f"{found['source']}: {summary['added']} added, {summary['changed']} changed, "
+          f"{summary['removed']} removed{' (forced)' if force else ''}: running the pipeline")
+    outcomes = pipeline_flow(repo=str(root), retries=retries)
+    atomic_write_json(root / SNAPSHOT, {"source": found["source"], "files": found["files"]})
+    return {"ran": True, "changes": summary, "stages": outcomes}
 
 
-def serve_schedule(repo: str = ".", cron: str = "0 3 * * *") -> None:
-    """Serve the retraining flow on a cron schedule and on the new-data event (blocks)."""
-    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+# ------------------------------------------------------------------------------------------------
+# schedule and trigger
 
+
+def dataset_resource_id(repo: Path | str) -> str:
+    """``gaugan.dataset.<folder>-<hash of its absolute path>``: one id per checkout."""
+    root = Path(repo).resolve()
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in root.name) or "repo"
+    return f"gaugan.dataset.{slug}-{digest}"
+
+
+def build_deployment(repo: Path | str = ".", cron: str | None = "0 3 * * *", name: str = DEPLOYMENT,
+                     retries: int = 1):
+    """The retraining deployment: cron schedule + trigger on this repository's new-data event."""
+    from prefect.deployments.runner import EntrypointType
+    from prefect.events import DeploymentEventTrigger
+
+    root = str(Path(repo).resolve())
+    parameters = {"repo": root, "force": False, "retries": retries}
     trigger = DeploymentEventTrigger(
+        name=f"{name}-on-new-data",
         expect={NEW_DATA_EVENT},
-        match={"prefect.resource.id": "gaugan.dataset.*"},
-        parameters={"repo": repo, "force": True},
+        match={"prefect.resource.id": dataset_resource_id(root)},
+        parameters=parameters,
     )
-    retrain_flow.serve(name="gaugan-retrain", cron=cron, triggers=[trigger], parameters={"repo": repo})
+    return retrain_flow.to_deployment(
+        name=name, cron=cron, triggers=[trigger], parameters=parameters,
+        entrypoint_type=EntrypointType.MODULE_PATH, tags=["gaugan"],
+        description=f"Retrain the GauGAN pipeline in {root} on a schedule and when new data arrives.",
+    )
 
 
-def notify_new_data(repo: str = ".") -> None:
-    """Emit the event that starts the served retraining deployment (e.g. from an upload hook)."""
-    from prefect.events import emit_event
+def serve_schedule(repo: Path | str = ".", cron: str | None = "0 3 * * *", name: str = DEPLOYMENT,
+                   retries: int = 1) -> None:
+    """Serve :func:`retrain_flow` with the schedule and the new-data trigger (blocks until Ctrl-C)."""
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL
 
-    emit_event(event=NEW_DATA_EVENT, resource={"prefect.resource.id": f"gaugan.dataset.{Path(repo).resolve().name}"})
+    if not PREFECT_API_URL.value():
+        log.warning(
+            "PREFECT_API_URL is not set: serving on a temporary local server, which runs no schedules and "
+            "disappears on exit. Run `prefect server start` and `export PREFECT_API_URL=http://127.0.0.1:4200/api`."
+        )
+    print(f"new-data trigger: event {NEW_DATA_EVENT!r} for resource {dataset_resource_id(repo)!r} "
+          f"(gaugan-pipeline notify-new-data --repo {Path(repo).resolve()})")
+    serve(build_deployment(repo, cron, name, retries), pause_on_shutdown=True)
+
+
+def notify_new_data(repo: Path | str = ".", detail: dict | None = None) -> str:
+    """Emit the new-data event that triggers the served retraining deployment; returns the event id.
+
+    Needs ``PREFECT_API_URL`` (the server the deployment is served on).
+    """
+    import asyncio
+
+    from prefect.events import Event
+    from prefect.events.clients import get_events_client
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise RuntimeError("PREFECT_API_URL is not set: there is no Prefect server to tell; set it to the server "
+                           "that `gaugan-pipeline schedule` serves on (e.g. http://127.0.0.1:4200/api)")
+    root = Path(repo).resolve()
+    event = Event(event=NEW_DATA_EVENT, resource={"prefect.resource.id": dataset_resource_id(root),
+                                                  "prefect.resource.name": root.name},
+                  payload={"repo": str(root), **(detail or {})})
+
+    async def send() -> None:
+        async with get_events_client() as client:
+            await client.emit(event)
+
+    asyncio.run(send())
+    return str(event.id)

@@ -169,6 +169,11 @@ class RegisterSettings(_Section):
     model_name: str | None = Field(None, description="null: gaugan-<dataset>")
     metric: str = "fid"
     greater_is_better: bool = False
+    promote: Literal["if_better", "always", "never"] = Field(
+        "if_better",
+        description="if_better: @champion moves only to a version that beats it on `metric` (FID/KID computed with "
+        "another backbone or resolution do not compare: the champion stays); always / never: regardless",
+    )
     out: str = "outputs/register/registration.json"
 
 

@@ -1,41 +1,131 @@
 """The registered model: an MLflow pyfunc that turns label maps into images.
 
-Input: a dict with ``label`` (int [B,H,W], class indices, 255 = dontcare) and, for models trained
-with instance maps, ``instance`` (int [B,H,W]); when ``instance`` is absent the label map serves
-as the instance map (boundaries between classes). Params: ``seed`` (multimodal models).
-Output: uint8 images [B,H,W,3].
+Input (tensor-based signature, a dict of numpy arrays):
+
+- ``label``: int64 [B, H, W], class indices (255 = dontcare when the model has that channel);
+- ``instance``: int64 [B, H, W], instance ids; only in the signature (and then required) for
+  models trained with instance maps.
+
+Params: ``seed`` (long, default -1 = random; the style noise of models with a style encoder),
+``batch_size`` (long, default 8). Output: uint8 [B, H, W, 3], the same H and W as the input
+(see :func:`pipeline.synthesize.generate`).
+
+The artifact is the generator file itself (``artifacts={"generator": ...}``). The model is logged
+as code (a three-line file that imports :class:`GauGANPyfunc`), not pickled, so loading needs this
+project installed (the Docker image, or ``pip install .``).
+``pip_requirements`` pins the running torch, numpy, pillow and mlflow, so nothing is resolved when
+it loads. ``mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"})`` picks the device
+(default: CUDA when available).
+
+Importing this module imports mlflow (seconds): only the register stage and MLflow loads need it.
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
+from mlflow.pyfunc import PythonModel
 
-try:
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # pragma: no cover - mlflow is a dependency; this keeps the import cheap to reason about
-    PythonModel = object
+ARTIFACT = "generator"
 
+# The model is logged as code (MLflow "models from code"), not pickled: this file goes into the
+# model's folder and builds the model from the installed package when it is loaded.
+MODEL_CODE = """\
+# GauGAN pyfunc model (MLflow models-from-code): the class lives in the gaugan-pipeline package.
+from mlflow.models import set_model
 
-def _unpack(model_input) -> tuple[np.ndarray, np.ndarray | None]:
-    if isinstance(model_input, dict):
-        label = np.asarray(model_input["label"])
-        instance = model_input.get("instance")
-        return label, (np.asarray(instance) if instance is not None else None)
-    return np.asarray(model_input), None
+from pipeline.serving import GauGANPyfunc
+
+set_model(GauGANPyfunc())
+"""
 
 
 class GauGANPyfunc(PythonModel):
+    # The input, a dict of arrays, is described by the explicit signature (signature_for), not by
+    # type hints: this tells PythonModel not to wrap predict for type-hint validation (and warn).
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         from gaugan.synthesizer import Synthesizer
 
-        self.synth = Synthesizer.from_checkpoint(context.artifacts["generator"], device="auto")
+        device = (context.model_config or {}).get("device", "auto")
+        self.synth = Synthesizer.from_checkpoint(context.artifacts[ARTIFACT], device=device)
 
     def predict(self, context, model_input, params=None):
-        label, instance = _unpack(model_input)
-        if label.ndim == 2:
-            label = label[None]
-        if self.synth.config.use_instance and instance is None:
-            instance = label
-        seed = (params or {}).get("seed")
-        images = self.synth(label.astype(np.int64), instances=instance, seed=None if seed is None or seed < 0 else int(seed))
-        return self.synth.to_uint8(images)
+        from pipeline.synthesize import SynthesizeError, generate
+
+        if isinstance(model_input, dict):
+            if "label" not in model_input:
+                raise SynthesizeError(f"the input needs a 'label' array; got keys {sorted(model_input)}")
+            label = np.asarray(model_input["label"])
+            instance = model_input.get("instance")
+        else:
+            label, instance = np.asarray(model_input), None
+        params = params or {}
+        seed = params.get("seed")
+        seed = None if seed is None or int(seed) < 0 else int(seed)
+        return generate(self.synth, label, None if instance is None else np.asarray(instance), seed=seed,
+                        batch_size=int(params.get("batch_size") or 8))
+
+
+def signature_for(config):
+    """Tensor signature: named int64 inputs of any batch and size, uint8 images out, seed/batch_size params."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    inputs = [TensorSpec(np.dtype("int64"), (-1, -1, -1), "label")]
+    if config.use_instance:
+        inputs.append(TensorSpec(np.dtype("int64"), (-1, -1, -1), "instance"))
+    return ModelSignature(
+        inputs=Schema(inputs),
+        outputs=Schema([TensorSpec(np.dtype("uint8"), (-1, -1, -1, 3), "image")]),
+        params=ParamSchema([ParamSpec("seed", "long", -1), ParamSpec("batch_size", "long", 8)]),
+    )
+
+
+def input_example_for(config) -> dict:
+    """One all-zeros label map (class 0) at the training crop size; instance map all one instance."""
+    from pipeline.synthesize import model_size
+
+    h, w = model_size(config, *_crop_hw(config))
+    example = {"label": np.zeros((1, h, w), dtype=np.int64)}
+    if config.use_instance:
+        example["instance"] = np.zeros((1, h, w), dtype=np.int64)
+    return example
+
+
+def _crop_hw(config) -> tuple[int, int]:
+    return max(1, round(config.crop_size / config.aspect_ratio)), config.crop_size
+
+
+def pinned_requirements() -> list[str]:
+    """The running versions, so an offline load never resolves anything (torch without +cpu/+cuXXX)."""
+    import mlflow
+    import PIL
+    import torch
+
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"numpy=={np.__version__}",
+        f"pillow=={PIL.__version__}",
+    ]
+
+
+def log_generator_model(generator_path: Path | str, config, name: str = "generator"):
+    """Log the pyfunc model into the active run; returns mlflow's ModelInfo."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="gaugan-model-") as tmp:
+        code = Path(tmp) / "gaugan_model.py"
+        code.write_text(MODEL_CODE)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(code),
+            artifacts={ARTIFACT: str(generator_path)},
+            signature=signature_for(config),
+            input_example=input_example_for(config),
+            pip_requirements=pinned_requirements(),
+        )

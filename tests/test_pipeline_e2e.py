@@ -147,7 +147,7 @@ def test_prefect_flows_run_the_same_pipeline_and_retrain_on_new_data(project):
         return proc.stdout + proc.stderr
 
     first = cli("flow", "retrain")  # no snapshot yet: runs the pipeline through Prefect
-    assert "rerunning the pipeline" in first and "Finished in state Completed" in first
+    assert "running the pipeline" in first and "Finished in state Completed" in first
     assert "nothing to do" in cli("flow", "retrain")
     versions_before = json.loads((root / "outputs/register/registration.json").read_text())["version"]
     from pipeline.ingest.demo import generate_sample
@@ -158,7 +158,7 @@ def test_prefect_flows_run_the_same_pipeline_and_retrain_on_new_data(project):
 
         Image.fromarray(arr).save(root / "data/raw/demo" / sub / "train" / "arrived_later.png")
     third = cli("flow", "retrain")
-    assert "3 new or changed source files" in third  # image, label and instance map
+    assert "3 added, 0 changed, 0 removed" in third  # image, label and instance map
     assert "Running stage 'ingest'" in third and "Running stage 'train'" in third
     stats = json.loads((root / "data/prepared/stats.json").read_text())
     assert stats["processed_this_run"] == 1  # incremental: only the new sample was prepared

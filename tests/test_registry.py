@@ -1,4 +1,10 @@
-"""The register stage and synthesize against a real SQLite MLflow store."""
+"""The register stage against a real SQLite MLflow store: promotion by metric, tags, rollback, loading.
+
+One store per module: three trained "models" (tiny random generators, each in its own MLflow run)
+are registered in turn with FID 10, 8 and 12: the first becomes champion, the better second takes
+over, the worse third stays challenger. Then the champion is loaded back through the pyfunc
+(``models:/NAME@champion``) and through :func:`pipeline.synthesize.synthesize`.
+"""
 
 from __future__ import annotations
 
@@ -7,98 +13,240 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import yaml
 from PIL import Image
 
-from gaugan.checkpoint import save_generator
-from gaugan.config import GauGANConfig
-from gaugan.generator import SPADEGenerator
-from pipeline.params import load_params
-from pipeline.tracking import RunRef, ensure_experiment, write_run_ref
-
-CLASSES = {"format_version": 1, "dataset": "toy", "label_nc": 4, "dontcare": 255, "contain_dontcare_label": True,
-           "has_instances": True, "classes": [{"index": i, "name": f"c{i}", "color": [60 * i, 0, 0]} for i in range(4)]}
+NAME = "gaugan-toy"
+CLASSES = {"dataset": "toy", "label_nc": 3,
+           "classes": [{"index": i, "name": n, "color": c} for i, (n, c) in
+                       enumerate([("sky", [0, 0, 255]), ("grass", [0, 255, 0]), ("rock", [128, 128, 128])])]}
 
 
-def _train_run(project: Path, fid: float, seed: int) -> None:
-    """What train + evaluate leave behind: a generator file, run.json, metrics.json."""
-    import mlflow
+def tiny_generator(path: Path, seed: int, **overrides) -> None:
+    import torch
 
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    exp = ensure_experiment("gaugan-toy", uri)
-    with mlflow.start_run(experiment_id=exp) as run:
-        run_id = run.info.run_id
-    write_run_ref(project / "outputs/train/run.json", RunRef(run_id, uri, "gaugan-toy"))
-    cfg = GauGANConfig(label_nc=4, use_instance=True, ngf=2, ndf=2, z_dim=4, spade_hidden=4, n_layers_D=2,
-                       crop_size=64, norm_G="spectralspadeinstance3x3")
+    from gaugan.checkpoint import save_generator
+    from gaugan.config import GauGANConfig
+    from gaugan.generator import SPADEGenerator
+
+    settings = dict(label_nc=3, use_instance=True, ngf=4, z_dim=8, spade_hidden=8, crop_size=64)
+    settings.update(overrides)
+    config = GauGANConfig(**settings)
     torch.manual_seed(seed)
-    save_generator(project / "models/generator.pt", SPADEGenerator(cfg).eval(), None, cfg, CLASSES,
-                   {"run_id": run_id, "data_version": "d1", "git_commit": "abc"})
-    (project / "outputs/evaluate").mkdir(parents=True, exist_ok=True)
-    (project / "outputs/evaluate/metrics.json").write_text(json.dumps({"fid": fid, "miou": 0.5, "backbone": "tiny"}))
+    save_generator(path, SPADEGenerator(config), None, config, CLASSES,
+                   {"data_version": f"data-{seed}", "steps": 3, "git_commit": f"{seed:040d}"})
 
 
-@pytest.fixture()
-def project(tmp_path) -> Path:
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}))
-    return tmp_path
+def params(root: Path, **register):
+    from pipeline.params import parse_params
+
+    return parse_params({"register": register} if register else {})
 
 
-def test_better_challengers_are_promoted_and_worse_ones_kept_out(project):
+def fake_training(root: Path, uri: str, seed: int, fid: float) -> str:
+    """What train and evaluate leave behind: generator file, run.json (a real run), metrics.json."""
     import mlflow
 
+    from pipeline.tracking import RunRef, ensure_experiment, write_run_ref
+
+    tiny_generator(root / "models/generator.pt", seed)
+    experiment = ensure_experiment("gaugan-toy", uri)
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(experiment, run_name=f"train-{seed}")
+    client.set_terminated(run.info.run_id)
+    write_run_ref(root / "outputs/train/run.json", RunRef(run.info.run_id, uri, "gaugan-toy"))
+    metrics = {"fid": fid, "kid_mean": fid / 100, "miou": 0.5, "accuracy": 0.7, "num_images": 6, "height": 64,
+               "width": 64, "paper_comparable": False, "backbone": {"name": "tiny-cnn-seed0", "feature_dim": 16}}
+    (root / "outputs/evaluate").mkdir(parents=True, exist_ok=True)
+    (root / "outputs/evaluate/metrics.json").write_text(json.dumps(metrics))
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Three registrations: FID 10 (first: champion), 8 (better: champion), 12 (worse: challenger)."""
     from pipeline.registry import run_register
 
-    params = load_params(project / "params.yaml")
-    _train_run(project, fid=50.0, seed=0)
-    first = run_register(params, project)
-    assert first["name"] == "gaugan-toy" and first["version"] == "1" and first["promoted"]
-    _train_run(project, fid=80.0, seed=1)
-    worse = run_register(params, project)
-    assert worse["version"] == "2" and not worse["promoted"] and worse["champion_value_before"] == 50.0
-    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    assert str(client.get_model_version_by_alias("gaugan-toy", "champion").version) == "1"
-    assert str(client.get_model_version_by_alias("gaugan-toy", "challenger").version) == "2"
-    _train_run(project, fid=20.0, seed=2)
-    better = run_register(params, project)
-    assert better["promoted"] and str(client.get_model_version_by_alias("gaugan-toy", "champion").version) == "3"
-    tags = client.get_model_version("gaugan-toy", "3").tags
-    assert tags["metric.fid"] == "20.0" and tags["data_version"] == "d1" and tags["git_commit"] == "abc"
-    assert json.loads((project / "outputs/register/registration.json").read_text())["version"] == "3"
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    results, runs = [], []
+    for seed, fid in [(1, 10.0), (2, 8.0), (3, 12.0)]:
+        runs.append(fake_training(root, uri, seed, fid))
+        results.append(run_register(params(root), root))
+        results[-1]["file"] = json.loads((root / "outputs/register/registration.json").read_text())
+    return root, uri, results, runs
 
 
-def test_missing_metric_is_refused_and_leaves_the_registry_alone(project):
+def aliases(uri: str) -> dict:
     import mlflow
 
-    from pipeline.registry import RegistryError, run_register
-
-    _train_run(project, fid=50.0, seed=0)
-    (project / "outputs/evaluate/metrics.json").write_text(json.dumps({"miou": 0.4}))
-    with pytest.raises(RegistryError, match=r"register.metric 'fid' is not a number in .*metrics.json"):
-        run_register(load_params(project / "params.yaml"), project)
-    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    assert client.search_registered_models() == []
+    return {k: str(v) for k, v in mlflow.MlflowClient(uri).get_registered_model(NAME).aliases.items()}
 
 
-def test_synthesize_with_the_champion(project, monkeypatch):
-    from pipeline.registry import run_register
+def versions(uri: str) -> list[int]:
+    import mlflow
+
+    return sorted(int(v.version) for v in mlflow.MlflowClient(uri).search_model_versions(f"name='{NAME}'"))
+
+
+def test_first_becomes_champion_better_is_promoted_worse_is_kept_out(store):
+    root, uri, (first, second, third), _ = store
+    assert first["promoted"] is True and first["version"] == 1 and first["champion_value_before"] is None
+    assert second["promoted"] is True and second["version"] == 2 and second["champion_value_before"] == 10.0
+    assert third["promoted"] is False and third["version"] == 3 and third["champion_value_before"] == 8.0
+    assert third["champion_version_before"] == 2 and "not better" in third["reason"]
+    assert third["aliases"] == ["challenger"] and second["aliases"] == ["challenger", "champion"]
+    assert aliases(uri) == {"champion": "2", "challenger": "3"}
+    for result in (first, second, third):
+        assert result["file"] == {k: v for k, v in result.items() if k != "file"}
+        assert result["name"] == NAME and result["metric"] == "fid"
+
+
+def test_versions_carry_provenance_and_metrics(store):
+    import mlflow
+
+    root, uri, results, runs = store
+    client = mlflow.MlflowClient(uri)
+    version = client.get_model_version(NAME, "3")
+    assert version.run_id == runs[2]
+    tags = version.tags
+    assert tags["git_commit"] == f"{3:040d}" and tags["data_version"] == "data-3"
+    assert float(tags["metric.fid"]) == 12.0 and float(tags["metric.miou"]) == 0.5
+    assert "metric.paper_comparable" not in tags  # booleans are not metrics
+    assert tags["fid_backbone"] == "tiny-cnn-seed0" and tags["eval_resolution"] == "64x64"
+    assert tags["validation_status"] == "challenger" and client.get_model_version(NAME, "2").tags["validation_status"] == "champion"
+    assert len(tags["generator_sha256"]) == 64
+    # the training run holds the pyfunc model and the raw checkpoint
+    artifacts = [a.path for a in client.list_artifacts(runs[2], "checkpoint")]
+    assert artifacts == ["checkpoint/generator.pt"]
+    assert client.get_run(runs[2]).data.tags["registered_version"] == "3"
+    assert results[2]["logged_model_uri"].startswith("models:/m-")
+
+
+def test_champion_loads_through_pyfunc_and_synthesize(store, tmp_path):
+    import mlflow
+
     from pipeline.synthesize import synthesize
 
-    _train_run(project, fid=50.0, seed=0)
-    run_register(load_params(project / "params.yaml"), project)
-    label = np.zeros((64, 96), np.uint8)
-    label[:, 40:] = 2
-    Image.fromarray(label).save(project / "map.png")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-    out = synthesize("models:/gaugan-toy@champion", project / "map.png", project / "out.png", seed=3)
+    root, uri, _, _ = store
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion", model_config={"device": "cpu"})
+    names = model.metadata.get_input_schema().input_names()
+    assert names == ["label", "instance"]
+    labels = np.zeros((2, 48, 80), dtype=np.int64)
+    labels[:, 20:, :] = 1
+    labels[1, :, 40:] = 255
+    images = model.predict({"label": labels, "instance": labels.copy()}, params={"seed": 0})
+    assert images.shape == (2, 48, 80, 3) and images.dtype == np.uint8
+
+    label_png = tmp_path / "map.png"
+    Image.fromarray(labels[0].astype(np.uint8)).save(label_png)
+    out = synthesize(f"models:/{NAME}@champion", label_png, tmp_path / "out/image.png", instance_path=label_png,
+                     tracking_uri=uri)
     image = np.array(Image.open(out))
-    assert image.shape == (64, 96, 3) and image.std() > 0
-    # the local generator file gives the same picture
-    local = synthesize(str(project / "models/generator.pt"), project / "map.png", project / "local.png")
-    np.testing.assert_allclose(np.array(Image.open(local)).astype(int), image.astype(int), atol=1)
-    with pytest.raises(ValueError, match="cannot load models:/gaugan-toy@nope"):
-        synthesize("models:/gaugan-toy@nope", project / "map.png", project / "x.png")
-    Image.fromarray(np.full((64, 64), 9, np.uint8)).save(project / "bad.png")
-    with pytest.raises(Exception, match="label value 9 is outside the class table"):
-        synthesize(str(project / "models/generator.pt"), project / "bad.png", project / "y.png")
+    assert image.shape == (48, 80, 3)
+    np.testing.assert_array_equal(image, images[0])
+    # the same version by number, and the same generator file used directly: the same pixels
+    by_version = synthesize(f"models:/{NAME}/2", label_png, tmp_path / "v2.png", instance_path=label_png,
+                            tracking_uri=uri)
+    np.testing.assert_array_equal(np.array(Image.open(by_version)), image)
+    local = tmp_path / "g2.pt"
+    tiny_generator(local, seed=2)
+    np.testing.assert_array_equal(np.array(Image.open(synthesize(str(local), label_png, tmp_path / "local.png",
+                                                                 instance_path=label_png))), image)
+
+
+def test_unknown_alias_version_or_model_lists_what_exists(store, tmp_path):
+    from pipeline.synthesize import SynthesizeError, synthesize
+
+    root, uri, _, _ = store
+    label_png = tmp_path / "map.png"
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(label_png)
+    with pytest.raises(SynthesizeError, match=r"no alias 'production'.*@challenger \(version 3\).*@champion \(version 2\)"):
+        synthesize(f"models:/{NAME}@production", label_png, tmp_path / "x.png", tracking_uri=uri)
+    with pytest.raises(SynthesizeError, match=r"no version '7'; versions: \[1, 2, 3\]"):
+        synthesize(f"models:/{NAME}/7", label_png, tmp_path / "x.png", tracking_uri=uri)
+    with pytest.raises(SynthesizeError, match=r"no registered model 'gaugan-nope'.*registered models: gaugan-toy"):
+        synthesize("models:/gaugan-nope@champion", label_png, tmp_path / "x.png", tracking_uri=uri)
+    Image.fromarray(np.full((32, 32), 7, dtype=np.uint8)).save(label_png)
+    with pytest.raises(SynthesizeError, match=r"label values 7 are outside the class table of 'toy'"):
+        synthesize(f"models:/{NAME}@champion", label_png, tmp_path / "x.png", tracking_uri=uri)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_failure_after_registration_leaves_the_registry_as_it_was(store, monkeypatch):
+    import pipeline.registry as registry
+
+    root, uri, _, _ = store
+    before_file = (root / "outputs/register/registration.json").read_bytes()
+    fake_training(root, uri, seed=4, fid=1.0)  # would be promoted
+
+    def broken_write(path, obj):
+        raise OSError("disk full")
+
+    import mlflow
+
+    created = []
+    real_create = mlflow.MlflowClient.create_model_version
+
+    def spy_create(self, *args, **kwargs):
+        version = real_create(self, *args, **kwargs)
+        created.append(version.version)
+        return version
+
+    monkeypatch.setattr(mlflow.MlflowClient, "create_model_version", spy_create)
+    monkeypatch.setattr(registry, "atomic_write_json", broken_write)
+    with pytest.raises(registry.RegistryError, match="restored: disk full"):
+        registry.run_register(params(root), root)
+    assert [str(v) for v in created] == ["4"]  # it was created (and promoted) before the failure ...
+    assert aliases(uri) == {"champion": "2", "challenger": "3"}  # ... and undone
+    assert versions(uri) == [1, 2, 3]
+    assert (root / "outputs/register/registration.json").read_bytes() == before_file
+
+
+def test_a_failed_first_registration_leaves_no_registered_model(store, monkeypatch):
+    import mlflow
+
+    import pipeline.registry as registry
+
+    root, uri, _, _ = store
+    fake_training(root, uri, seed=5, fid=3.0)
+    monkeypatch.setattr(registry, "atomic_write_json", lambda path, obj: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(registry.RegistryError):
+        registry.run_register(params(root, model_name="gaugan-other"), root)
+    assert [m.name for m in mlflow.MlflowClient(uri).search_registered_models()] == [NAME]
+
+
+def test_missing_or_non_numeric_metric_names_the_metric_and_file(store):
+    from pipeline.registry import RegistryError, run_register
+
+    root, uri, _, _ = store
+    with pytest.raises(RegistryError, match=r"'lpips' is not in .*metrics\.json; its metrics: accuracy, fid"):
+        run_register(params(root, metric="lpips"), root)
+    metrics = json.loads((root / "outputs/evaluate/metrics.json").read_text())
+    (root / "outputs/evaluate/metrics.json").write_text(json.dumps({**metrics, "fid": None}))
+    with pytest.raises(RegistryError, match=r"'fid' in .*metrics\.json is None, not a finite number"):
+        run_register(params(root), root)
+    assert versions(uri) == [1, 2, 3]
+
+
+class FakeVersion:
+    def __init__(self, version, **tags):
+        self.version, self.tags = str(version), {k.replace("__", "."): v for k, v in tags.items()}
+
+
+def test_decide_direction_policy_and_comparability():
+    from pipeline.registry import decide
+
+    champion = FakeVersion(4, metric__fid="10.0", metric__miou="0.5", fid_backbone="inception-v3", eval_resolution="256x256")
+    same = {"fid_backbone": "inception-v3", "eval_resolution": "256x256"}
+    assert decide(9.0, same, champion, "fid", False)[:2] == (True, 10.0)
+    assert decide(10.0, same, champion, "fid", False)[0] is False  # a tie keeps the champion
+    assert decide(0.6, same, champion, "miou", True)[0] is True
+    assert decide(0.4, same, champion, "miou", True)[0] is False
+    promoted, _, reason = decide(1.0, {**same, "fid_backbone": "tiny-cnn-seed0"}, champion, "fid", False)
+    assert promoted is False and "not comparable" in reason and "fid_backbone" in reason
+    assert decide(1.0, {"fid_backbone": "tiny-cnn-seed0"}, champion, "miou", True)[0] is True  # mIoU: no backbone
+    assert decide(99.0, same, champion, "fid", False, "always")[0] is True
+    assert decide(1.0, same, champion, "fid", False, "never")[0] is False
+    assert decide(1.0, same, None, "fid", False) == (True, None, "no champion yet")
+    assert decide(1.0, same, FakeVersion(1), "fid", False)[0] is True  # champion without the metric
