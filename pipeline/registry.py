@@ -28,11 +28,11 @@ import hashlib
 import json
 import logging
 import math
-import subprocess
 from pathlib import Path
 
 from pipeline.io import atomic_write_json
 from pipeline.params import Params
+from pipeline.tracking import git_commit
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +87,6 @@ def version_tags(metrics: dict, meta: dict, generator: Path, root: Path, data_ou
         if _is_number(value):
             tags[f"metric.{key}"] = repr(float(value)) if isinstance(value, float) else str(value)
     return {k: v for k, v in tags.items() if v != ""}
-
-
-def git_commit(root: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def dvc_lock_md5(root: Path, data_out: str) -> str | None:

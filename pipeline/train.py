@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from gaugan.transforms import Geometry
 from pipeline.distributed import DistContext, broadcast_object, init_distributed, shutdown
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.params import Params
+from pipeline.tracking import git_commit
 from pipeline.train_data import build_train_loader
 from pipeline.train_samples import SampleMaker
 
@@ -127,14 +127,6 @@ def settings_fingerprint(params: Params, version: str) -> str:
     train = {k: v for k, v in params.train.model_dump().items() if k not in RESUME_NEUTRAL_KEYS}
     payload = {"seed": params.seed, "model": params.model.model_dump(), "train": train, "data": version}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def git_commit(root: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 # ----------------------------------------------------------------------------------------------
