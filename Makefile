@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/ruff check gaugan pipeline bench tests
 	$(BIN)/python -m pytest -q
 
 demo: install

@@ -1,11 +1,23 @@
-"""Time one generator step plus one discriminator step, and report images/s and peak memory.
+"""Time one generator step plus one discriminator step of GauGANTrainer, and its peak memory.
 
-    python bench/train_step.py [--setting ade20k|demo] [--device cpu|cuda] [--precision fp32|bf16|fp16]
-                               [--channels-last] [--compile] [--steps 3] [--batch 1]
+Two settings:
+- ``ade20k``: the paper's ADE20K model: 150 classes + dontcare, no instance edges, crop 256,
+  ngf/ndf 64, n_layers_D 4, SPADE with (sync) batch norm, batch 1;
+- ``demo``: the demo pipeline's model (params.yaml): 12 classes + dontcare + edges, crop 64,
+  ngf/ndf/nef 16, spade_hidden 32, n_layers_D 3; its knobs are the --demo-* options.
 
-``ade20k``: the paper's ADE20K setting (crop 256, ngf 64, 150 classes + dontcare, no instances).
-``demo``: the demo setting of params.yaml (crop 64, ngf 16). The VGG loss is off (lambda_vgg 0):
-its weights cannot be downloaded here; with them it adds one VGG19 pass per step.
+Reports ms per G step and D step, images/s for the pair, and peak memory: CUDA
+``max_memory_allocated`` on GPU, the process's max RSS (``getrusage``) on CPU, which includes
+torch itself (the RSS before building the networks is printed too). Settings run smallest first,
+so the CPU figure of each is its own.
+
+The VGG loss (``--vgg``): ``auto`` uses torchvision's weights from the torch hub cache when the
+file is there, else random weights in a temporary file with the real layout (same cost, useless
+numbers); ``fake`` always does the latter; ``off`` sets lambda_vgg to 0; or a path to the file.
+
+Usage: ``python bench/train_step.py [--setting all|ade20k|demo] [--device auto|cpu|cuda]
+[--precision fp32|bf16|fp16] [--channels-last] [--compile] [--steps N] [--warmup N] [--batch N]
+[--vgg auto|fake|off|PATH] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -13,61 +25,146 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from gaugan.config import GauGANConfig, reference_setting
-from gaugan.trainer import GauGANTrainer, TrainOptions
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gaugan.config import GauGANConfig, parameter_counts  # noqa: E402
+from gaugan.trainer import GauGANTrainer, TrainOptions  # noqa: E402
 
 
-def config_for(setting: str) -> GauGANConfig:
-    if setting == "ade20k":
-        return reference_setting("ade20k")
-    return GauGANConfig(label_nc=12, use_instance=True, ngf=16, ndf=16, nef=16, z_dim=64, spade_hidden=32,
-                        n_layers_D=3, crop_size=64)
+def settings(args) -> dict[str, GauGANConfig]:
+    demo = GauGANConfig(label_nc=args.demo_label_nc, use_instance=True, ngf=args.demo_ngf, ndf=args.demo_ndf,
+                        nef=args.demo_ngf, z_dim=64, spade_hidden=32, n_layers_D=3, crop_size=args.demo_crop)
+    ade20k = GauGANConfig(label_nc=150, contain_dontcare_label=True, use_instance=False, crop_size=256)
+    chosen = ["demo", "ade20k"] if args.setting == "all" else [args.setting]
+    return {name: {"demo": demo, "ade20k": ade20k}[name] for name in chosen}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--setting", choices=["ade20k", "demo"], default="demo")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=1)
-    args = ap.parse_args()
+def vgg_weights(choice: str, tmp: Path) -> tuple[str | None, str]:
+    """(weights path or None for lambda_vgg 0, description)."""
+    from gaugan.vgg import VGG19_FILE, default_weights_path, vgg19_features
 
-    cfg = config_for(args.setting)
-    device = torch.device(args.device)
+    if choice == "off":
+        return None, "off (lambda_vgg 0)"
+    if choice not in ("auto", "fake"):
+        return choice, f"real weights from {choice}"
+    if choice == "auto" and default_weights_path().is_file():
+        return str(default_weights_path()), f"real weights from {default_weights_path()}"
+    path = tmp / VGG19_FILE
+    torch.save({f"features.{k}": v for k, v in vgg19_features().state_dict().items()}, path)
+    return str(path), "random weights with the real layout (timing only)"
+
+
+def make_batch(config: GauGANConfig, batch: int, device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    h = w = config.crop_size
+    out = {"label": torch.randint(0, config.label_nc, (batch, h, w), generator=g),
+           "image": torch.rand(batch, 3, h, w, generator=g) * 2 - 1}
+    if config.use_instance:
+        out["edge"] = (torch.rand(batch, 1, h, w, generator=g) > 0.9).float()
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def bench(name: str, config: GauGANConfig, args, device: torch.device, vgg: str | None) -> dict:
+    options = TrainOptions(lambda_vgg=10.0 if vgg else 0.0, vgg_weights=vgg, precision=args.precision,
+                           channels_last=args.channels_last, compile=args.compile, total_steps=10**6)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = rss_mb()
     torch.manual_seed(0)
-    trainer = GauGANTrainer(cfg, TrainOptions(lambda_vgg=0, precision=args.precision,
-                                              channels_last=args.channels_last, compile=args.compile), device)
-    h, w = cfg.latent_hw[0] * 2 ** cfg.num_upsamplings, cfg.crop_size
-    batch = {"label": torch.randint(0, cfg.label_nc, (args.batch, h, w), device=device),
-             "image": torch.rand(args.batch, 3, h, w, device=device) * 2 - 1}
-    if cfg.use_instance:
-        batch["edge"] = torch.zeros(args.batch, 1, h, w, device=device)
-    trainer.train_step(batch)  # warm-up (and compilation)
+    trainer = GauGANTrainer(config, options, device)
+    batch = make_batch(config, args.batch, device)
+    steps = args.steps or (2 if device.type == "cpu" and name == "ade20k" else 10)
+    g_times, d_times = [], []
+    for i in range(args.warmup + steps):
+        sync(device)
+        t0 = time.perf_counter()
+        losses, fake = trainer.generator_step(batch)
+        sync(device)
+        t1 = time.perf_counter()
+        trainer.discriminator_step(batch, fake)
+        sync(device)
+        t2 = time.perf_counter()
+        if i >= args.warmup:
+            g_times.append(t1 - t0)
+            d_times.append(t2 - t1)
+    g_ms = 1000 * sum(g_times) / steps
+    d_ms = 1000 * sum(d_times) / steps
+    result = {
+        "setting": name, "device": str(device), "precision": args.precision, "channels_last": args.channels_last,
+        "compile": args.compile, "batch": args.batch, "crop": config.crop_size, "ngf": config.ngf,
+        "ndf": config.ndf, "semantic_nc": config.semantic_nc, "steps": steps, "warmup": args.warmup,
+        "params_G": parameter_counts(config)["G"], "params_D": parameter_counts(config)["D"],
+        "G_step_ms": round(g_ms, 1), "D_step_ms": round(d_ms, 1), "step_ms": round(g_ms + d_ms, 1),
+        "images_per_s": round(args.batch * 1000 / (g_ms + d_ms), 3),
+        "losses_finite": all(torch.isfinite(torch.tensor(v)) for v in losses.values()),
+    }
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        trainer.train_step(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.steps
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    print(json.dumps({
-        "setting": args.setting, "device": str(device), "precision": args.precision, "batch": args.batch,
-        "resolution": f"{w}x{h}", "seconds_per_step": round(seconds, 3),
-        "images_per_sec": round(args.batch / seconds, 3),
-        "peak_memory_mib": round(peak, 1), "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "process max RSS",
-        "threads": torch.get_num_threads(),
-    }, indent=2))
+        result["peak_memory_MB"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        result["memory_kind"] = "torch.cuda.max_memory_allocated"
+    else:
+        result["peak_memory_MB"] = round(rss_mb(), 1)
+        result["rss_before_MB"] = round(rss_before, 1)
+        result["memory_kind"] = "process max RSS (getrusage)"
+    del trainer
+    return result
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setting", choices=["all", "ade20k", "demo"], default="all")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10; 2 for ade20k on CPU)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--vgg", default="auto", help="auto | fake | off | path to vgg19-dcbb9e9d.pth")
+    parser.add_argument("--demo-label-nc", type=int, default=12)
+    parser.add_argument("--demo-crop", type=int, default=64)
+    parser.add_argument("--demo-ngf", type=int, default=16)
+    parser.add_argument("--demo-ndf", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        vgg, vgg_note = vgg_weights(args.vgg, Path(tmp))
+        print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+              f"precision {args.precision}, channels_last {args.channels_last}, compile {args.compile}, VGG loss: {vgg_note}")
+        for name, config in settings(args).items():
+            r = bench(name, config, args, device, vgg)
+            r["vgg"] = vgg_note
+            results.append(r)
+            extra = f" (RSS before build {r['rss_before_MB']:.0f} MB)" if "rss_before_MB" in r else ""
+            print(f"{name:7s} batch {r['batch']} crop {r['crop']} ngf {r['ngf']}: G {r['G_step_ms']:.1f} ms + "
+                  f"D {r['D_step_ms']:.1f} ms = {r['step_ms']:.1f} ms/step, {r['images_per_s']:.3f} images/s, "
+                  f"peak {r['peak_memory_MB']:.0f} MB [{r['memory_kind']}]{extra}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Generator files (one file: weights, config, class table, provenance) and reference checkpoints."""
+"""Generator files (one file: weights, config, class table, provenance) and NVlabs reference checkpoints."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ from gaugan.generator import SPADEGenerator
 FORMAT = "gaugan-generator/1"
 
 
+class CheckpointError(ValueError):
+    """A file that is not the expected checkpoint, or does not fit the network."""
+
+
 @dataclass
 class LoadedGenerator:
     netG: SPADEGenerator
@@ -26,61 +30,105 @@ class LoadedGenerator:
     meta: dict
 
 
-def save_generator(path: Path | str, netG: nn.Module, netE: nn.Module | None, config: GauGANConfig,
-                   classes: dict, meta: dict) -> None:
-    """Atomic write; the file loads with ``torch.load(weights_only=True)``."""
+def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    while True:  # under torch.compile / DDP wrappers
+        if hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        elif isinstance(module, nn.parallel.DistributedDataParallel):
+            module = module.module
+        else:
+            break
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def atomic_save(obj, path: Path | str) -> None:
+    """torch.save to a temporary file in the same folder, then os.replace: never a half-written file."""
     path = Path(path)
-    payload = {
-        "format": FORMAT,
-        "config": config.to_dict(),
-        "classes": classes,
-        "meta": meta,
-        "G": {k: v.detach().cpu() for k, v in netG.state_dict().items()},
-        "E": {k: v.detach().cpu() for k, v in netE.state_dict().items()} if netE is not None else None,
-    }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(payload, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
+def save_generator(path: Path | str, netG: nn.Module, netE: nn.Module | None, config: GauGANConfig,
+                   classes: dict, meta: dict) -> None:
+    """Write {format, config, classes, meta, G, E} atomically; it loads with ``torch.load(weights_only=True)``.
+
+    ``classes`` is the prepared dataset's classes.json content, ``meta`` any provenance (run id,
+    data version, step); both must be plain JSON-like values.
+    """
+    payload = {
+        "format": FORMAT,
+        "config": config.to_dict(),
+        "classes": classes,
+        "meta": meta,
+        "G": _plain_state(netG),
+        "E": _plain_state(netE) if netE is not None else None,
+    }
+    atomic_save(payload, path)
+
+
 def load_generator(path: Path | str, device: torch.device | str = "cpu") -> LoadedGenerator:
+    """A file written by :func:`save_generator` -> eval-mode networks on ``device`` and their settings."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no generator file; run the train stage or give the right path")
+        raise FileNotFoundError(f"{path}: no such generator file; run the train stage or give the right path")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling problem means "not our file"
-        raise ValueError(f"{path}: not a readable generator file ({err})") from None
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not our file"
+        raise CheckpointError(f"{path}: not a readable generator file ({type(err).__name__}: {err})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a GauGAN generator file (expected format {FORMAT!r})")
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        hint = ("; an NVlabs latest_net_G.pth loads with load_reference_checkpoint"
+                if isinstance(payload, dict) and "format" not in payload else "")
+        raise CheckpointError(f"{path}: not a GauGAN generator file (format {found!r}, expected {FORMAT!r}){hint}")
     config = GauGANConfig.from_dict(payload["config"])
     netG = SPADEGenerator(config)
-    netG.load_state_dict(payload["G"])
+    _load_strict(netG, payload["G"], f"{path} [G]")
     netE = None
     if config.use_vae and payload.get("E") is not None:
         netE = ConvEncoder(config)
-        netE.load_state_dict(payload["E"])
-        netE = netE.to(device).eval()
-    return LoadedGenerator(netG.to(device).eval(), netE, config, payload.get("classes") or {}, payload.get("meta") or {})
+        _load_strict(netE, payload["E"], f"{path} [E]")
+        netE = netE.to(device).eval().requires_grad_(False)
+    netG = netG.to(device).eval().requires_grad_(False)
+    return LoadedGenerator(netG, netE, config, payload.get("classes") or {}, payload.get("meta") or {})
 
 
-def load_reference_checkpoint(module: nn.Module, path: Path | str) -> None:
-    """Load an NVlabs/SPADE ``latest_net_{G,D,E}.pth`` into the matching module, strictly."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+def _load_strict(module: nn.Module, state: dict, source: str) -> None:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: expected a state_dict, got {type(state).__name__}")
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: {tuple(state[k].shape)} in file, {tuple(own[k].shape)} here"
-              for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
-        raise ValueError(
-            f"{path} does not match {type(module).__name__}: missing keys {missing[:5]}, unexpected keys "
-            f"{unexpected[:5]}, shape mismatches {shapes[:3]}; check the setting (label_nc, use_instance, "
-            "num_upsampling_layers, ngf)"
+        def listing(name: str, items: list) -> str:
+            return f"{len(items)} {name}" + (f" ({', '.join(items[:20])}{', ...' if len(items) > 20 else ''})" if items else "")
+
+        raise CheckpointError(
+            f"{source} does not match {type(module).__name__}: {listing('missing keys', missing)}; "
+            f"{listing('unexpected keys', unexpected)}; {listing('shape mismatches', shapes)}. Check the "
+            "setting: label_nc, contain_dontcare_label, use_instance, use_vae, ngf/ndf, num_upsampling_layers, "
+            "n_layers_D, num_D, crop_size/aspect_ratio"
         )
     module.load_state_dict(state, strict=True)
+
+
+def load_reference_checkpoint(module: nn.Module, path: Path | str) -> nn.Module:
+    """Load an NVlabs/SPADE ``latest_net_{G,D,E}.pth`` into the matching module, strictly.
+
+    Raises :class:`CheckpointError` listing every missing and unexpected key and shape mismatch.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}  # saved from a DataParallel wrapper
+    _load_strict(module, state, str(path))
+    return module

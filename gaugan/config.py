@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 
 UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
+# [spectral]spade<batch|syncbatch|instance><k>x<k>, or a plain (SPADE-less) norm for ablations
+NORM_G_PATTERN = re.compile(r"^(spectral)?spade(batch|syncbatch|instance)([13579])x\3$|^(spectral)?(batch|syncbatch|instance)$")
+NORM_DE_PATTERN = re.compile(r"^(spectral)?(batch|syncbatch|instance|none)?$")
 
 
 @dataclass(frozen=True)
@@ -28,10 +32,25 @@ class GauGANConfig:
     aspect_ratio: float = 1.0
 
     def __post_init__(self) -> None:
+        problems = []
         if self.num_upsampling_layers not in UPSAMPLINGS:
-            raise ValueError(f"num_upsampling_layers must be one of {sorted(UPSAMPLINGS)}, got {self.num_upsampling_layers!r}")
-        if self.label_nc < 1:
-            raise ValueError(f"label_nc must be positive, got {self.label_nc}")
+            problems.append(f"num_upsampling_layers must be one of {sorted(UPSAMPLINGS)}, got {self.num_upsampling_layers!r}")
+        for name in ("label_nc", "ngf", "ndf", "nef", "z_dim", "spade_hidden", "num_D", "n_layers_D", "crop_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        if not NORM_G_PATTERN.match(str(self.norm_G)):
+            problems.append(f"norm_G {self.norm_G!r} is not [spectral]spade<batch|syncbatch|instance><k>x<k> "
+                            "(e.g. spectralspadesyncbatch3x3) or a plain [spectral]<batch|syncbatch|instance>")
+        for name in ("norm_D", "norm_E"):
+            if not NORM_DE_PATTERN.match(str(getattr(self, name))):
+                problems.append(f"{name} {getattr(self, name)!r} is not [spectral]<batch|syncbatch|instance|none>")
+        if not self.aspect_ratio > 0:
+            problems.append(f"aspect_ratio must be positive, got {self.aspect_ratio!r}")
+        if self.num_upsampling_layers == "most" and isinstance(self.ngf, int) and self.ngf % 2:
+            problems.append(f"num_upsampling_layers 'most' halves ngf in its last block: ngf must be even, got {self.ngf}")
+        if problems:
+            raise ValueError("invalid GauGAN config: " + "; ".join(problems))
 
     @property
     def semantic_nc(self) -> int:
@@ -40,11 +59,12 @@ class GauGANConfig:
 
     @property
     def num_upsamplings(self) -> int:
+        """How many times the generator doubles its first feature map (5, 6 or 7)."""
         return UPSAMPLINGS[self.num_upsampling_layers]
 
     @property
     def latent_hw(self) -> tuple[int, int]:
-        """(height, width) of the generator's first feature map at the configured crop."""
+        """(sh, sw): the first feature map's size at the configured crop, as the reference computes it."""
         sw = self.crop_size // (2 ** self.num_upsamplings)
         return max(1, round(sw / self.aspect_ratio)), max(1, sw)
 
@@ -53,26 +73,39 @@ class GauGANConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "GauGANConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"unknown GauGAN config keys {unknown}; known keys: {sorted(known)}")
+            raise ValueError(f"unknown GauGAN config keys {unknown}; known keys: {known}")
+        if "label_nc" not in data:
+            raise ValueError("GauGAN config needs label_nc (the number of classes)")
         return cls(**data)
 
 
+# The reference's dataset modes (NVlabs/SPADE data/*_dataset.py modify_commandline_options) on top of
+# its option defaults; the key/shape layouts in shared/reference/spade_checkpoint_keys.md come from these.
+REFERENCE_SETTINGS = {
+    "ade20k": dict(label_nc=150, contain_dontcare_label=True, use_instance=False),
+    "coco-stuff": dict(label_nc=182, contain_dontcare_label=True, use_instance=True),
+    "cityscapes": dict(label_nc=35, contain_dontcare_label=False, use_instance=True, crop_size=512, aspect_ratio=2.0),
+}
+
+
 def reference_setting(name: str, use_vae: bool = False) -> GauGANConfig:
-    """The reference implementation's defaults for its published checkpoints."""
-    settings = {
-        "ade20k": dict(label_nc=150, contain_dontcare_label=True, use_instance=False),
-        "coco-stuff": dict(label_nc=182, contain_dontcare_label=True, use_instance=True),
-        "cityscapes": dict(label_nc=35, contain_dontcare_label=False, use_instance=True, crop_size=512, aspect_ratio=2.0),
-    }
-    if name not in settings:
-        raise ValueError(f"unknown reference setting {name!r}; choose one of {sorted(settings)}")
-    return GauGANConfig(**settings[name], use_vae=use_vae)
+    """The reference implementation's settings for its published checkpoints."""
+    if name not in REFERENCE_SETTINGS:
+        raise ValueError(f"unknown reference setting {name!r}; choose one of {sorted(REFERENCE_SETTINGS)}")
+    return GauGANConfig(**REFERENCE_SETTINGS[name], use_vae=use_vae)
 
 
 def parameter_counts(config: GauGANConfig) -> dict[str, int]:
+    """Trainable parameters of G, D (and E when use_vae), counted as the reference does.
+
+    The networks are built on the meta device: nothing is allocated, so this is instant even for
+    the 100M-parameter reference generators.
+    """
+    import torch
+
     from gaugan.discriminator import MultiscaleDiscriminator
     from gaugan.encoder import ConvEncoder
     from gaugan.generator import SPADEGenerator
@@ -80,7 +113,8 @@ def parameter_counts(config: GauGANConfig) -> dict[str, int]:
     def count(module) -> int:
         return sum(p.numel() for p in module.parameters())
 
-    counts = {"G": count(SPADEGenerator(config)), "D": count(MultiscaleDiscriminator(config))}
-    if config.use_vae:
-        counts["E"] = count(ConvEncoder(config))
+    with torch.device("meta"):
+        counts = {"G": count(SPADEGenerator(config)), "D": count(MultiscaleDiscriminator(config))}
+        if config.use_vae:
+            counts["E"] = count(ConvEncoder(config))
     return counts

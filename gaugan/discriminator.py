@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,9 +11,12 @@ from gaugan.layers import nonspade_norm
 
 
 class NLayerDiscriminator(nn.Module):
+    """4x4 convs: one plain stride-2 conv, ``n_layers_D - 1`` normed convs (the last one stride 1,
+    channels doubling up to 512), and a 1-channel output conv. Input: label map and image, concatenated."""
+
     def __init__(self, config: GauGANConfig):
         super().__init__()
-        kw, padw = 4, int(math.ceil((4 - 1.0) / 2))
+        kw, padw = 4, 2  # padw = ceil((kw - 1) / 2), as the reference
         nf = config.ndf
         input_nc = config.semantic_nc + 3
         sequence = [[nn.Conv2d(input_nc, nf, kw, stride=2, padding=padw), nn.LeakyReLU(0.2, False)]]
@@ -30,6 +31,7 @@ class NLayerDiscriminator(nn.Module):
         self.num_layers = len(sequence)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's output; the last one is the patch score map."""
         features = []
         for i in range(self.num_layers):
             x = getattr(self, f"model{i}")(x)
@@ -38,7 +40,7 @@ class NLayerDiscriminator(nn.Module):
 
 
 class MultiscaleDiscriminator(nn.Module):
-    """``num_D`` discriminators on the input downsampled by 1, 2, 4, ..."""
+    """``num_D`` discriminators on the input average-pooled by 1, 2, 4, ...; returns one feature list per scale."""
 
     def __init__(self, config: GauGANConfig):
         super().__init__()
@@ -49,6 +51,7 @@ class MultiscaleDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         results = []
         for i in range(self.num_D):
+            if i > 0:
+                x = F.avg_pool2d(x, kernel_size=3, stride=2, padding=1, count_include_pad=False)
             results.append(getattr(self, f"discriminator_{i}")(x))
-            x = F.avg_pool2d(x, kernel_size=3, stride=2, padding=1, count_include_pad=False)
         return results

@@ -1,4 +1,4 @@
-"""The SPADE generator: label map in, image out, upsampling through SPADE residual blocks."""
+"""The SPADE generator: label map in, image out, through SPADE residual blocks and nearest upsampling."""
 
 from __future__ import annotations
 
@@ -11,16 +11,22 @@ from gaugan.layers import SPADEResnetBlock
 
 
 class SPADEGenerator(nn.Module):
+    """``forward(seg, z=None)``: encoded label map [B, semantic_nc, H, W] -> image [B,3,H,W] in [-1,1].
+
+    H and W must be multiples of 2**num_upsamplings (32, 64 or 128); any aspect ratio works, the
+    first feature map is sized from the input. With ``use_vae`` the first map comes from the style
+    vector ``z`` through a linear layer sized for (crop_size, aspect_ratio); at another input size
+    it is resized (nearest) to fit, otherwise the network starts from the downsampled label map.
+    """
+
     def __init__(self, config: GauGANConfig):
         super().__init__()
         self.config = config
         nf, norm, sem, hid = config.ngf, config.norm_G, config.semantic_nc, config.spade_hidden
         self.sh, self.sw = config.latent_hw
         if config.use_vae:
-            # start from a style vector: one linear layer to the first feature map
             self.fc = nn.Linear(config.z_dim, 16 * nf * self.sh * self.sw)
         else:
-            # start from the label map itself, downsampled to the first feature map's size
             self.fc = nn.Conv2d(sem, 16 * nf, 3, padding=1)
         self.head_0 = SPADEResnetBlock(16 * nf, 16 * nf, norm, sem, hid)
         self.G_middle_0 = SPADEResnetBlock(16 * nf, 16 * nf, norm, sem, hid)
@@ -35,29 +41,41 @@ class SPADEGenerator(nn.Module):
             final_nc = nf // 2
         self.conv_img = nn.Conv2d(final_nc, 3, 3, padding=1)
 
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        """The first feature map's size for an input of this size (ValueError if it does not divide)."""
+        scale = 2 ** self.config.num_upsamplings
+        if height % scale or width % scale:
+            raise ValueError(f"input size {height}x{width} is not a multiple of {scale} "
+                             f"(num_upsampling_layers={self.config.num_upsampling_layers!r}); resize or crop it")
+        return height // scale, width // scale
+
     def forward(self, seg: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """``seg``: encoded label map [B, semantic_nc, H, W]; H and W divisible by 2**upsamplings."""
         cfg = self.config
-        scale = 2 ** cfg.num_upsamplings
+        if seg.dim() != 4 or seg.shape[1] != cfg.semantic_nc:
+            raise ValueError(f"expected an encoded label map [B,{cfg.semantic_nc},H,W], got {tuple(seg.shape)}")
+        sh, sw = self.latent_size(seg.shape[2], seg.shape[3])
         if cfg.use_vae:
-            if z is None:
-                z = torch.randn(seg.shape[0], cfg.z_dim, device=seg.device, dtype=seg.dtype)
+            if z is None:  # no style: a random one from the global RNG, as the reference does
+                z = torch.randn(seg.shape[0], cfg.z_dim, device=seg.device)
             x = self.fc(z).view(-1, 16 * cfg.ngf, self.sh, self.sw)
+            if (sh, sw) != (self.sh, self.sw):
+                x = F.interpolate(x, size=(sh, sw), mode="nearest")
         else:
-            sh, sw = max(1, seg.shape[2] // scale), max(1, seg.shape[3] // scale)
             x = self.fc(F.interpolate(seg, size=(sh, sw), mode="nearest"))
-        up = lambda t: F.interpolate(t, scale_factor=2, mode="nearest")  # noqa: E731
+
         x = self.head_0(x, seg)
-        x = up(x)
+        x = self._up(x)
         x = self.G_middle_0(x, seg)
         if cfg.num_upsampling_layers in ("more", "most"):
-            x = up(x)
+            x = self._up(x)
         x = self.G_middle_1(x, seg)
         for block in (self.up_0, self.up_1, self.up_2, self.up_3):
-            x = up(x)
-            x = block(x, seg)
+            x = block(self._up(x), seg)
         if cfg.num_upsampling_layers == "most":
-            x = up(x)
-            x = self.up_4(x, seg)
+            x = self.up_4(self._up(x), seg)
         x = self.conv_img(F.leaky_relu(x, 0.2))
         return torch.tanh(x)
+
+    @staticmethod
+    def _up(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=2, mode="nearest")

@@ -1,4 +1,7 @@
-"""SPADE normalization and the SPADE residual block (the paper's Fig. 2 and 4)."""
+"""SPADE normalization, the SPADE residual block (the paper's Fig. 2 and 4) and the norm helpers.
+
+Module and attribute names follow NVlabs/SPADE so that its published checkpoints load strictly.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +10,105 @@ import re
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils import spectral_norm
+from torch.nn.utils import spectral_norm as _hook_spectral_norm
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 
-def parse_spade_norm(norm_G: str) -> tuple[str, int]:
-    """'spectralspadesyncbatch3x3' -> ('syncbatch', 3)."""
-    match = re.search(r"spade(\D+)(\d)x\d", norm_G)
-    if not match:
-        raise ValueError(f"norm_G {norm_G!r} is not of the form [spectral]spade<batch|syncbatch|instance><k>x<k>")
-    kind, ks = match.group(1), int(match.group(2))
-    if kind not in ("batch", "syncbatch", "instance"):
-        raise ValueError(f"norm_G {norm_G!r}: unknown parameter-free norm {kind!r}; use batch, syncbatch or instance")
-    return kind, ks
+# ------------------------------------------------------------------------------------ spectral norm
+class _SpectralNormFP32(SpectralNorm):
+    """The hook-based spectral norm, with its power iteration and sigma kept in float32.
+
+    Under CUDA fp16 autocast ``torch.mv`` would run in half precision; the divided weight is cast
+    for the convolution by autocast anyway, so only the estimate of sigma changes.
+    """
+
+    def __call__(self, module: nn.Module, inputs) -> None:
+        device_type = getattr(module, self.name + "_orig").device.type
+        if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                super().__call__(module, inputs)
+        else:
+            super().__call__(module, inputs)
 
 
-def param_free_norm(kind: str, channels: int) -> nn.Module:
+def spectral_norm(module: nn.Module) -> nn.Module:
+    """``torch.nn.utils.spectral_norm`` (hook-based: its ``weight_orig/_u/_v`` keys are the
+    reference checkpoints' keys, and unlike the parametrization it pickles), float32 under autocast."""
+    module = _hook_spectral_norm(module)
+    for hook in module._forward_pre_hooks.values():
+        if type(hook) is SpectralNorm:
+            hook.__class__ = _SpectralNormFP32
+    return module
+
+
+# ------------------------------------------------------------------------------------ norms
+class SyncableBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d built for a 'syncbatch' setting: :func:`convert_sync_batchnorm` turns exactly
+    these (not plain 'batch' norms) into SyncBatchNorm. Same state_dict as BatchNorm2d."""
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
+    """Swap every :class:`SyncableBatchNorm2d` for ``nn.SyncBatchNorm`` sharing its parameters and buffers.
+
+    Only for CUDA + NCCL: SyncBatchNorm cannot run on CPU tensors. Returns the (possibly new) module.
+    """
+    if isinstance(module, SyncableBatchNorm2d):
+        sync = nn.SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats, process_group)
+        if module.affine:
+            sync.weight, sync.bias = module.weight, module.bias
+        if module.track_running_stats:
+            sync.running_mean, sync.running_var = module.running_mean, module.running_var
+            sync.num_batches_tracked = module.num_batches_tracked
+        sync.train(module.training)
+        return sync
+    for name, child in list(module.named_children()):
+        converted = convert_sync_batchnorm(child, process_group)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module
+
+
+def param_free_norm(kind: str, channels: int, affine: bool = False) -> nn.Module:
+    """'instance' | 'batch' | 'syncbatch' (built as :class:`SyncableBatchNorm2d`)."""
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=False)
-    # 'syncbatch' is built as BatchNorm2d (same state_dict) and converted by the trainer on CUDA only:
-    # SyncBatchNorm does not run on CPU.
-    return nn.BatchNorm2d(channels, affine=False)
+        return nn.InstanceNorm2d(channels, affine=affine)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels, affine=affine)
+    if kind == "syncbatch":
+        return SyncableBatchNorm2d(channels, affine=affine)
+    raise ValueError(f"unknown norm {kind!r}; use instance, batch or syncbatch")
+
+
+def parse_norm_G(norm_G: str) -> tuple[bool, bool, str, int]:
+    """'spectralspadesyncbatch3x3' -> (spectral=True, spade=True, 'syncbatch', kernel 3).
+
+    A norm_G without 'spade' ('instance', 'spectralbatch', ...) builds the same generator with a
+    plain parameter-free norm and no modulation: the ablation of the paper's Sec. 3.
+    """
+    spectral = norm_G.startswith("spectral")
+    rest = norm_G[len("spectral"):] if spectral else norm_G
+    match = re.fullmatch(r"spade(batch|syncbatch|instance)(\d)x(\d)", rest)
+    if match:
+        ks = int(match.group(2))
+        if ks != int(match.group(3)) or ks % 2 == 0:
+            raise ValueError(f"norm_G {norm_G!r}: the SPADE kernel must be square and odd (e.g. 3x3)")
+        return spectral, True, match.group(1), ks
+    if rest in ("batch", "syncbatch", "instance"):
+        return spectral, False, rest, 0
+    raise ValueError(f"norm_G {norm_G!r} is not [spectral]spade<batch|syncbatch|instance><k>x<k> "
+                     "or a plain [spectral]<batch|syncbatch|instance>")
 
 
 class SPADE(nn.Module):
-    """Normalize without parameters, then modulate with per-pixel gamma and beta from the label map."""
+    """Normalize without parameters, then modulate per pixel: ``norm(x) * (1 + gamma) + beta``,
+    gamma and beta computed from the label map resized (nearest) to x's size."""
 
     def __init__(self, norm_G: str, norm_nc: int, label_nc: int, hidden: int = 128):
         super().__init__()
-        kind, ks = parse_spade_norm(norm_G)
+        _, spade, kind, ks = parse_norm_G(norm_G)
+        if not spade:
+            raise ValueError(f"SPADE needs a spade norm setting such as 'spadesyncbatch3x3', got {norm_G!r}")
         self.param_free_norm = param_free_norm(kind, norm_nc)
         pad = ks // 2
         self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden, ks, padding=pad), nn.ReLU())
@@ -43,13 +117,31 @@ class SPADE(nn.Module):
 
     def forward(self, x: torch.Tensor, segmap: torch.Tensor) -> torch.Tensor:
         normalized = self.param_free_norm(x)
-        segmap = F.interpolate(segmap, size=x.shape[2:], mode="nearest")
+        if segmap.shape[2:] != x.shape[2:]:
+            segmap = F.interpolate(segmap, size=x.shape[2:], mode="nearest")
         actv = self.mlp_shared(segmap)
         return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
 
 
+class PlainNorm(nn.Module):
+    """SPADE's interface without the modulation: the label map is ignored (ablation baseline)."""
+
+    def __init__(self, kind: str, norm_nc: int):
+        super().__init__()
+        self.param_free_norm = param_free_norm(kind, norm_nc)
+
+    def forward(self, x: torch.Tensor, segmap: torch.Tensor | None = None) -> torch.Tensor:
+        return self.param_free_norm(x)
+
+
+def generator_norm(norm_G: str, norm_nc: int, label_nc: int, hidden: int) -> nn.Module:
+    _, spade, kind, _ = parse_norm_G(norm_G)
+    return SPADE(norm_G, norm_nc, label_nc, hidden) if spade else PlainNorm(kind, norm_nc)
+
+
 class SPADEResnetBlock(nn.Module):
-    """Two SPADE-ReLU-conv units with a skip; the skip is learned when the channel count changes."""
+    """Two (norm, leaky ReLU 0.2, 3x3 conv) units with a skip; the skip is a learned
+    (norm, 1x1 conv without bias) when the channel count changes."""
 
     def __init__(self, fin: int, fout: int, norm_G: str, semantic_nc: int, hidden: int = 128):
         super().__init__()
@@ -64,11 +156,11 @@ class SPADEResnetBlock(nn.Module):
             self.conv_1 = spectral_norm(self.conv_1)
             if self.learned_shortcut:
                 self.conv_s = spectral_norm(self.conv_s)
-        spade_norm = norm_G.replace("spectral", "")
-        self.norm_0 = SPADE(spade_norm, fin, semantic_nc, hidden)
-        self.norm_1 = SPADE(spade_norm, fmiddle, semantic_nc, hidden)
+        norm = norm_G[len("spectral"):] if norm_G.startswith("spectral") else norm_G
+        self.norm_0 = generator_norm(norm, fin, semantic_nc, hidden)
+        self.norm_1 = generator_norm(norm, fmiddle, semantic_nc, hidden)
         if self.learned_shortcut:
-            self.norm_s = SPADE(spade_norm, fin, semantic_nc, hidden)
+            self.norm_s = generator_norm(norm, fin, semantic_nc, hidden)
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         x_s = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
@@ -77,25 +169,21 @@ class SPADEResnetBlock(nn.Module):
         return x_s + dx
 
 
-def nonspade_norm(norm: str, conv: nn.Conv2d) -> nn.Module:
-    """'spectralinstance' etc. for D and E: spectral norm on the conv, then a plain norm layer.
-
-    The conv's bias is dropped when a norm follows it (the norm would cancel it), as in the
-    reference, so its checkpoints' keys match.
-    """
+def nonspade_norm(norm: str, layer: nn.Module) -> nn.Module:
+    """D's and E's norms ('spectralinstance', 'batch', 'none', ...): spectral norm on the layer,
+    then ``Sequential(layer, norm)``. The layer's bias is dropped when a norm follows (the norm
+    would cancel it), as in the reference, so its checkpoint keys match."""
     if norm.startswith("spectral"):
-        conv = spectral_norm(conv)
+        layer = spectral_norm(layer)
         norm = norm[len("spectral"):]
     if norm in ("", "none"):
-        return conv
-    if conv.bias is not None:
-        delattr(conv, "bias")
-        conv.register_parameter("bias", None)
-    channels = conv.out_channels if hasattr(conv, "out_channels") else conv.weight.shape[0]
+        return layer
+    if getattr(layer, "bias", None) is not None:
+        delattr(layer, "bias")
+        layer.register_parameter("bias", None)
+    channels = getattr(layer, "out_channels", None) or layer.weight_orig.shape[0]
     if norm == "instance":
-        layer = nn.InstanceNorm2d(channels, affine=False)
-    elif norm in ("batch", "syncbatch"):
-        layer = nn.BatchNorm2d(channels, affine=True)
-    else:
-        raise ValueError(f"unknown norm {norm!r}; use instance, batch, syncbatch or none (optionally spectral...)")
-    return nn.Sequential(conv, layer)
+        return nn.Sequential(layer, nn.InstanceNorm2d(channels, affine=False))
+    if norm in ("batch", "syncbatch"):
+        return nn.Sequential(layer, param_free_norm(norm, channels, affine=True))
+    raise ValueError(f"unknown norm {norm!r}; use [spectral]instance, batch, syncbatch or none")

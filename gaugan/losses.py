@@ -1,4 +1,7 @@
-"""Losses with the paper's weights: hinge GAN, feature matching (10), VGG (10), KL (0.05)."""
+"""The paper's losses: hinge GAN, discriminator feature matching, VGG19 perceptual loss, KL divergence.
+
+Discriminator outputs are lists (one per scale) of lists of features, the last being the score map.
+"""
 
 from __future__ import annotations
 
@@ -6,57 +9,67 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-VGG_LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
+LAMBDA_FEAT = 10.0
+LAMBDA_VGG = 10.0
+LAMBDA_KLD = 0.05
+VGG_LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)  # relu1_1 .. relu5_1
 
 
-def _finals(preds: list[list[torch.Tensor]]) -> list[torch.Tensor]:
-    return [scale[-1] for scale in preds]
+def _scores(preds: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    return [scale[-1] if isinstance(scale, (list, tuple)) else scale for scale in preds]
 
 
 def hinge_d_loss(preds: list[list[torch.Tensor]], real: bool) -> torch.Tensor:
-    """Discriminator hinge: mean(relu(1 - D(real))) or mean(relu(1 + D(fake))), averaged over scales."""
+    """D's hinge: mean(relu(1 - D(real))) or mean(relu(1 + D(fake))), averaged over the scales."""
     sign = -1.0 if real else 1.0
-    losses = [F.relu(1.0 + sign * p).mean() for p in _finals(preds)]
-    return torch.stack(losses).mean()
+    return torch.stack([F.relu(1.0 + sign * s.float()).mean() for s in _scores(preds)]).mean()
 
 
 def hinge_g_loss(preds_fake: list[list[torch.Tensor]]) -> torch.Tensor:
-    """Generator hinge: -mean(D(fake)), averaged over scales."""
-    return torch.stack([-p.mean() for p in _finals(preds_fake)]).mean()
+    """G's hinge: -mean(D(fake)), averaged over the scales."""
+    return torch.stack([-s.float().mean() for s in _scores(preds_fake)]).mean()
 
 
 def feature_matching_loss(preds_fake: list[list[torch.Tensor]], preds_real: list[list[torch.Tensor]],
-                          weight: float = 10.0) -> torch.Tensor:
-    """L1 between the discriminator's intermediate features of fake and (detached) real images."""
-    num_D = len(preds_fake)
-    total = preds_fake[0][0].new_zeros(())
-    for fake_scale, real_scale in zip(preds_fake, preds_real):
-        for f, r in zip(fake_scale[:-1], real_scale[:-1]):
-            total = total + F.l1_loss(f, r.detach()) * (weight / num_D)
-    return total
+                          lambda_feat: float = LAMBDA_FEAT) -> torch.Tensor:
+    """Sum over scales and intermediate layers (score map excluded) of L1(fake feature, real feature),
+    each weighted lambda_feat / num_D; the real features are targets (detached)."""
+    if len(preds_fake) != len(preds_real):
+        raise ValueError(f"{len(preds_fake)} fake scales but {len(preds_real)} real ones")
+    weight = lambda_feat / len(preds_fake)
+    terms = [F.l1_loss(f.float(), r.detach().float())
+             for fake_scale, real_scale in zip(preds_fake, preds_real)
+             for f, r in zip(fake_scale[:-1], real_scale[:-1])]
+    if not terms:
+        return preds_fake[0][-1].new_zeros((), dtype=torch.float32)
+    return torch.stack(terms).sum() * weight
 
 
 def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, sigma) || N(0, 1)), summed over latent dimensions and averaged over the batch.
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over the latent dimensions, MEAN over the batch.
 
-    The reference sums over the batch too; the mean keeps the gradient the same whether a global
-    batch runs in one process or is split over DDP processes (which average gradients).
+    Deviation from the reference, which also sums over the batch: with the mean, the gradient is
+    the same whether a global batch runs in one process or is split over DDP processes (DDP
+    averages gradients), and lambda_kld does not have to change with the batch size.
     """
+    mu, logvar = mu.float(), logvar.float()
     return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
 
 
 class VGGLoss(nn.Module):
-    """Perceptual loss on VGG19 relu1_1 .. relu5_1 with weights 1/32 .. 1."""
+    """Perceptual loss: sum over relu1_1..relu5_1 of weight * L1(VGG(fake), VGG(real)), real detached."""
 
-    def __init__(self, vgg: nn.Module):
+    def __init__(self, vgg: nn.Module, layer_weights: tuple[float, ...] = VGG_LAYER_WEIGHTS):
         super().__init__()
         self.vgg = vgg
+        self.layer_weights = tuple(layer_weights)
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         fake_feats = self.vgg(fake)
         with torch.no_grad():
             real_feats = self.vgg(real)
-        total = fake.new_zeros(())
-        for w, f, r in zip(VGG_LAYER_WEIGHTS, fake_feats, real_feats):
-            total = total + w * F.l1_loss(f, r.detach())
-        return total
+        if len(fake_feats) != len(self.layer_weights):
+            raise ValueError(f"the VGG gives {len(fake_feats)} feature maps for {len(self.layer_weights)} weights")
+        terms = [w * F.l1_loss(f.float(), r.detach().float())
+                 for w, f, r in zip(self.layer_weights, fake_feats, real_feats)]
+        return torch.stack(terms).sum()

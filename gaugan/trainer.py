@@ -1,9 +1,16 @@
-"""One GAN training step at a time: a generator step, then a discriminator step on the same fake.
+"""GAN training one step at a time: a generator step, then a discriminator step on the same fake.
 
 The trainer owns the networks, the optimizers (two-time-scale rule), the learning-rate decay,
-mixed precision, the generator EMA and DDP wrapping. The caller owns data, logging and
-checkpoint files: ``hooks`` are called after each step, ``state_dict`` holds everything a resumed
-run needs to continue bit-identically.
+mixed precision, the generator EMA and the DDP wrapping. The caller owns the data, logging, RNG
+states and checkpoint files: ``hooks`` are called after each step, and ``state_dict`` holds
+everything else a resumed run needs to continue bit-identically.
+
+Differences from the reference trainer, all deliberate:
+- the D step reuses the G step's (detached) fake instead of generating it again;
+- ``train_step`` applies both optimizer steps only once both losses are known to be finite
+  (the D step never sees G's update, so this is the same arithmetic as G-then-D);
+- D's parameters do not collect gradients during the G step (they would be thrown away);
+- the KL term is averaged over the batch (see :func:`gaugan.losses.kl_loss`).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -21,7 +29,13 @@ from gaugan.discriminator import MultiscaleDiscriminator
 from gaugan.encoder import ConvEncoder, reparameterize
 from gaugan.encoding import encode_labels
 from gaugan.generator import SPADEGenerator
-from gaugan.losses import VGGLoss, feature_matching_loss, hinge_d_loss, hinge_g_loss, kl_loss
+from gaugan.layers import convert_sync_batchnorm
+from gaugan.losses import (LAMBDA_FEAT, LAMBDA_KLD, LAMBDA_VGG, VGGLoss, feature_matching_loss, hinge_d_loss,
+                           hinge_g_loss, kl_loss)
+
+__all__ = ["GauGANTrainer", "GeneratorModel", "NonFiniteLossError", "TrainOptions", "convert_sync_batchnorm"]
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -33,21 +47,32 @@ class TrainOptions:
     lr: float = 2e-4
     beta1: float = 0.0
     beta2: float = 0.9
-    ttur: bool = True
-    lambda_feat: float = 10.0
-    lambda_vgg: float = 10.0
-    lambda_kld: float = 0.05
-    vgg_weights: str | None = None
+    ttur: bool = True               # G at lr/2, D at lr*2, betas (0, 0.9), as the reference's --TTUR
+    lambda_feat: float = LAMBDA_FEAT
+    lambda_vgg: float = LAMBDA_VGG  # 0 turns the VGG loss (and its weights file) off
+    lambda_kld: float = LAMBDA_KLD
+    vgg_weights: str | None = None  # None: the torch hub cache
     ema_decay: float | None = 0.999
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: str = "fp32"         # fp32 | bf16 | fp16 (autocast on the trainer's device; GradScaler for fp16)
     channels_last: bool = False
     compile: bool = False
-    total_steps: int = 1
-    decay_start_step: int | None = None
+    total_steps: int = 0            # where the linear decay reaches 0
+    decay_start_step: int | None = None  # None: constant learning rate
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        for name in ("lambda_feat", "lambda_vgg", "lambda_kld"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 class GeneratorModel(nn.Module):
-    """G and, for multimodal models, the style encoder E: one module so one DDP wraps both."""
+    """G and, for multimodal models, the style encoder E: one module, so one DDP wraps both."""
 
     def __init__(self, config: GauGANConfig):
         super().__init__()
@@ -55,35 +80,49 @@ class GeneratorModel(nn.Module):
         self.netE = ConvEncoder(config) if config.use_vae else None
 
     def forward(self, semantics: torch.Tensor, image: torch.Tensor | None = None):
+        """-> (fake, mu, logvar); mu/logvar are None without an encoder or a style image."""
         mu = logvar = z = None
         if self.netE is not None and image is not None:
             mu, logvar = self.netE(image)
-            z = reparameterize(mu, logvar)
+            z = reparameterize(mu, logvar)  # noise from torch's global RNG
         return self.netG(semantics, z), mu, logvar
 
 
-def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """SyncBatchNorm for multi-GPU runs; only valid on CUDA (it raises on CPU modules)."""
-    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The plain module under torch.compile and DDP wrappers."""
+    while True:
+        if hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        elif isinstance(module, nn.parallel.DistributedDataParallel):
+            module = module.module
+        else:
+            return module
 
 
 class GauGANTrainer:
-    def __init__(self, config: GauGANConfig, options: TrainOptions, device: torch.device | str = "cpu"):
+    """``train_step(batch)`` -> losses. Batch: ``label`` long [B,H,W] (255 = dontcare), ``image``
+    float [B,3,H,W] in [-1, 1], ``edge`` float [B,1,H,W] when the model uses instance edges."""
+
+    def __init__(self, config: GauGANConfig, options: TrainOptions | None = None,
+                 device: torch.device | str = "cpu"):
         self.config = config
-        self.options = options
+        self.options = options = options if options is not None else TrainOptions()
         self.device = torch.device(device)
-        if options.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {options.precision!r}")
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.generator = GeneratorModel(config).to(self.device)
         self.discriminator = MultiscaleDiscriminator(config).to(self.device)
-        self.vgg_loss = None
+        self.vgg_loss: VGGLoss | None = None
         if options.lambda_vgg > 0:
             from gaugan.vgg import VGG19Features
 
             self.vgg_loss = VGGLoss(VGG19Features(options.vgg_weights)).to(self.device)
         if options.channels_last:
-            self.generator.to(memory_format=torch.channels_last)
-            self.discriminator.to(memory_format=torch.channels_last)
+            for module in (self.generator, self.discriminator, self.vgg_loss):
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
+        # deepcopy is safe only now: after a training forward, spectral norm's computed weight is
+        # a non-leaf tensor that deepcopy refuses
         self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False) if options.ema_decay else None
 
         if options.ttur:
@@ -91,122 +130,184 @@ class GauGANTrainer:
         else:
             lr_G, lr_D, betas = options.lr, options.lr, (options.beta1, options.beta2)
         self.base_lr = {"G": lr_G, "D": lr_D}
-        self.opt_G = torch.optim.Adam(self.generator.parameters(), lr=lr_G, betas=betas)
-        self.opt_D = torch.optim.Adam(self.discriminator.parameters(), lr=lr_D, betas=betas)
+        fused = self.device.type in ("cuda", "cpu")  # one kernel per step instead of a loop over tensors
+        self.opt_G = torch.optim.Adam(self.generator.parameters(), lr=lr_G, betas=betas, fused=fused)
+        self.opt_D = torch.optim.Adam(self.discriminator.parameters(), lr=lr_D, betas=betas, fused=fused)
         fp16 = options.precision == "fp16"
         self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.scaler_D = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.step = 0
-        self.hooks: list = []
-        # The modules the steps call; distribute() and compile swap in wrapped versions.
+        self.hooks: list[Callable[[int, dict], None]] = []
+        # what the steps call; distribute() and compile swap in wrapped versions
         self._G: nn.Module = self.generator
         self._D: nn.Module = self.discriminator
-        if options.compile:
-            self._G = torch.compile(self._G)
-            self._D = torch.compile(self._D)
+        self._compile_wrappers()
 
     # ------------------------------------------------------------------ set-up
-    def distribute(self, device_ids: list[int] | None = None) -> None:
-        """Wrap G(+E) and D in DistributedDataParallel (the process group must exist)."""
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    @property
+    def netG(self) -> SPADEGenerator:
+        return _unwrap(self.generator).netG
 
-        if self.device.type == "cuda":
-            self.generator = convert_sync_batchnorm(self.generator)
-            self.discriminator = convert_sync_batchnorm(self.discriminator)
-        self._G = DDP(self.generator, device_ids=device_ids)
-        self._D = DDP(self.discriminator, device_ids=device_ids)
+    @property
+    def netE(self) -> ConvEncoder | None:
+        return _unwrap(self.generator).netE
+
+    @property
+    def netD(self) -> MultiscaleDiscriminator:
+        return _unwrap(self.discriminator)
+
+    def _compile_wrappers(self) -> None:
         if self.options.compile:
             self._G = torch.compile(self._G)
             self._D = torch.compile(self._D)
 
-    def _autocast(self):
-        if self.options.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.options.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+    def distribute(self, process_group=None, device_ids: list[int] | None = None) -> None:
+        """Wrap G(+E) and D in DistributedDataParallel; the process group must exist.
 
-    def _d_no_sync(self):
-        return self._D.no_sync() if hasattr(self._D, "no_sync") else contextlib.nullcontext()
+        SyncBatchNorm only on CUDA (it cannot run on CPU); with gloo on CPU each process keeps its
+        own batch statistics.
+        """
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if self.device.type == "cuda":
+            self.generator = convert_sync_batchnorm(self.generator, process_group)
+            self.discriminator = convert_sync_batchnorm(self.discriminator, process_group)
+            if device_ids is None:
+                device_ids = [self.device.index]
+        else:
+            device_ids = None
+        self._G = DDP(self.generator, device_ids=device_ids, process_group=process_group)
+        self._D = DDP(self.discriminator, device_ids=device_ids, process_group=process_group)
+        self._compile_wrappers()
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.options.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def _prepare(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         edges = batch.get("edge") if self.config.use_instance else None
         if self.config.use_instance and edges is None:
-            raise ValueError("the model uses instance edges but the batch has no 'edge' tensor")
-        semantics = encode_labels(batch["label"].to(self.device), self.config.label_nc,
+            raise ValueError("the model uses instance edges (use_instance) but the batch has no 'edge' tensor")
+        nb = self.device.type == "cuda"
+        semantics = encode_labels(batch["label"].to(self.device, non_blocking=nb), self.config.label_nc,
                                   self.config.contain_dontcare_label,
-                                  edges.to(self.device) if edges is not None else None)
-        image = batch["image"].to(self.device)
+                                  edges.to(self.device, non_blocking=nb) if edges is not None else None)
+        image = batch["image"].to(self.device, non_blocking=nb).float()
         if self.options.channels_last:
             semantics = semantics.contiguous(memory_format=torch.channels_last)
             image = image.contiguous(memory_format=torch.channels_last)
         return semantics, image
 
-    def _discriminate(self, semantics, fake, real):
-        """D on fake and real in one pass (instance norm keeps samples independent)."""
+    def _discriminate(self, semantics: torch.Tensor, fake: torch.Tensor, real: torch.Tensor):
+        """D on fake and real in one batch (its instance norms keep the samples independent)."""
         both = torch.cat([torch.cat([semantics, fake], 1), torch.cat([semantics, real], 1)], 0)
         preds = self._D(both)
         n = fake.shape[0]
         return [[f[:n] for f in scale] for scale in preds], [[f[n:] for f in scale] for scale in preds]
 
-    def _check_finite(self, losses: dict[str, torch.Tensor], total: torch.Tensor) -> None:
-        finite = torch.isfinite(total.detach()).float().reshape(1)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together
-        if finite.item() < 1:
-            bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
-            detail = ", ".join(f"{k}={losses[k].item()}" for k in bad) or "on another process"
-            raise NonFiniteLossError(f"non-finite loss at step {self.step + 1}: {detail}")
+    @contextlib.contextmanager
+    def _d_frozen(self):
+        """During the G step D's parameter gradients are never used: skip computing them, and keep
+        DDP from reducing anything (no_sync)."""
+        no_sync = self._D.no_sync() if hasattr(self._D, "no_sync") else contextlib.nullcontext()
+        params = [p for p in self.discriminator.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            with no_sync:
+                yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
 
-    # ------------------------------------------------------------------ steps
-    def generator_step(self, batch: dict) -> tuple[dict[str, float], torch.Tensor]:
-        semantics, real = self._prepare(batch)
-        self.opt_G.zero_grad(set_to_none=True)
-        with self._d_no_sync():  # D's gradients here are thrown away: no need to all-reduce them
+    def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
+        finite = torch.isfinite(values).all().float().reshape(1)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops at the same step
+        if finite.item() < 1:
+            bad = [f"{k}={v.item()}" for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.step + 1}: {', '.join(bad) or 'on another process'}; "
+                "no optimizer step was applied, the weights are those of the last good step"
+            )
+
+    # ------------------------------------------------------------------ the two halves
+    def _g_backward(self, semantics: torch.Tensor, real: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        o = self.options
+        with self._d_frozen():
             with self._autocast():
                 fake, mu, logvar = self._G(semantics, real if self.config.use_vae else None)
                 pred_fake, pred_real = self._discriminate(semantics, fake, real)
                 losses = {"G_GAN": hinge_g_loss(pred_fake)}
-                if self.options.lambda_feat > 0:
-                    losses["G_GAN_Feat"] = feature_matching_loss(pred_fake, pred_real, self.options.lambda_feat)
+                if o.lambda_feat > 0:
+                    losses["G_GAN_Feat"] = feature_matching_loss(pred_fake, pred_real, o.lambda_feat)
                 if self.vgg_loss is not None:
-                    losses["G_VGG"] = self.vgg_loss(fake.float(), real.float()) * self.options.lambda_vgg
+                    losses["G_VGG"] = self.vgg_loss(fake, real) * o.lambda_vgg
                 if mu is not None:
-                    losses["KLD"] = kl_loss(mu.float(), logvar.float()) * self.options.lambda_kld
-            total = sum(v.float() for v in losses.values())
-            self._check_finite(losses, total)
+                    losses["KLD"] = kl_loss(mu, logvar) * o.lambda_kld
+            total = torch.stack([v.float() for v in losses.values()]).sum()
             self.scaler_G.scale(total).backward()
-        self.scaler_G.step(self.opt_G)
-        self.scaler_G.update()
-        return {k: v.item() for k, v in losses.items()}, fake.detach()
+        return losses, fake.detach()
 
-    def discriminator_step(self, batch: dict, fake: torch.Tensor) -> dict[str, float]:
-        semantics, real = self._prepare(batch)
-        self.opt_D.zero_grad(set_to_none=True)
+    def _d_backward(self, semantics: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> dict:
         with self._autocast():
             pred_fake, pred_real = self._discriminate(semantics, fake.detach(), real)
             losses = {"D_Fake": hinge_d_loss(pred_fake, real=False), "D_real": hinge_d_loss(pred_real, real=True)}
-        total = sum(v.float() for v in losses.values())
-        self._check_finite(losses, total)
+        total = torch.stack([v.float() for v in losses.values()]).sum()
         self.scaler_D.scale(total).backward()
-        self.scaler_D.step(self.opt_D)
-        self.scaler_D.update()
+        return losses
+
+    def _apply(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        scaler.step(optimizer)
+        scaler.update()
+
+    # ------------------------------------------------------------------ public steps
+    def generator_step(self, batch: dict) -> tuple[dict[str, float], torch.Tensor]:
+        """One G (+E) update; returns the losses and the detached fake for :meth:`discriminator_step`."""
+        semantics, real = self._prepare(batch)
+        self.opt_G.zero_grad(set_to_none=True)
+        losses, fake = self._g_backward(semantics, real)
+        self._check_finite(losses)
+        self._apply(self.opt_G, self.scaler_G)
+        return {k: v.item() for k, v in losses.items()}, fake
+
+    def discriminator_step(self, batch: dict, fake_detached: torch.Tensor) -> dict[str, float]:
+        """One D update on the real images and the given fake."""
+        semantics, real = self._prepare(batch)
+        self.opt_D.zero_grad(set_to_none=True)
+        losses = self._d_backward(semantics, real, fake_detached)
+        self._check_finite(losses)
+        self._apply(self.opt_D, self.scaler_D)
         return {k: v.item() for k, v in losses.items()}
 
     def train_step(self, batch: dict) -> dict[str, float]:
-        g_losses, fake = self.generator_step(batch)
-        d_losses = self.discriminator_step(batch, fake)
+        """G step, D step on the same fake, EMA, learning-rate schedule, step + 1, hooks."""
+        semantics, real = self._prepare(batch)
+        self.opt_G.zero_grad(set_to_none=True)
+        self.opt_D.zero_grad(set_to_none=True)
+        g_losses, fake = self._g_backward(semantics, real)
+        d_losses = self._d_backward(semantics, real, fake)
+        self._check_finite({**g_losses, **d_losses})
+        self._apply(self.opt_G, self.scaler_G)
+        self._apply(self.opt_D, self.scaler_D)
         self._update_ema()
         self.step += 1
         self._apply_lr_schedule()
-        losses = {**g_losses, **d_losses, "lr_G": self.opt_G.param_groups[0]["lr"], "lr_D": self.opt_D.param_groups[0]["lr"]}
+        losses = {k: v.item() for k, v in {**g_losses, **d_losses}.items()}
+        losses["lr_G"] = self.opt_G.param_groups[0]["lr"]
+        losses["lr_D"] = self.opt_D.param_groups[0]["lr"]
         for hook in self.hooks:
             hook(self.step, losses)
         return losses
 
     # ------------------------------------------------------------------ schedule and EMA
     def lr_factor(self, step: int) -> float:
+        """1 until decay_start_step, then linearly down to 0 at total_steps."""
         start, total = self.options.decay_start_step, self.options.total_steps
-        if start is None or step < start or total <= start:
+        if start is None or step <= start or total <= start:
             return 1.0
         return max(0.0, 1.0 - (step - start) / (total - start))
 
@@ -221,51 +322,52 @@ class GauGANTrainer:
     def _update_ema(self) -> None:
         if self.ema is None:
             return
-        decay = self.options.ema_decay
-        live = dict(self.generator.named_parameters())
-        for name, p in self.ema.named_parameters():
-            p.lerp_(live[name].detach().to(p.dtype), 1.0 - decay)
-        live_buffers = dict(self.generator.named_buffers())
-        for name, b in self.ema.named_buffers():
-            b.copy_(live_buffers[name])
+        live = _unwrap(self.generator)
+        ema_params = list(self.ema.parameters())
+        live_params = [p.detach() for p in live.parameters()]
+        torch._foreach_lerp_(ema_params, live_params, 1.0 - self.options.ema_decay)
+        for b_ema, b_live in zip(self.ema.buffers(), live.buffers()):
+            b_ema.copy_(b_live)  # BN statistics and spectral-norm vectors follow the live network
 
     # ------------------------------------------------------------------ state
-    def inference_generator(self) -> tuple[nn.Module, nn.Module | None]:
-        """(G, E) for evaluation and export: the EMA weights when on, in eval mode, unwrapped."""
-        source = self.ema if self.ema is not None else self.generator
-        # A fresh module loaded from the state dict: deepcopy fails on spectral-norm modules that
-        # have run a forward pass (their computed weight is not a graph leaf). SyncBatchNorm and
-        # BatchNorm2d share their state dict, so this also gives a model that runs anywhere.
-        model = GeneratorModel(self.config).to(self.device)
+    def inference_generator(self) -> tuple[SPADEGenerator, ConvEncoder | None]:
+        """(G, E) for sampling and export: the EMA weights when on, eval mode, no DDP/compile
+        wrapper, plain BatchNorm2d. A fresh module loaded from the state dict (deepcopy fails on
+        spectral norm after a forward); building it leaves torch's global RNG untouched."""
+        source = self.ema if self.ema is not None else _unwrap(self.generator)
+        with torch.random.fork_rng(devices=[]):
+            model = GeneratorModel(self.config)
         model.load_state_dict(source.state_dict())
-        model.eval()
+        model = model.to(self.device).eval().requires_grad_(False)
         return model.netG, model.netE
 
     def state_dict(self) -> dict:
-        state = {
-            "G": self.generator.netG.state_dict(),
-            "E": self.generator.netE.state_dict() if self.generator.netE is not None else None,
-            "D": self.discriminator.state_dict(),
+        """Everything a resumed run needs (not the RNG states); loads with ``weights_only=True``."""
+        return {
+            "G": self.netG.state_dict(),
+            "E": self.netE.state_dict() if self.netE is not None else None,
+            "D": self.netD.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "opt_G": self.opt_G.state_dict(),
             "opt_D": self.opt_D.state_dict(),
             "scaler_G": self.scaler_G.state_dict(),
             "scaler_D": self.scaler_D.state_dict(),
             "step": self.step,
         }
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.netG.load_state_dict(state["G"])
-        if self.generator.netE is not None:
-            self.generator.netE.load_state_dict(state["E"])
-        self.discriminator.load_state_dict(state["D"])
+        self.netG.load_state_dict(state["G"])
+        if self.netE is not None:
+            if state.get("E") is None:
+                raise ValueError("this model has a style encoder (use_vae) but the state has no 'E' weights")
+            self.netE.load_state_dict(state["E"])
+        self.netD.load_state_dict(state["D"])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self.scaler_G.load_state_dict(state["scaler_G"])
         self.scaler_D.load_state_dict(state["scaler_D"])
-        if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
+        if self.ema is not None:
+            # a state saved without EMA starts the average from the loaded weights
+            self.ema.load_state_dict(state.get("ema") or _unwrap(self.generator).state_dict())
         self.step = int(state["step"])
         self._apply_lr_schedule()

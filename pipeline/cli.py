@@ -141,10 +141,12 @@ def register(params: Path = PARAMS_OPTION) -> None:
     """Log the generator as an MLflow model, register it, and promote it if it beats the champion."""
     from pipeline.registry import run_register
 
+    from mlflow.exceptions import MlflowException
+
     p = _params(params)
     try:
         result = run_register(p, Path("."))
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError, MlflowException) as err:
         _fail(err, "register")
     verdict = "promoted to champion" if result.get("promoted") else "kept as challenger"
     typer.echo(f"{result['name']} version {result['version']}: {verdict}")
@@ -200,7 +202,10 @@ def flow_run(repo: Path = typer.Option(Path("."), "--repo")) -> None:
     """Run the whole DVC pipeline as a Prefect flow (retries, logs, run history)."""
     from pipeline.flows import pipeline_flow
 
-    pipeline_flow(repo=str(repo.resolve()))
+    try:
+        pipeline_flow(repo=str(repo.resolve()))
+    except (FileNotFoundError, ValueError, RuntimeError) as err:  # StageFailed names the stage
+        _fail(err, "flow run")
 
 
 @flow_app.command("retrain")
@@ -211,7 +216,10 @@ def flow_retrain(
     """Rerun the pipeline if the source folder has new or changed files."""
     from pipeline.flows import retrain_flow
 
-    retrain_flow(repo=str(repo.resolve()), force=force)
+    try:
+        retrain_flow(repo=str(repo.resolve()), force=force)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        _fail(err, "flow retrain")
 
 
 @app.command()
@@ -222,7 +230,10 @@ def schedule(
     """Serve the retraining flow on a schedule and on the new-data event (set PREFECT_API_URL for a server)."""
     from pipeline.flows import serve_schedule
 
-    serve_schedule(repo=str(repo.resolve()), cron=cron)
+    try:
+        serve_schedule(repo=str(repo.resolve()), cron=cron)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        _fail(err, "schedule")
 
 
 @app.command("notify-new-data")
@@ -230,7 +241,10 @@ def notify_new_data(repo: Path = typer.Option(Path("."), "--repo")) -> None:
     """Emit the 'new data' event that triggers the scheduled retraining deployment."""
     from pipeline.flows import notify_new_data as emit
 
-    emit(repo=str(repo.resolve()))
+    try:
+        emit(repo=str(repo.resolve()))
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        _fail(err, "notify-new-data")
 
 
 @app.command()

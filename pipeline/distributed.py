@@ -30,9 +30,10 @@ class DistContext:
             dist.barrier()
 
 
-def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+def pick_device(preference: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
+    """auto|cpu|cuda -> a device; ``key`` names the params.yaml setting in the error."""
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; set train.device: auto or cpu")
+        raise RuntimeError(f"{key} is 'cuda' but no CUDA device is visible; set {key}: auto or cpu")
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     return torch.device("cpu")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from gaugan.config import GauGANConfig
 from gaugan.data import ClassTable, PreparedDataset, colorize
+from gaugan.synthesizer import to_uint8
 from gaugan.transforms import Geometry, PairTransform
 from pipeline.io import atomic_path
 
@@ -18,10 +19,6 @@ def label_grid(labels: np.ndarray, fakes: np.ndarray, reals: np.ndarray, classes
     """Rows of [colorized label | generated | real]; arrays are [N,H,W] and [N,H,W,3] uint8."""
     rows = [np.concatenate([colorize(lab, classes), fake, real], axis=1) for lab, fake, real in zip(labels, fakes, reals)]
     return np.concatenate(rows, axis=0)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 class SampleMaker:

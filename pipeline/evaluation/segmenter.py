@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.distributed import pick_device
 from pipeline.evaluation.dataset import (
     DONTCARE,
     class_names,
@@ -304,11 +305,10 @@ class _SegTrainSet(torch.utils.data.Dataset):
 
 
 def _device(setting: str) -> torch.device:
-    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise SegmenterError("device cuda was asked for but no GPU is visible; use device: auto or cpu")
-        return torch.device("cuda")
-    return torch.device("cpu")
+    try:
+        return pick_device(setting, key="segmenter.device")
+    except RuntimeError as err:
+        raise SegmenterError(str(err)) from None
 
 
 def score_on_split(segmenter: Segmenter, dataset, hw: tuple[int, int], ignore: Sequence[int], batch_size: int = 16,

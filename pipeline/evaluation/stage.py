@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.distributed import pick_device
 from pipeline.evaluation.dataset import (
     class_names,
     dataset_fingerprint,
@@ -54,11 +55,10 @@ class EvaluationError(ValueError):
 
 
 def _device(setting: str) -> torch.device:
-    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise EvaluationError("evaluate.device is cuda but no GPU is visible; use auto or cpu")
-        return torch.device("cuda")
-    return torch.device("cpu")
+    try:
+        return pick_device(setting, key="evaluate.device")
+    except RuntimeError as err:
+        raise EvaluationError(str(err)) from None
 
 
 def _describe(classes: dict) -> str:
@@ -172,7 +172,7 @@ def _log_to_mlflow(run_json: Path, metrics: dict, tags: dict, files: list[Path])
 def run_evaluate(params, root: Path | str = Path(".")) -> dict:
     """Synthesize the validation split with ``train.model_out`` and score it; returns metrics.json's content."""
     from gaugan.data import PreparedDataset
-    from gaugan.synthesizer import Synthesizer
+    from gaugan.synthesizer import Synthesizer, to_uint8
     from tqdm import tqdm
 
     from pipeline.evaluation.features import build_backbone
@@ -271,7 +271,7 @@ def run_evaluate(params, root: Path | str = Path(".")) -> dict:
             labels_t = torch.from_numpy(labels)
             # no-grad, batched, bf16 autocast on GPU: the Synthesizer does all three
             fake = synth(labels_t, instances=instances, style_images=style, seed=params.seed + start, batch_size=bs)
-            fakes = _to_uint8(synth, fake.float())
+            fakes = to_uint8(fake)
 
             fake_feats.append(backbone.extract(torch.from_numpy(fakes), device))
             if cached_real is None:
@@ -351,17 +351,3 @@ def run_evaluate(params, root: Path | str = Path(".")) -> dict:
     run_id = _log_to_mlflow(root / params.train.out_dir / "run.json", metrics, tags, [metrics_path, csv_path, grid_path])
     metrics["mlflow_run_id"] = run_id
     return metrics
-
-
-def _to_uint8(synth, images: torch.Tensor) -> np.ndarray:
-    """Generated ``[B,3,H,W]`` in [-1,1] -> uint8 ``[B,H,W,3]`` (the synthesizer's own conversion when it has one)."""
-    convert = getattr(synth, "to_uint8", None)
-    if convert is None:
-        try:
-            from gaugan.synthesizer import to_uint8 as convert  # type: ignore[no-redef]
-        except ImportError:
-            convert = None
-    if convert is not None:
-        out = convert(images)
-        return np.asarray(out.cpu() if torch.is_tensor(out) else out, dtype=np.uint8)
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
