@@ -57,7 +57,7 @@ def print_summary(params_path: Path, root: Path, tracking_uri: str, seconds: flo
         f"demo finished in {seconds / 60:.1f} min",
         f"registered: {registration['name']} version {registration['version']}"
         + (" (champion)" if registration.get("promoted") else " (challenger; the champion is better)"),
-        f"FID {metrics.get('fid', float('nan')):.3f} ({metrics.get('backbone', 'see metrics.json')}), "
+        f"FID {metrics.get('fid', float('nan')):.3f} ({_backbone_note(metrics)}), "
         f"mIoU generated {metrics.get('miou', float('nan')):.3f} vs real {metrics.get('miou_real', float('nan')):.3f}",
         f"sample grid: {root / params.evaluate.out_dir / 'samples.png'}",
         f"training samples: {root / params.train.out_dir / 'samples.png'}",
@@ -65,3 +65,10 @@ def print_summary(params_path: Path, root: Path, tracking_uri: str, seconds: flo
         f"synthesize: gaugan-pipeline synthesize --model {champion} --label LABEL.png --out image.png",
     ]
     print("\n".join(lines))
+
+
+def _backbone_note(metrics: dict) -> str:
+    backbone = metrics.get("backbone")
+    name = backbone.get("name", "?") if isinstance(backbone, dict) else str(backbone or "?")
+    comparable = "paper-comparable" if metrics.get("paper_comparable") else "not paper-comparable"
+    return f"{name}, {comparable}"
