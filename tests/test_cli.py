@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import yaml
@@ -13,12 +17,15 @@ from pipeline.distributed import pick_device
 runner = CliRunner()
 
 
-def test_notify_new_data_without_a_server_says_what_to_set(monkeypatch, tmp_path):
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    result = runner.invoke(app, ["notify-new-data", "--repo", str(tmp_path)])
-    assert result.exit_code == 1
-    assert "error in notify-new-data: PREFECT_API_URL is not set" in result.output
-    assert "Traceback" not in result.output
+def test_notify_new_data_without_a_server_says_what_to_set(tmp_path):
+    # a real process: Prefect's log handlers would keep CliRunner's closed stream for later tests
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / ".prefect")
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "notify-new-data", "--repo", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "error in notify-new-data: PREFECT_API_URL is not set" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_an_unknown_params_key_is_named_before_any_work(tmp_path):
