@@ -28,7 +28,7 @@ from pipeline.params import load_params  # noqa: E402
 def make_project(tmp: Path, steps: int, batch: int, workers: int) -> Path:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["data"]["format"] = "demo"
-    raw["train"].update(max_steps=steps, batch_size=batch, num_workers=workers, checkpoint_every=10**6,
+    raw["train"].update(max_steps=steps, decay_start_step=None, batch_size=batch, num_workers=workers, checkpoint_every=10**6,
                         sample_every=10**6, log_every=max(1, steps // 3), device="cpu")
     raw["mlflow"] = {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "bench"}
     (tmp / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -44,7 +44,9 @@ def train_ips(project: Path, nproc: int) -> float:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // nproc)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "pipeline.cli", "train", "--resume", "never"]
-    subprocess.run(cmd, cwd=project, env=env, check=True, capture_output=True)
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"training with {nproc} process(es) failed:\n{(proc.stdout + proc.stderr)[-6000:]}")
     rows = (project / "outputs/train/losses.csv").read_text().splitlines()[1:]
     # skip the first logging window (warm-up), average the rest
     ips = [float(r.split(",")[-1]) for r in rows]

@@ -190,9 +190,10 @@ def _results(jobs: list[_Job], workers: int, progress: bool) -> Iterable:
                 bar.update()
             return
         _prewarm()
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)))
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_worker_init)
         try:
-            chunk = max(1, min(16, len(jobs) // (workers * 8)))
+            # small chunks: workers finish together (a big last chunk leaves the others idle)
+            chunk = max(1, min(4, len(jobs) // (workers * 16)))
             for result in pool.map(_work, jobs, chunksize=chunk):
                 yield result
                 bar.update()
@@ -200,6 +201,13 @@ def _results(jobs: list[_Job], workers: int, progress: bool) -> Iterable:
             pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
+
+
+def _worker_init() -> None:
+    """One thread per worker process: the processes are the parallelism."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _prewarm() -> None:
