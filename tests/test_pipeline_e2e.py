@@ -164,3 +164,25 @@ def test_prefect_flows_run_the_same_pipeline_and_retrain_on_new_data(project):
     assert stats["processed_this_run"] == 1  # incremental: only the new sample was prepared
     registration = json.loads((root / "outputs/register/registration.json").read_text())
     assert int(registration["version"]) == int(versions_before) + 1
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_with_a_set_parameter_and_plots(project):
+    root, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"]["feature_extractor"] = "tiny"  # the failure test may have left inception
+    params["evaluate"]["inception_weights"] = None
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _dvc(project, "repro")
+    _git(root, "add", "-A")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline")
+
+    out = _dvc(project, "exp", "run", "-S", "train.max_steps=4", "--name", "longer")
+    assert {"train", "evaluate", "register"} <= _ran(out) and "ingest" not in _ran(out)
+    losses = (root / "outputs/train/losses.csv").read_text().splitlines()
+    assert losses[-1].split(",")[0] == "4"  # the experiment trained to the new max_steps
+    shown = _dvc(project, "exp", "show", "--csv")
+    assert "longer" in shown and "train.max_steps" in shown
+
+    plots = json.loads(_dvc(project, "plots", "show", "--json"))["data"]
+    assert {"losses", "throughput", "outputs/train/losses.csv", "outputs/evaluate/per_class_iou.csv"} <= set(plots)
