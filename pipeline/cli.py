@@ -226,12 +226,13 @@ def flow_retrain(
 def schedule(
     cron: str = typer.Option("0 3 * * *", "--cron", help="cron expression for periodic retraining"),
     repo: Path = typer.Option(Path("."), "--repo"),
+    port: int = typer.Option(4200, "--port", help="port of the local Prefect server started when PREFECT_API_URL is unset"),
 ) -> None:
-    """Serve the retraining flow on a schedule and on the new-data event (set PREFECT_API_URL for a server)."""
+    """Serve the retraining flow on a schedule and on the new-data event (a local Prefect server unless PREFECT_API_URL is set)."""
     from pipeline.flows import serve_schedule
 
     try:
-        serve_schedule(repo=str(repo.resolve()), cron=cron)
+        serve_schedule(repo=str(repo.resolve()), cron=cron, port=port)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         _fail(err, "schedule")
 

@@ -20,9 +20,11 @@ DVC's check. The child's output goes line by line into the Prefect run log.
   job that uploads new images; from any other process, ``prefect event emit gaugan.dataset.updated
   --resource-id <id>`` or ``prefect.events.emit_event(...)`` with the same event and resource id.
 
-Where Prefect runs: with no ``PREFECT_API_URL``, each command starts a temporary local server
-(about 15 s) that lives as long as the command, which is enough for ``flow run`` and ``flow
-retrain``. Schedules and triggers need a server that stays up::
+Where Prefect runs: with no ``PREFECT_API_URL``, ``flow run`` and ``flow retrain`` start
+Prefect's temporary local server (about 15 s) that lives as long as the command. Schedules and
+triggers need a server that stays up and runs the scheduler: with no ``PREFECT_API_URL``,
+``schedule`` starts ``prefect server start`` on port 4200 itself (SQLite under ``PREFECT_HOME``,
+so deployments and run history persist) and stops it on exit; or run one yourself::
 
     prefect server start                          # terminal 1 (UI at http://127.0.0.1:4200)
     export PREFECT_API_URL=http://127.0.0.1:4200/api
@@ -42,8 +44,11 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 # The temporary local server needs longer than Prefect's 20 s default to start on a busy machine;
 # must be set before prefect is imported.
@@ -284,20 +289,81 @@ def build_deployment(repo: Path | str = ".", cron: str | None = "0 3 * * *", nam
     )
 
 
+def _api_healthy(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def local_prefect_server(port: int = 4200, startup_timeout: float = 180.0) -> Iterator[str]:
+    """A persistent local Prefect server (SQLite under ``PREFECT_HOME``, scheduler and triggers on)
+    with ``PREFECT_API_URL`` pointed at it; yields the API URL.
+
+    An already running server on the port is reused and left running; one started here is stopped
+    on exit. Schedules need this: Prefect's temporary per-command server runs no scheduler.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = f"http://127.0.0.1:{port}/api"
+    proc = None
+    if not _api_healthy(url):
+        log_path = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")) / f"server-{port}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        prefect_cli = Path(sys.executable).with_name("prefect")
+        cmd = [str(prefect_cli) if prefect_cli.exists() else "prefect", "server", "start", "--host", "127.0.0.1",
+               "--port", str(port), "--no-ui"]
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + startup_timeout
+        while not _api_healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"the local Prefect server on port {port} did not start (log: {log_path}); "
+                                   "free the port, or set PREFECT_API_URL to a running server")
+            time.sleep(1)
+        print(f"started a local Prefect server at {url} (log: {log_path})")
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url  # flow-run subprocesses inherit it
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def serve_schedule(repo: Path | str = ".", cron: str | None = "0 3 * * *", name: str = DEPLOYMENT,
-                   retries: int = 1) -> None:
-    """Serve :func:`retrain_flow` with the schedule and the new-data trigger (blocks until Ctrl-C)."""
+                   retries: int = 1, port: int = 4200) -> None:
+    """Serve :func:`retrain_flow` with the schedule and the new-data trigger (blocks until Ctrl-C).
+
+    With no ``PREFECT_API_URL``, on a local Prefect server (:func:`local_prefect_server`).
+    """
     from prefect import serve
     from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value():
-        log.warning(
-            "PREFECT_API_URL is not set: serving on a temporary local server, which runs no schedules and "
-            "disappears on exit. Run `prefect server start` and `export PREFECT_API_URL=http://127.0.0.1:4200/api`."
-        )
-    print(f"new-data trigger: event {NEW_DATA_EVENT!r} for resource {dataset_resource_id(repo)!r} "
-          f"(gaugan-pipeline notify-new-data --repo {Path(repo).resolve()})")
-    serve(build_deployment(repo, cron, name, retries), pause_on_shutdown=True)
+    def run() -> None:
+        print(f"new-data trigger: event {NEW_DATA_EVENT!r} for resource {dataset_resource_id(repo)!r} "
+              f"(gaugan-pipeline notify-new-data --repo {Path(repo).resolve()})")
+        serve(build_deployment(repo, cron, name, retries), pause_on_shutdown=True)
+
+    if PREFECT_API_URL.value():
+        run()
+        return
+    with local_prefect_server(port) as url:
+        print(f"serving on {url}; in another shell: export PREFECT_API_URL={url}")
+        run()
 
 
 def notify_new_data(repo: Path | str = ".", detail: dict | None = None) -> str:

@@ -216,3 +216,43 @@ def test_schedule_and_new_data_trigger_create_a_run(prefect_server, tmp_path):
     assert len(triggered) == 1, "the new-data event did not start a run of the deployment"
     assert triggered[0].parameters["repo"] == str(repo.resolve())
     assert triggered[0].parameters["force"] is False
+
+
+def test_schedule_without_a_server_starts_a_local_one_whose_scheduler_creates_runs(tmp_path, monkeypatch):
+    """`gaugan-pipeline schedule` with no PREFECT_API_URL: a real `prefect server start` (its own
+    SQLite under PREFECT_HOME) that runs the scheduler, so the cron schedule produces runs; the server
+    is stopped on exit."""
+    import asyncio
+    import socket
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from pipeline.flows import _api_healthy, build_deployment, local_prefect_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))  # the server's database
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "2")
+    repo = tmp_path / "scheduled"
+    repo.mkdir()
+    with local_prefect_server(port) as url:
+        assert url == f"http://127.0.0.1:{port}/api" and os.environ["PREFECT_API_URL"] == url
+        deployment_id = build_deployment(repo, cron="*/5 * * * *", name="gaugan-retrain-local").apply()
+
+        async def scheduled():
+            async with get_client() as client:
+                assert str(client.api_url).rstrip("/") == url
+                return await client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+
+        deadline = time.monotonic() + 90
+        runs = []
+        while time.monotonic() < deadline and not runs:
+            runs = [r for r in asyncio.run(scheduled()) if r.auto_scheduled]
+            time.sleep(1)
+        assert runs, "the local server's scheduler created no run of the cron deployment"
+        assert runs[0].parameters["repo"] == str(repo.resolve())
+    assert not _api_healthy(url)
+    assert (tmp_path / "prefect-home" / f"server-{port}.log").is_file()
