@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,31 +30,35 @@ class LoadedGenerator:
     meta: dict
 
 
-def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    while True:  # under torch.compile / DDP wrappers
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module under torch.compile and DDP wrappers."""
+    while True:
         if hasattr(module, "_orig_mod"):
             module = module._orig_mod
         elif isinstance(module, nn.parallel.DistributedDataParallel):
             module = module.module
         else:
-            break
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            return module
+
+
+def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in unwrap(module).state_dict().items()}
 
 
 def atomic_save(obj, path: Path | str) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace: never a half-written file."""
+    """torch.save to a temporary file in the same folder, then os.replace: never a half-written file.
+
+    The temporary file is created by a plain open (not mkstemp, whose files are 0600), so the
+    result gets the usual umask mode and the rest of the team can read the model.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; others in the team must read the model
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def save_generator(path: Path | str, netG: nn.Module, netE: nn.Module | None, config: GauGANConfig,

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from gaugan.checkpoint import unwrap as _unwrap
 from gaugan.config import GauGANConfig
 from gaugan.discriminator import MultiscaleDiscriminator
 from gaugan.encoder import ConvEncoder, reparameterize
@@ -86,17 +87,6 @@ class GeneratorModel(nn.Module):
             mu, logvar = self.netE(image)
             z = reparameterize(mu, logvar)  # noise from torch's global RNG
         return self.netG(semantics, z), mu, logvar
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    """The plain module under torch.compile and DDP wrappers."""
-    while True:
-        if hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        elif isinstance(module, nn.parallel.DistributedDataParallel):
-            module = module.module
-        else:
-            return module
 
 
 class GauGANTrainer:

@@ -7,8 +7,9 @@ Every stage reads ``params.yaml`` (``--params``) into validated settings first. 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -32,6 +33,15 @@ PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="parame
 def _fail(err: BaseException, stage: str) -> None:
     typer.secho(f"error in {stage}: {err}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=1)
+
+
+@contextmanager
+def _reported(stage: str, *more: type[BaseException]) -> Iterator[None]:
+    """The usual user errors (missing file, bad value, failed step) become one red line and exit 1."""
+    try:
+        yield
+    except (FileNotFoundError, ValueError, RuntimeError, *more) as err:
+        _fail(err, stage)
 
 
 def _params(path: Path):
@@ -115,10 +125,8 @@ def train_segmenter(params: Path = PARAMS_OPTION) -> None:
     from pipeline.evaluation.segmenter import run_train_segmenter
 
     p = _params(params)
-    try:
+    with _reported("train-segmenter"):
         path = run_train_segmenter(p, Path("."))
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        _fail(err, "train-segmenter")
     typer.echo(f"segmenter written to {path}")
 
 
@@ -128,10 +136,8 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
     from pipeline.evaluation.stage import run_evaluate
 
     p = _params(params)
-    try:
+    with _reported("evaluate"):
         metrics = run_evaluate(p, Path("."))
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        _fail(err, "evaluate")
     typer.echo(", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
                          if isinstance(v, (int, float)) and not isinstance(v, bool)))
 
@@ -144,10 +150,8 @@ def register(params: Path = PARAMS_OPTION) -> None:
     from mlflow.exceptions import MlflowException
 
     p = _params(params)
-    try:
+    with _reported("register", MlflowException):
         result = run_register(p, Path("."))
-    except (FileNotFoundError, ValueError, RuntimeError, MlflowException) as err:
-        _fail(err, "register")
     verdict = "promoted to champion" if result.get("promoted") else "kept as challenger"
     typer.echo(f"{result['name']} version {result['version']}: {verdict}")
 
@@ -163,10 +167,8 @@ def synthesize(
     """Turn a label map into an image with a registered (or local) generator."""
     from pipeline.synthesize import synthesize as run
 
-    try:
+    with _reported("synthesize"):
         run(model, label, out, instance_path=instance, seed=seed)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        _fail(err, "synthesize")
     typer.echo(f"wrote {out}")
 
 
@@ -202,10 +204,8 @@ def flow_run(repo: Path = typer.Option(Path("."), "--repo")) -> None:
     """Run the whole DVC pipeline as a Prefect flow (retries, logs, run history)."""
     from pipeline.flows import pipeline_flow
 
-    try:
+    with _reported("flow run"):
         pipeline_flow(repo=str(repo.resolve()))
-    except (FileNotFoundError, ValueError, RuntimeError) as err:  # StageFailed names the stage
-        _fail(err, "flow run")
 
 
 @flow_app.command("retrain")
@@ -216,10 +216,8 @@ def flow_retrain(
     """Rerun the pipeline if the source folder has new or changed files."""
     from pipeline.flows import retrain_flow
 
-    try:
+    with _reported("flow retrain"):
         retrain_flow(repo=str(repo.resolve()), force=force)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        _fail(err, "flow retrain")
 
 
 @app.command()
@@ -231,10 +229,8 @@ def schedule(
     """Serve the retraining flow on a schedule and on the new-data event (a local Prefect server unless PREFECT_API_URL is set)."""
     from pipeline.flows import serve_schedule
 
-    try:
+    with _reported("schedule"):
         serve_schedule(repo=str(repo.resolve()), cron=cron, port=port)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        _fail(err, "schedule")
 
 
 @app.command("notify-new-data")
@@ -242,10 +238,8 @@ def notify_new_data(repo: Path = typer.Option(Path("."), "--repo")) -> None:
     """Emit the 'new data' event that triggers the scheduled retraining deployment."""
     from pipeline.flows import notify_new_data as emit
 
-    try:
+    with _reported("notify-new-data"):
         emit(repo=str(repo.resolve()))
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        _fail(err, "notify-new-data")
 
 
 @app.command()
