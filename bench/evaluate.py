@@ -48,7 +48,9 @@ def _images(n: int, size: int, batch: int, seed: int = 0) -> list[torch.Tensor]:
     return [imgs[i : i + batch] for i in range(0, n, batch)]
 
 
-def bench_features(images: int, batch: int, sizes: list[int], inception_weights: str | None, device: torch.device) -> list[dict]:
+def bench_features(
+    images: int, batch: int, sizes: list[int], inception_weights: str | None, device: torch.device
+) -> list[dict]:
     from pipeline.evaluation.features import (
         FeatureWeightsError,
         inception_backbone,
@@ -72,8 +74,14 @@ def bench_features(images: int, batch: int, sizes: list[int], inception_weights:
         batches = _images(images, size, batch)
         for name, bb in (("tiny", tiny), ("inception", inception)):
             ips = _timed(lambda b, bb=bb: bb.extract(b, device), batches)
-            rows.append({"case": f"features-{name}", "size": size, "images_per_sec": round(ips, 2),
-                         **({"weights": "real" if real_weights else "surrogate"} if name == "inception" else {})})
+            rows.append(
+                {
+                    "case": f"features-{name}",
+                    "size": size,
+                    "images_per_sec": round(ips, 2),
+                    **({"weights": "real" if real_weights else "surrogate"} if name == "inception" else {}),
+                }
+            )
             print(f"features {name:9s} {size:4d} px: {ips:8.2f} img/s", flush=True)
     return rows
 
@@ -87,34 +95,50 @@ def _demo_generator(path: Path, model: dict, label_nc: int, crop_size: int) -> P
     keys = ("ngf", "z_dim", "spade_hidden", "use_vae", "use_instance", "num_upsampling_layers", "norm_G")
     config = GauGANConfig(label_nc=label_nc, crop_size=crop_size, **{k: model[k] for k in keys})
     torch.manual_seed(0)
-    classes = {"dataset": "bench", "label_nc": label_nc,
-               "classes": [{"index": i, "name": str(i), "color": [0, 0, 0]} for i in range(label_nc)]}
+    classes = {
+        "dataset": "bench",
+        "label_nc": label_nc,
+        "classes": [{"index": i, "name": str(i), "color": [0, 0, 0]} for i in range(label_nc)],
+    }
     save_generator(path, SPADEGenerator(config), None, config, classes, {})
     return path
 
 
 def bench_synthesis(images: int, batch: int, sizes: list[int], device: torch.device, label_nc: int = 12) -> list[dict]:
     from gaugan.synthesizer import Synthesizer
-
     from pipeline.params import load_params
 
     model = load_params(ROOT / "params.yaml").model.model_dump()
     rows = []
     tmp = Path(tempfile.mkdtemp())
     for size in sizes:
-        synth = Synthesizer.from_checkpoint(_demo_generator(tmp / f"g{size}.pt", model, label_nc, size), device=str(device))
+        synth = Synthesizer.from_checkpoint(
+            _demo_generator(tmp / f"g{size}.pt", model, label_nc, size), device=str(device)
+        )
         g = torch.Generator().manual_seed(0)
         labels = torch.randint(0, label_nc, (images, size // 8, size // 8), generator=g)
         labels = labels.repeat_interleave(8, 1).repeat_interleave(8, 2)  # blocky layouts
         instances = labels + 1
         batches = [(labels[i : i + batch], instances[i : i + batch]) for i in range(0, images, batch)]
         use_inst = synth.config.use_instance
-        ips = _timed(lambda b: synth(b[0], instances=b[1] if use_inst else None, seed=0, batch_size=batch),
-                     batches, count=lambda b: len(b[0]))
+        ips = _timed(
+            lambda b: synth(b[0], instances=b[1] if use_inst else None, seed=0, batch_size=batch),
+            batches,
+            count=lambda b: len(b[0]),
+        )
         n_params = sum(p.numel() for p in synth.netG.parameters())
-        rows.append({"case": "synthesis", "size": size, "images_per_sec": round(ips, 2), "ngf": model["ngf"],
-                     "params_G": n_params})
-        print(f"synthesis (ngf={model['ngf']}, {n_params / 1e6:.2f} M params) {size:4d} px: {ips:8.2f} img/s", flush=True)
+        rows.append(
+            {
+                "case": "synthesis",
+                "size": size,
+                "images_per_sec": round(ips, 2),
+                "ngf": model["ngf"],
+                "params_G": n_params,
+            }
+        )
+        print(
+            f"synthesis (ngf={model['ngf']}, {n_params / 1e6:.2f} M params) {size:4d} px: {ips:8.2f} img/s", flush=True
+        )
     return rows
 
 
@@ -128,8 +152,12 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["features", "synthesis"])
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
-    print(f"device {device}, torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    print(
+        f"device {device}, torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
+    )
     rows = []
     if "synthesis" not in args.skip:
         rows += bench_synthesis(args.images, args.batch, args.sizes, device)

@@ -90,17 +90,20 @@ def build_source(root: Path, n_images: int, seed: int = 0) -> dict:
         Image.fromarray(label).save(root / f"stuffthingmaps_trainval2017/train2017/{name}.png")
         noise = rng.integers(0, 255, (H // 8, W // 8, 3), dtype=np.uint8)
         Image.fromarray(noise).resize((W, H), Image.BICUBIC).save(root / f"train2017/{name}.jpg", quality=90)
-    doc = {"images": images, "annotations": annotations,
-           "categories": json.loads((FIXTURES / "coco/instances_val2017_small_airo.json").read_text())["categories"]}
+    doc = {
+        "images": images,
+        "annotations": annotations,
+        "categories": json.loads((FIXTURES / "coco/instances_val2017_small_airo.json").read_text())["categories"],
+    }
     (root / "annotations/instances_train2017.json").write_text(json.dumps(doc))
     return {"images": n_images, "annotations": len(annotations), "per_image": len(annotations) / n_images}
 
 
 def naive_ingest(src: Path, out: Path) -> None:
     """The same outputs the plain way: one process, annToMask on full frames, PIL defaults."""
-    from pycocotools.coco import COCO
-
     import contextlib
+
+    from pycocotools.coco import COCO
 
     from gaugan.edges import instance_edges
 
@@ -127,9 +130,9 @@ def naive_ingest(src: Path, out: Path) -> None:
 
 
 def raster_only(src: Path) -> dict:
-    from pycocotools.coco import COCO
-
     import contextlib
+
+    from pycocotools.coco import COCO
 
     from pipeline.ingest.coco_stuff import rasterize_instances
 
@@ -147,8 +150,11 @@ def raster_only(src: Path) -> dict:
         rasterize_instances(anns, H, W, "ignore")
     fast = time.perf_counter() - t0
     n = len(per_image)
-    return {"naive_ms_per_image": round(naive / n * 1e3, 2), "pipeline_ms_per_image": round(fast / n * 1e3, 2),
-            "speedup": round(naive / fast, 2)}
+    return {
+        "naive_ms_per_image": round(naive / n * 1e3, 2),
+        "pipeline_ms_per_image": round(fast / n * 1e3, 2),
+        "speedup": round(naive / fast, 2),
+    }
 
 
 def _best(fn, repeats: int) -> tuple[float, float]:
@@ -227,8 +233,10 @@ def main(argv=None) -> dict:
             mine = np.array(Image.open(a / f"instances/train/{stem}.png")).astype(np.int64)
             ref = np.array(Image.open(b / f"instances/train/{stem}.png")).astype(np.int64)
             same &= np.array_equal(np.where(mine <= n_things.get(im["id"], 0), mine, 0), ref)
-            same &= np.array_equal(np.array(Image.open(a / f"labels/train/{stem}.png")),
-                                   np.array(Image.open(b / f"labels/train/{stem}.png")))
+            same &= np.array_equal(
+                np.array(Image.open(a / f"labels/train/{stem}.png")),
+                np.array(Image.open(b / f"labels/train/{stem}.png")),
+            )
         result["outputs_match_naive"] = bool(same)
     print(json.dumps(result, indent=2))
     if args.json:

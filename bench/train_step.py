@@ -40,8 +40,17 @@ from gaugan.trainer import GauGANTrainer, TrainOptions  # noqa: E402
 
 
 def settings(args) -> dict[str, GauGANConfig]:
-    demo = GauGANConfig(label_nc=args.demo_label_nc, use_instance=True, ngf=args.demo_ngf, ndf=args.demo_ndf,
-                        nef=args.demo_ngf, z_dim=64, spade_hidden=32, n_layers_D=3, crop_size=args.demo_crop)
+    demo = GauGANConfig(
+        label_nc=args.demo_label_nc,
+        use_instance=True,
+        ngf=args.demo_ngf,
+        ndf=args.demo_ndf,
+        nef=args.demo_ngf,
+        z_dim=64,
+        spade_hidden=32,
+        n_layers_D=3,
+        crop_size=args.demo_crop,
+    )
     ade20k = GauGANConfig(label_nc=150, contain_dontcare_label=True, use_instance=False, crop_size=256)
     chosen = ["demo", "ade20k"] if args.setting == "all" else [args.setting]
     return {name: {"demo": demo, "ade20k": ade20k}[name] for name in chosen}
@@ -65,8 +74,10 @@ def vgg_weights(choice: str, tmp: Path) -> tuple[str | None, str]:
 def make_batch(config: GauGANConfig, batch: int, device: torch.device) -> dict:
     g = torch.Generator().manual_seed(0)
     h = w = config.crop_size
-    out = {"label": torch.randint(0, config.label_nc, (batch, h, w), generator=g),
-           "image": torch.rand(batch, 3, h, w, generator=g) * 2 - 1}
+    out = {
+        "label": torch.randint(0, config.label_nc, (batch, h, w), generator=g),
+        "image": torch.rand(batch, 3, h, w, generator=g) * 2 - 1,
+    }
     if config.use_instance:
         out["edge"] = (torch.rand(batch, 1, h, w, generator=g) > 0.9).float()
     return {k: v.to(device) for k, v in out.items()}
@@ -82,8 +93,14 @@ def rss_mb() -> float:
 
 
 def bench(name: str, config: GauGANConfig, args, device: torch.device, vgg: str | None) -> dict:
-    options = TrainOptions(lambda_vgg=10.0 if vgg else 0.0, vgg_weights=vgg, precision=args.precision,
-                           channels_last=args.channels_last, compile=args.compile, total_steps=10**6)
+    options = TrainOptions(
+        lambda_vgg=10.0 if vgg else 0.0,
+        vgg_weights=vgg,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        total_steps=10**6,
+    )
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -108,11 +125,23 @@ def bench(name: str, config: GauGANConfig, args, device: torch.device, vgg: str 
     g_ms = 1000 * sum(g_times) / steps
     d_ms = 1000 * sum(d_times) / steps
     result = {
-        "setting": name, "device": str(device), "precision": args.precision, "channels_last": args.channels_last,
-        "compile": args.compile, "batch": args.batch, "crop": config.crop_size, "ngf": config.ngf,
-        "ndf": config.ndf, "semantic_nc": config.semantic_nc, "steps": steps, "warmup": args.warmup,
-        "params_G": parameter_counts(config)["G"], "params_D": parameter_counts(config)["D"],
-        "G_step_ms": round(g_ms, 1), "D_step_ms": round(d_ms, 1), "step_ms": round(g_ms + d_ms, 1),
+        "setting": name,
+        "device": str(device),
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "batch": args.batch,
+        "crop": config.crop_size,
+        "ngf": config.ngf,
+        "ndf": config.ndf,
+        "semantic_nc": config.semantic_nc,
+        "steps": steps,
+        "warmup": args.warmup,
+        "params_G": parameter_counts(config)["G"],
+        "params_D": parameter_counts(config)["D"],
+        "G_step_ms": round(g_ms, 1),
+        "D_step_ms": round(d_ms, 1),
+        "step_ms": round(g_ms + d_ms, 1),
         "images_per_s": round(args.batch * 1000 / (g_ms + d_ms), 3),
         "losses_finite": all(torch.isfinite(torch.tensor(v)) for v in losses.values()),
     }
@@ -145,23 +174,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         vgg, vgg_note = vgg_weights(args.vgg, Path(tmp))
-        print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-              f"precision {args.precision}, channels_last {args.channels_last}, compile {args.compile}, VGG loss: {vgg_note}")
+        print(
+            f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+            f"precision {args.precision}, channels_last {args.channels_last}, compile {args.compile}, VGG loss: {vgg_note}"
+        )
         for name, config in settings(args).items():
             r = bench(name, config, args, device, vgg)
             r["vgg"] = vgg_note
             results.append(r)
             extra = f" (RSS before build {r['rss_before_MB']:.0f} MB)" if "rss_before_MB" in r else ""
-            print(f"{name:7s} batch {r['batch']} crop {r['crop']} ngf {r['ngf']}: G {r['G_step_ms']:.1f} ms + "
-                  f"D {r['D_step_ms']:.1f} ms = {r['step_ms']:.1f} ms/step, {r['images_per_s']:.3f} images/s, "
-                  f"peak {r['peak_memory_MB']:.0f} MB [{r['memory_kind']}]{extra}", flush=True)
+            print(
+                f"{name:7s} batch {r['batch']} crop {r['crop']} ngf {r['ngf']}: G {r['G_step_ms']:.1f} ms + "
+                f"D {r['D_step_ms']:.1f} ms = {r['step_ms']:.1f} ms/step, {r['images_per_s']:.3f} images/s, "
+                f"peak {r['peak_memory_MB']:.0f} MB [{r['memory_kind']}]{extra}",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

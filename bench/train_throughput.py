@@ -28,22 +28,41 @@ from pipeline.params import load_params  # noqa: E402
 def make_project(tmp: Path, steps: int, batch: int, workers: int) -> Path:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["data"]["format"] = "demo"
-    raw["train"].update(max_steps=steps, decay_start_step=None, batch_size=batch, num_workers=workers, checkpoint_every=10**6,
-                        sample_every=10**6, log_every=max(1, steps // 3), device="cpu")
+    raw["train"].update(
+        max_steps=steps,
+        decay_start_step=None,
+        batch_size=batch,
+        num_workers=workers,
+        checkpoint_every=10**6,
+        sample_every=10**6,
+        log_every=max(1, steps // 3),
+        device="cpu",
+    )
     raw["mlflow"] = {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "bench"}
     (tmp / "params.yaml").write_text(yaml.safe_dump(raw))
     from pipeline.ingest import run_ingest
 
     params = load_params(tmp / "params.yaml")
-    run_ingest("demo", tmp / "unused", tmp / params.data.out, workers=2, on_error="fail",
-               settings=params.data, progress=False)
+    run_ingest(
+        "demo", tmp / "unused", tmp / params.data.out, workers=2, on_error="fail", settings=params.data, progress=False
+    )
     return tmp
 
 
 def train_ips(project: Path, nproc: int) -> float:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // nproc)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "pipeline.cli", "train", "--resume", "never"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "pipeline.cli",
+        "train",
+        "--resume",
+        "never",
+    ]
     proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"training with {nproc} process(es) failed:\n{(proc.stdout + proc.stderr)[-6000:]}")
@@ -62,9 +81,19 @@ def loader_ips(project: Path, batches: int, workers: int) -> float:
     params = load_params(project / "params.yaml")
     t = params.train
     dataset = PreparedDataset(project / params.data.out, "train", load_instances=params.model.use_instance)
-    loader = build_train_loader(dataset, Geometry(t.load_size, t.crop_size, t.aspect_ratio, t.flip),
-                                params.model.use_instance, global_batch=t.batch_size, rank=0, world_size=1,
-                                seed=0, start_step=0, max_steps=batches, num_workers=workers, pin_memory=False)
+    loader = build_train_loader(
+        dataset,
+        Geometry(t.load_size, t.crop_size, t.aspect_ratio, t.flip),
+        params.model.use_instance,
+        global_batch=t.batch_size,
+        rank=0,
+        world_size=1,
+        seed=0,
+        start_step=0,
+        max_steps=batches,
+        num_workers=workers,
+        pin_memory=False,
+    )
     start = time.perf_counter()
     n = sum(len(b["id"]) for b in loader)
     return n / (time.perf_counter() - start)

@@ -61,8 +61,9 @@ def atomic_save(obj, path: Path | str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_generator(path: Path | str, netG: nn.Module, netE: nn.Module | None, config: GauGANConfig,
-                   classes: dict, meta: dict) -> None:
+def save_generator(
+    path: Path | str, netG: nn.Module, netE: nn.Module | None, config: GauGANConfig, classes: dict, meta: dict
+) -> None:
     """Write {format, config, classes, meta, G, E} atomically; it loads with ``torch.load(weights_only=True)``.
 
     ``classes`` is the prepared dataset's classes.json content, ``meta`` any provenance (run id,
@@ -90,8 +91,11 @@ def load_generator(path: Path | str, device: torch.device | str = "cpu") -> Load
         raise CheckpointError(f"{path}: not a readable generator file ({type(err).__name__}: {err})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        hint = ("; an NVlabs latest_net_G.pth loads with load_reference_checkpoint"
-                if isinstance(payload, dict) and "format" not in payload else "")
+        hint = (
+            "; an NVlabs latest_net_G.pth loads with load_reference_checkpoint"
+            if isinstance(payload, dict) and "format" not in payload
+            else ""
+        )
         raise CheckpointError(f"{path}: not a GauGAN generator file (format {found!r}, expected {FORMAT!r}){hint}")
     config = GauGANConfig.from_dict(payload["config"])
     netG = SPADEGenerator(config)
@@ -111,11 +115,17 @@ def _load_strict(module: nn.Module, state: dict, source: str) -> None:
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shapes:
+
         def listing(name: str, items: list) -> str:
-            return f"{len(items)} {name}" + (f" ({', '.join(items[:20])}{', ...' if len(items) > 20 else ''})" if items else "")
+            return f"{len(items)} {name}" + (
+                f" ({', '.join(items[:20])}{', ...' if len(items) > 20 else ''})" if items else ""
+            )
 
         raise CheckpointError(
             f"{source} does not match {type(module).__name__}: {listing('missing keys', missing)}; "
@@ -136,6 +146,6 @@ def load_reference_checkpoint(module: nn.Module, path: Path | str) -> nn.Module:
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}  # saved from a DataParallel wrapper
+        state = {k[len("module.") :]: v for k, v in state.items()}  # saved from a DataParallel wrapper
     _load_strict(module, state, str(path))
     return module

@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, fields
 
 UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
 # [spectral]spade<batch|syncbatch|instance><k>x<k>, or a plain (SPADE-less) norm for ablations
-NORM_G_PATTERN = re.compile(r"^(spectral)?spade(batch|syncbatch|instance)([13579])x\3$|^(spectral)?(batch|syncbatch|instance)$")
+NORM_G_PATTERN = re.compile(
+    r"^(spectral)?spade(batch|syncbatch|instance)([13579])x\3$|^(spectral)?(batch|syncbatch|instance)$"
+)
 NORM_DE_PATTERN = re.compile(r"^(spectral)?(batch|syncbatch|instance|none)?$")
 
 
@@ -34,21 +36,27 @@ class GauGANConfig:
     def __post_init__(self) -> None:
         problems = []
         if self.num_upsampling_layers not in UPSAMPLINGS:
-            problems.append(f"num_upsampling_layers must be one of {sorted(UPSAMPLINGS)}, got {self.num_upsampling_layers!r}")
+            problems.append(
+                f"num_upsampling_layers must be one of {sorted(UPSAMPLINGS)}, got {self.num_upsampling_layers!r}"
+            )
         for name in ("label_nc", "ngf", "ndf", "nef", "z_dim", "spade_hidden", "num_D", "n_layers_D", "crop_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
         if not NORM_G_PATTERN.match(str(self.norm_G)):
-            problems.append(f"norm_G {self.norm_G!r} is not [spectral]spade<batch|syncbatch|instance><k>x<k> "
-                            "(e.g. spectralspadesyncbatch3x3) or a plain [spectral]<batch|syncbatch|instance>")
+            problems.append(
+                f"norm_G {self.norm_G!r} is not [spectral]spade<batch|syncbatch|instance><k>x<k> "
+                "(e.g. spectralspadesyncbatch3x3) or a plain [spectral]<batch|syncbatch|instance>"
+            )
         for name in ("norm_D", "norm_E"):
             if not NORM_DE_PATTERN.match(str(getattr(self, name))):
                 problems.append(f"{name} {getattr(self, name)!r} is not [spectral]<batch|syncbatch|instance|none>")
         if not self.aspect_ratio > 0:
             problems.append(f"aspect_ratio must be positive, got {self.aspect_ratio!r}")
         if self.num_upsampling_layers == "most" and isinstance(self.ngf, int) and self.ngf % 2:
-            problems.append(f"num_upsampling_layers 'most' halves ngf in its last block: ngf must be even, got {self.ngf}")
+            problems.append(
+                f"num_upsampling_layers 'most' halves ngf in its last block: ngf must be even, got {self.ngf}"
+            )
         if problems:
             raise ValueError("invalid GauGAN config: " + "; ".join(problems))
 
@@ -65,14 +73,14 @@ class GauGANConfig:
     @property
     def latent_hw(self) -> tuple[int, int]:
         """(sh, sw): the first feature map's size at the configured crop, as the reference computes it."""
-        sw = self.crop_size // (2 ** self.num_upsamplings)
+        sw = self.crop_size // (2**self.num_upsamplings)
         return max(1, round(sw / self.aspect_ratio)), max(1, sw)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "GauGANConfig":
+    def from_dict(cls, data: dict) -> GauGANConfig:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(known))
         if unknown:

@@ -36,7 +36,9 @@ class ClassTable:
             "dontcare": self.dontcare,
             "contain_dontcare_label": self.contain_dontcare_label,
             "has_instances": self.has_instances,
-            "classes": [{"index": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(zip(self.names, self.colors))],
+            "classes": [
+                {"index": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(zip(self.names, self.colors))
+            ],
         }
 
 

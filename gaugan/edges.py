@@ -30,7 +30,7 @@ def instance_edges(inst: np.ndarray) -> np.ndarray:
     return edge.view(np.uint8) * np.uint8(255)
 
 
-def instance_edges_torch(inst: "torch.Tensor") -> "torch.Tensor":
+def instance_edges_torch(inst: torch.Tensor) -> torch.Tensor:
     """``inst`` [B,H,W] or [B,1,H,W] integer ids -> float [B,1,H,W], 1.0 on boundaries."""
     import torch
 

@@ -7,8 +7,9 @@ import torch
 DONTCARE = 255
 
 
-def encode_labels(label: torch.Tensor, label_nc: int, contain_dontcare_label: bool,
-                  edges: torch.Tensor | None = None) -> torch.Tensor:
+def encode_labels(
+    label: torch.Tensor, label_nc: int, contain_dontcare_label: bool, edges: torch.Tensor | None = None
+) -> torch.Tensor:
     """``label`` int [B,H,W] (or [B,1,H,W]) -> float [B, label_nc (+1 dontcare) (+1 edge), H, W].
 
     Value ``c`` sets channel ``c``; 255 sets the dontcare channel (index ``label_nc``) when the
@@ -30,15 +31,18 @@ def encode_labels(label: torch.Tensor, label_nc: int, contain_dontcare_label: bo
     if bool(bad.any()):
         values = sorted(set(label[bad].unique()[:5].tolist()))
         allowed = f"0..{label_nc - 1}" + (f" or {DONTCARE} (dontcare)" if contain_dontcare_label else "")
-        raise ValueError(f"label value {values[0]} is outside the class table: allowed values are {allowed}"
-                         + (f" (also found {values[1:]})" if len(values) > 1 else ""))
+        raise ValueError(
+            f"label value {values[0]} is outside the class table: allowed values are {allowed}"
+            + (f" (also found {values[1:]})" if len(values) > 1 else "")
+        )
     one_hot = torch.zeros(label.shape[0], nc, label.shape[1], label.shape[2], device=label.device)
     one_hot.scatter_(1, index.unsqueeze(1), 1.0)
     if edges is not None:
         if edges.dim() == 3:
             edges = edges.unsqueeze(1)
         if tuple(edges.shape) != (label.shape[0], 1, label.shape[1], label.shape[2]):
-            raise ValueError(f"edge maps {tuple(edges.shape)} do not match label maps {tuple(label.shape)}; "
-                             "expected [B,1,H,W]")
+            raise ValueError(
+                f"edge maps {tuple(edges.shape)} do not match label maps {tuple(label.shape)}; expected [B,1,H,W]"
+            )
         one_hot = torch.cat([one_hot, edges.to(device=one_hot.device, dtype=one_hot.dtype)], dim=1)
     return one_hot

@@ -43,10 +43,12 @@ class SPADEGenerator(nn.Module):
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         """The first feature map's size for an input of this size (ValueError if it does not divide)."""
-        scale = 2 ** self.config.num_upsamplings
+        scale = 2**self.config.num_upsamplings
         if height % scale or width % scale:
-            raise ValueError(f"input size {height}x{width} is not a multiple of {scale} "
-                             f"(num_upsampling_layers={self.config.num_upsampling_layers!r}); resize or crop it")
+            raise ValueError(
+                f"input size {height}x{width} is not a multiple of {scale} "
+                f"(num_upsampling_layers={self.config.num_upsampling_layers!r}); resize or crop it"
+            )
         return height // scale, width // scale
 
     def forward(self, seg: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:

@@ -53,8 +53,9 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
     Only for CUDA + NCCL: SyncBatchNorm cannot run on CPU tensors. Returns the (possibly new) module.
     """
     if isinstance(module, SyncableBatchNorm2d):
-        sync = nn.SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                module.track_running_stats, process_group)
+        sync = nn.SyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, process_group
+        )
         if module.affine:
             sync.weight, sync.bias = module.weight, module.bias
         if module.track_running_stats:
@@ -87,7 +88,7 @@ def parse_norm_G(norm_G: str) -> tuple[bool, bool, str, int]:
     plain parameter-free norm and no modulation: the ablation of the paper's Sec. 3.
     """
     spectral = norm_G.startswith("spectral")
-    rest = norm_G[len("spectral"):] if spectral else norm_G
+    rest = norm_G[len("spectral") :] if spectral else norm_G
     match = re.fullmatch(r"spade(batch|syncbatch|instance)(\d)x(\d)", rest)
     if match:
         ks = int(match.group(2))
@@ -96,8 +97,10 @@ def parse_norm_G(norm_G: str) -> tuple[bool, bool, str, int]:
         return spectral, True, match.group(1), ks
     if rest in ("batch", "syncbatch", "instance"):
         return spectral, False, rest, 0
-    raise ValueError(f"norm_G {norm_G!r} is not [spectral]spade<batch|syncbatch|instance><k>x<k> "
-                     "or a plain [spectral]<batch|syncbatch|instance>")
+    raise ValueError(
+        f"norm_G {norm_G!r} is not [spectral]spade<batch|syncbatch|instance><k>x<k> "
+        "or a plain [spectral]<batch|syncbatch|instance>"
+    )
 
 
 class SPADE(nn.Module):
@@ -156,7 +159,7 @@ class SPADEResnetBlock(nn.Module):
             self.conv_1 = spectral_norm(self.conv_1)
             if self.learned_shortcut:
                 self.conv_s = spectral_norm(self.conv_s)
-        norm = norm_G[len("spectral"):] if norm_G.startswith("spectral") else norm_G
+        norm = norm_G[len("spectral") :] if norm_G.startswith("spectral") else norm_G
         self.norm_0 = generator_norm(norm, fin, semantic_nc, hidden)
         self.norm_1 = generator_norm(norm, fmiddle, semantic_nc, hidden)
         if self.learned_shortcut:
@@ -175,7 +178,7 @@ def nonspade_norm(norm: str, layer: nn.Module) -> nn.Module:
     would cancel it), as in the reference, so its checkpoint keys match."""
     if norm.startswith("spectral"):
         layer = spectral_norm(layer)
-        norm = norm[len("spectral"):]
+        norm = norm[len("spectral") :]
     if norm in ("", "none"):
         return layer
     if getattr(layer, "bias", None) is not None:

@@ -30,16 +30,19 @@ def hinge_g_loss(preds_fake: list[list[torch.Tensor]]) -> torch.Tensor:
     return torch.stack([-s.float().mean() for s in _scores(preds_fake)]).mean()
 
 
-def feature_matching_loss(preds_fake: list[list[torch.Tensor]], preds_real: list[list[torch.Tensor]],
-                          lambda_feat: float = LAMBDA_FEAT) -> torch.Tensor:
+def feature_matching_loss(
+    preds_fake: list[list[torch.Tensor]], preds_real: list[list[torch.Tensor]], lambda_feat: float = LAMBDA_FEAT
+) -> torch.Tensor:
     """Sum over scales and intermediate layers (score map excluded) of L1(fake feature, real feature),
     each weighted lambda_feat / num_D; the real features are targets (detached)."""
     if len(preds_fake) != len(preds_real):
         raise ValueError(f"{len(preds_fake)} fake scales but {len(preds_real)} real ones")
     weight = lambda_feat / len(preds_fake)
-    terms = [F.l1_loss(f.float(), r.detach().float())
-             for fake_scale, real_scale in zip(preds_fake, preds_real)
-             for f, r in zip(fake_scale[:-1], real_scale[:-1])]
+    terms = [
+        F.l1_loss(f.float(), r.detach().float())
+        for fake_scale, real_scale in zip(preds_fake, preds_real)
+        for f, r in zip(fake_scale[:-1], real_scale[:-1])
+    ]
     if not terms:
         return preds_fake[0][-1].new_zeros((), dtype=torch.float32)
     return torch.stack(terms).sum() * weight
@@ -70,6 +73,7 @@ class VGGLoss(nn.Module):
             real_feats = self.vgg(real)
         if len(fake_feats) != len(self.layer_weights):
             raise ValueError(f"the VGG gives {len(fake_feats)} feature maps for {len(self.layer_weights)} weights")
-        terms = [w * F.l1_loss(f.float(), r.detach().float())
-                 for w, f, r in zip(self.layer_weights, fake_feats, real_feats)]
+        terms = [
+            w * F.l1_loss(f.float(), r.detach().float()) for w, f, r in zip(self.layer_weights, fake_feats, real_feats)
+        ]
         return torch.stack(terms).sum()

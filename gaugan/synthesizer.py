@@ -60,8 +60,15 @@ class Synthesizer:
     """``synth(labels, instances=None, style_images=None, seed=None, batch_size=8)`` -> float
     [B,3,H,W] in [-1, 1] on the CPU. No grad, batched, autocast (bf16, else fp16) on GPU."""
 
-    def __init__(self, netG, netE, config: GauGANConfig, classes: dict | None = None,
-                 device: torch.device | str = "cpu", meta: dict | None = None):
+    def __init__(
+        self,
+        netG,
+        netE,
+        config: GauGANConfig,
+        classes: dict | None = None,
+        device: torch.device | str = "cpu",
+        meta: dict | None = None,
+    ):
         self.device = auto_device(device)
         self.netG = netG.to(self.device).eval()
         self.netE = netE.to(self.device).eval() if netE is not None else None
@@ -70,7 +77,7 @@ class Synthesizer:
         self.meta = meta or {}
 
     @classmethod
-    def from_checkpoint(cls, path: Path | str, device: str | torch.device = "auto") -> "Synthesizer":
+    def from_checkpoint(cls, path: Path | str, device: str | torch.device = "auto") -> Synthesizer:
         dev = auto_device(device)
         loaded = load_generator(path, dev)
         return cls(loaded.netG, loaded.netE, loaded.config, loaded.classes, dev, loaded.meta)
@@ -82,8 +89,9 @@ class Synthesizer:
         return torch.autocast(self.device.type, enabled=False)
 
     @torch.no_grad()
-    def __call__(self, labels, instances=None, style_images=None, seed: int | None = None,
-                 batch_size: int = 8) -> torch.Tensor:
+    def __call__(
+        self, labels, instances=None, style_images=None, seed: int | None = None, batch_size: int = 8
+    ) -> torch.Tensor:
         """``labels`` int [B,H,W] or [H,W] (tensor or numpy; 255 = dontcare); ``instances`` the same
         shape, needed when the model uses instance edges; ``style_images`` (VAE models) the style to
         copy; ``seed`` makes the style noise reproducible (a different seed, a different style)."""
@@ -97,15 +105,21 @@ class Synthesizer:
         insts = None
         if cfg.use_instance:
             if instances is None:
-                raise ValueError("this model was trained with instance maps (use_instance): pass instances, "
-                                 "an instance id map per label map (0 = no instance)")
+                raise ValueError(
+                    "this model was trained with instance maps (use_instance): pass instances, "
+                    "an instance id map per label map (0 = no instance)"
+                )
             insts = _int_maps(instances, "instance maps")
             if insts.shape != labels.shape:
-                raise ValueError(f"instance maps {tuple(insts.shape)} and label maps {tuple(labels.shape)} differ in shape")
+                raise ValueError(
+                    f"instance maps {tuple(insts.shape)} and label maps {tuple(labels.shape)} differ in shape"
+                )
         style = None
         if style_images is not None:
             if not cfg.use_vae or self.netE is None:
-                raise ValueError("this model has no style encoder (use_vae off or no E weights): style_images cannot be used")
+                raise ValueError(
+                    "this model has no style encoder (use_vae off or no E weights): style_images cannot be used"
+                )
             style = _style_batch(style_images, n)
         noise = None
         if cfg.use_vae:
@@ -116,7 +130,9 @@ class Synthesizer:
         for start in range(0, n, batch_size):
             end = min(n, start + batch_size)
             edges = instance_edges_torch(insts[start:end].to(self.device)) if insts is not None else None
-            semantics = encode_labels(labels[start:end].to(self.device), cfg.label_nc, cfg.contain_dontcare_label, edges)
+            semantics = encode_labels(
+                labels[start:end].to(self.device), cfg.label_nc, cfg.contain_dontcare_label, edges
+            )
             z = None
             if noise is not None:
                 z = noise[start:end].to(self.device)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -31,8 +31,16 @@ from gaugan.encoder import ConvEncoder, reparameterize
 from gaugan.encoding import encode_labels
 from gaugan.generator import SPADEGenerator
 from gaugan.layers import convert_sync_batchnorm
-from gaugan.losses import (LAMBDA_FEAT, LAMBDA_KLD, LAMBDA_VGG, VGGLoss, feature_matching_loss, hinge_d_loss,
-                           hinge_g_loss, kl_loss)
+from gaugan.losses import (
+    LAMBDA_FEAT,
+    LAMBDA_KLD,
+    LAMBDA_VGG,
+    VGGLoss,
+    feature_matching_loss,
+    hinge_d_loss,
+    hinge_g_loss,
+    kl_loss,
+)
 
 __all__ = ["GauGANTrainer", "GeneratorModel", "NonFiniteLossError", "TrainOptions", "convert_sync_batchnorm"]
 
@@ -48,16 +56,16 @@ class TrainOptions:
     lr: float = 2e-4
     beta1: float = 0.0
     beta2: float = 0.9
-    ttur: bool = True               # G at lr/2, D at lr*2, betas (0, 0.9), as the reference's --TTUR
+    ttur: bool = True  # G at lr/2, D at lr*2, betas (0, 0.9), as the reference's --TTUR
     lambda_feat: float = LAMBDA_FEAT
     lambda_vgg: float = LAMBDA_VGG  # 0 turns the VGG loss (and its weights file) off
     lambda_kld: float = LAMBDA_KLD
     vgg_weights: str | None = None  # None: the torch hub cache
     ema_decay: float | None = 0.999
-    precision: str = "fp32"         # fp32 | bf16 | fp16 (autocast on the trainer's device; GradScaler for fp16)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on the trainer's device; GradScaler for fp16)
     channels_last: bool = False
     compile: bool = False
-    total_steps: int = 0            # where the linear decay reaches 0
+    total_steps: int = 0  # where the linear decay reaches 0
     decay_start_step: int | None = None  # None: constant learning rate
 
     def __post_init__(self) -> None:
@@ -93,8 +101,7 @@ class GauGANTrainer:
     """``train_step(batch)`` -> losses. Batch: ``label`` long [B,H,W] (255 = dontcare), ``image``
     float [B,3,H,W] in [-1, 1], ``edge`` float [B,1,H,W] when the model uses instance edges."""
 
-    def __init__(self, config: GauGANConfig, options: TrainOptions | None = None,
-                 device: torch.device | str = "cpu"):
+    def __init__(self, config: GauGANConfig, options: TrainOptions | None = None, device: torch.device | str = "cpu"):
         self.config = config
         self.options = options = options if options is not None else TrainOptions()
         self.device = torch.device(device)
@@ -181,9 +188,12 @@ class GauGANTrainer:
         if self.config.use_instance and edges is None:
             raise ValueError("the model uses instance edges (use_instance) but the batch has no 'edge' tensor")
         nb = self.device.type == "cuda"
-        semantics = encode_labels(batch["label"].to(self.device, non_blocking=nb), self.config.label_nc,
-                                  self.config.contain_dontcare_label,
-                                  edges.to(self.device, non_blocking=nb) if edges is not None else None)
+        semantics = encode_labels(
+            batch["label"].to(self.device, non_blocking=nb),
+            self.config.label_nc,
+            self.config.contain_dontcare_label,
+            edges.to(self.device, non_blocking=nb) if edges is not None else None,
+        )
         image = batch["image"].to(self.device, non_blocking=nb).float()
         if self.options.channels_last:
             semantics = semantics.contiguous(memory_format=torch.channels_last)

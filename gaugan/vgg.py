@@ -92,7 +92,7 @@ class VGG19Features(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "VGG19Features":
+    def train(self, mode: bool = True) -> VGG19Features:
         return super().train(False)  # always frozen, whatever the trainer does
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -7,9 +7,9 @@ Every stage reads ``params.yaml`` (``--params``) into validated settings first. 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 import typer
 
@@ -56,15 +56,16 @@ def _params(path: Path):
 @app.command()
 def ingest(
     params: Path = PARAMS_OPTION,
-    format: Optional[str] = typer.Option(None, "--format", help="demo|coco-stuff|ade20k|ade20k-full|spade|folder (default: data.format)"),
-    source: Optional[Path] = typer.Option(None, "--source", help="raw dataset folder (default: data.source)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="prepared dataset folder (default: data.out)"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="processes (default: data.workers)"),
-    on_error: Optional[str] = typer.Option(None, "--on-error", help="fail|skip (default: data.on_error)"),
+    format: str | None = typer.Option(
+        None, "--format", help="demo|coco-stuff|ade20k|ade20k-full|spade|folder (default: data.format)"
+    ),
+    source: Path | None = typer.Option(None, "--source", help="raw dataset folder (default: data.source)"),
+    out: Path | None = typer.Option(None, "--out", help="prepared dataset folder (default: data.out)"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="processes (default: data.workers)"),
+    on_error: str | None = typer.Option(None, "--on-error", help="fail|skip (default: data.on_error)"),
 ) -> None:
     """Parse a raw dataset into the prepared format (labels, instances, edges, manifest)."""
     from pipeline.ingest import IngestError, run_ingest
-
     from pipeline.params import DataSettings
 
     if params.is_file():
@@ -106,7 +107,9 @@ def demo_data(
 @app.command()
 def train(
     params: Path = PARAMS_OPTION,
-    resume: str = typer.Option("auto", "--resume", help="auto: continue from the last matching checkpoint; never: start over"),
+    resume: str = typer.Option(
+        "auto", "--resume", help="auto: continue from the last matching checkpoint; never: start over"
+    ),
 ) -> None:
     """Train the generator (launch with torchrun for several processes or machines)."""
     from pipeline.train import TrainError, run_train
@@ -138,16 +141,17 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
     p = _params(params)
     with _reported("evaluate"):
         metrics = run_evaluate(p, Path("."))
-    typer.echo(", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool)))
+    typer.echo(
+        ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    )
 
 
 @app.command()
 def register(params: Path = PARAMS_OPTION) -> None:
     """Log the generator as an MLflow model, register it, and promote it if it beats the champion."""
-    from pipeline.registry import run_register
-
     from mlflow.exceptions import MlflowException
+
+    from pipeline.registry import run_register
 
     p = _params(params)
     with _reported("register", MlflowException):
@@ -161,8 +165,10 @@ def synthesize(
     model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, or a generator .pt file"),
     label: Path = typer.Option(..., "--label", help="label map PNG (class indices)"),
     out: Path = typer.Option(..., "--out", help="output image PNG"),
-    instance: Optional[Path] = typer.Option(None, "--instance", help="instance map PNG, for models trained with instances"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="style seed (multimodal models)"),
+    instance: Path | None = typer.Option(
+        None, "--instance", help="instance map PNG, for models trained with instances"
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="style seed (multimodal models)"),
 ) -> None:
     """Turn a label map into an image with a registered (or local) generator."""
     from pipeline.synthesize import synthesize as run
@@ -174,9 +180,9 @@ def synthesize(
 
 @app.command("model-info")
 def model_info(
-    setting: Optional[str] = typer.Option(None, "--setting", help="coco-stuff|ade20k|cityscapes; default: all"),
+    setting: str | None = typer.Option(None, "--setting", help="coco-stuff|ade20k|cityscapes; default: all"),
     vae: bool = typer.Option(False, "--vae", help="with the style encoder"),
-    params: Optional[Path] = typer.Option(None, "--params", "-p", help="also count the model of this params file"),
+    params: Path | None = typer.Option(None, "--params", "-p", help="also count the model of this params file"),
 ) -> None:
     """Parameter counts of the generator, discriminator and encoder per setting."""
     from rich.console import Console
@@ -224,7 +230,9 @@ def flow_retrain(
 def schedule(
     cron: str = typer.Option("0 3 * * *", "--cron", help="cron expression for periodic retraining"),
     repo: Path = typer.Option(Path("."), "--repo"),
-    port: int = typer.Option(4200, "--port", help="port of the local Prefect server started when PREFECT_API_URL is unset"),
+    port: int = typer.Option(
+        4200, "--port", help="port of the local Prefect server started when PREFECT_API_URL is unset"
+    ),
 ) -> None:
     """Serve the retraining flow on a schedule and on the new-data event (a local Prefect server unless PREFECT_API_URL is set)."""
     from pipeline.flows import serve_schedule

@@ -46,9 +46,9 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 # The temporary local server needs longer than Prefect's 20 s default to start on a busy machine;
 # must be set before prefect is imported.
@@ -117,8 +117,14 @@ def _outcome(stage: str, lines: list[str]) -> str:
     return "skipped"
 
 
-@task(name="dvc-stage", task_run_name="dvc repro {stage}", retries=1, retry_delay_seconds=10,
-      cache_policy=NO_CACHE, tags=["dvc-workspace"])
+@task(
+    name="dvc-stage",
+    task_run_name="dvc repro {stage}",
+    retries=1,
+    retry_delay_seconds=10,
+    cache_policy=NO_CACHE,
+    tags=["dvc-workspace"],
+)
 def dvc_stage(stage: str, repo: str) -> str:
     """``dvc repro --single-item <stage>``; returns 'ran', 'skipped' (up to date) or 'restored' (run-cache)."""
     logger = get_run_logger()
@@ -126,8 +132,16 @@ def dvc_stage(stage: str, repo: str) -> str:
     logger.info("%s$ %s", repo, " ".join(["dvc", *cmd[3:]]))
     lines: list[str] = []
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    proc = subprocess.Popen(cmd, cwd=repo, env=tool_env(Path(repo)), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=repo,
+        env=tool_env(Path(repo)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+    )
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
@@ -150,8 +164,9 @@ def dvc_stage(stage: str, repo: str) -> str:
 
 
 @flow(name="gaugan-pipeline", log_prints=True)
-def pipeline_flow(repo: str = ".", stages: list[str] | None = None, retries: int = 1,
-                  retry_delay_seconds: float = 10) -> dict[str, str]:
+def pipeline_flow(
+    repo: str = ".", stages: list[str] | None = None, retries: int = 1, retry_delay_seconds: float = 10
+) -> dict[str, str]:
     """Run the DVC stages (all by default, else the named ones) in DVC's order; returns stage -> outcome.
 
     Each stage runs alone (``--single-item``): naming a subset does not run the stages before it.
@@ -234,8 +249,12 @@ def detect_new_data(repo: str) -> dict:
     if not source.is_dir():
         raise FileNotFoundError(f"data.source {source} is not a folder (params.yaml); nothing to watch")
     snapshot, changes = scan_source(source, read_snapshot(root, configured))
-    return {"source": configured, "files": snapshot, "changes": changes,
-            "num_changes": sum(len(v) for v in changes.values())}
+    return {
+        "source": configured,
+        "files": snapshot,
+        "changes": changes,
+        "num_changes": sum(len(v) for v in changes.values()),
+    }
 
 
 @flow(name="gaugan-retrain", log_prints=True)
@@ -249,8 +268,10 @@ def retrain_flow(repo: str = ".", force: bool = False, retries: int = 1) -> dict
     if not found["num_changes"] and not force:
         print(f"no new data in {found['source']} ({len(found['files'])} files unchanged): nothing to do")
         return {"ran": False, "changes": summary}
-    print(f"{found['source']}: {summary['added']} added, {summary['changed']} changed, "
-          f"{summary['removed']} removed{' (forced)' if force else ''}: running the pipeline")
+    print(
+        f"{found['source']}: {summary['added']} added, {summary['changed']} changed, "
+        f"{summary['removed']} removed{' (forced)' if force else ''}: running the pipeline"
+    )
     outcomes = pipeline_flow(repo=str(root), retries=retries)
     atomic_write_json(root / SNAPSHOT, {"source": found["source"], "files": found["files"]})
     return {"ran": True, "changes": summary, "stages": outcomes}
@@ -268,8 +289,7 @@ def dataset_resource_id(repo: Path | str) -> str:
     return f"gaugan.dataset.{slug}-{digest}"
 
 
-def build_deployment(repo: Path | str = ".", cron: str | None = "0 3 * * *", name: str = DEPLOYMENT,
-                     retries: int = 1):
+def build_deployment(repo: Path | str = ".", cron: str | None = "0 3 * * *", name: str = DEPLOYMENT, retries: int = 1):
     """The retraining deployment: cron schedule + trigger on this repository's new-data event."""
     from prefect.deployments.runner import EntrypointType
     from prefect.events import DeploymentEventTrigger
@@ -283,8 +303,12 @@ def build_deployment(repo: Path | str = ".", cron: str | None = "0 3 * * *", nam
         parameters=parameters,
     )
     return retrain_flow.to_deployment(
-        name=name, cron=cron, triggers=[trigger], parameters=parameters,
-        entrypoint_type=EntrypointType.MODULE_PATH, tags=["gaugan"],
+        name=name,
+        cron=cron,
+        triggers=[trigger],
+        parameters=parameters,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        tags=["gaugan"],
         description=f"Retrain the GauGAN pipeline in {root} on a schedule and when new data arrives.",
     )
 
@@ -314,16 +338,26 @@ def local_prefect_server(port: int = 4200, startup_timeout: float = 180.0) -> It
         log_path = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")) / f"server-{port}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         prefect_cli = Path(sys.executable).with_name("prefect")
-        cmd = [str(prefect_cli) if prefect_cli.exists() else "prefect", "server", "start", "--host", "127.0.0.1",
-               "--port", str(port), "--no-ui"]
+        cmd = [
+            str(prefect_cli) if prefect_cli.exists() else "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-ui",
+        ]
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + startup_timeout
         while not _api_healthy(url):
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f"the local Prefect server on port {port} did not start (log: {log_path}); "
-                                   "free the port, or set PREFECT_API_URL to a running server")
+                raise RuntimeError(
+                    f"the local Prefect server on port {port} did not start (log: {log_path}); "
+                    "free the port, or set PREFECT_API_URL to a running server"
+                )
             time.sleep(1)
         print(f"started a local Prefect server at {url} (log: {log_path})")
     previous = os.environ.get("PREFECT_API_URL")
@@ -344,8 +378,9 @@ def local_prefect_server(port: int = 4200, startup_timeout: float = 180.0) -> It
                 proc.kill()
 
 
-def serve_schedule(repo: Path | str = ".", cron: str | None = "0 3 * * *", name: str = DEPLOYMENT,
-                   retries: int = 1, port: int = 4200) -> None:
+def serve_schedule(
+    repo: Path | str = ".", cron: str | None = "0 3 * * *", name: str = DEPLOYMENT, retries: int = 1, port: int = 4200
+) -> None:
     """Serve :func:`retrain_flow` with the schedule and the new-data trigger (blocks until Ctrl-C).
 
     With no ``PREFECT_API_URL``, on a local Prefect server (:func:`local_prefect_server`).
@@ -354,8 +389,10 @@ def serve_schedule(repo: Path | str = ".", cron: str | None = "0 3 * * *", name:
     from prefect.settings import PREFECT_API_URL
 
     def run() -> None:
-        print(f"new-data trigger: event {NEW_DATA_EVENT!r} for resource {dataset_resource_id(repo)!r} "
-              f"(gaugan-pipeline notify-new-data --repo {Path(repo).resolve()})")
+        print(
+            f"new-data trigger: event {NEW_DATA_EVENT!r} for resource {dataset_resource_id(repo)!r} "
+            f"(gaugan-pipeline notify-new-data --repo {Path(repo).resolve()})"
+        )
         serve(build_deployment(repo, cron, name, retries), pause_on_shutdown=True)
 
     if PREFECT_API_URL.value():
@@ -378,12 +415,16 @@ def notify_new_data(repo: Path | str = ".", detail: dict | None = None) -> str:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        raise RuntimeError("PREFECT_API_URL is not set: there is no Prefect server to tell; set it to the server "
-                           "that `gaugan-pipeline schedule` serves on (e.g. http://127.0.0.1:4200/api)")
+        raise RuntimeError(
+            "PREFECT_API_URL is not set: there is no Prefect server to tell; set it to the server "
+            "that `gaugan-pipeline schedule` serves on (e.g. http://127.0.0.1:4200/api)"
+        )
     root = Path(repo).resolve()
-    event = Event(event=NEW_DATA_EVENT, resource={"prefect.resource.id": dataset_resource_id(root),
-                                                  "prefect.resource.name": root.name},
-                  payload={"repo": str(root), **(detail or {})})
+    event = Event(
+        event=NEW_DATA_EVENT,
+        resource={"prefect.resource.id": dataset_resource_id(root), "prefect.resource.name": root.name},
+        payload={"repo": str(root), **(detail or {})},
+    )
 
     async def send() -> None:
         async with get_events_client() as client:

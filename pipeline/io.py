@@ -6,9 +6,9 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

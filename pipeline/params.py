@@ -74,7 +74,9 @@ class TrainSettings(_Section):
     nproc: int = Field(1, ge=1, description="processes per machine for torchrun")
     batch_size: int = Field(8, ge=1, description="global batch, split over all processes")
     max_steps: int = Field(1000, ge=1)
-    decay_start_step: int | None = Field(None, ge=0, description="linear lr decay from here to max_steps; null: no decay")
+    decay_start_step: int | None = Field(
+        None, ge=0, description="linear lr decay from here to max_steps; null: no decay"
+    )
     lr: float = Field(0.0002, gt=0)
     beta1: float = Field(0.0, ge=0, lt=1)
     beta2: float = Field(0.9, ge=0, lt=1)
@@ -83,7 +85,9 @@ class TrainSettings(_Section):
     lambda_feat: float = Field(10.0, ge=0)
     lambda_vgg: float = Field(10.0, ge=0)
     lambda_kld: float = Field(0.05, ge=0)
-    vgg_weights: str | None = Field(None, description="path to torchvision vgg19 weights; null: standard torch hub cache")
+    vgg_weights: str | None = Field(
+        None, description="path to torchvision vgg19 weights; null: standard torch hub cache"
+    )
     load_size: int = Field(72, ge=8)
     crop_size: int = Field(64, ge=8)
     aspect_ratio: float = Field(1.0, gt=0)
@@ -103,7 +107,7 @@ class TrainSettings(_Section):
     model_out: str = "models/generator.pt"
 
     @model_validator(mode="after")
-    def _crop_fits(self) -> "TrainSettings":
+    def _crop_fits(self) -> TrainSettings:
         if self.crop_size > self.load_size:
             raise ValueError(
                 f"train.crop_size ({self.crop_size}) is larger than train.load_size ({self.load_size}); "
@@ -115,13 +119,17 @@ class TrainSettings(_Section):
 class SegmenterSettings(_Section):
     """The segmentation network that scores generated images (mIoU, pixel accuracy)."""
 
-    arch: Literal["unet-small", "fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"] = "unet-small"
+    arch: Literal[
+        "unet-small", "fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"
+    ] = "unet-small"
     weights: str | None = Field(
         None,
         description="weights file to start from (torchvision state dict or segmenter file); required for the torchvision "
         "archs; null: unet-small is trained from scratch",
     )
-    width: int = Field(16, ge=4, description="unet-small channels at full resolution (16: ~0.3 s/step at 64 px, batch 16, 2 CPU cores)")
+    width: int = Field(
+        16, ge=4, description="unet-small channels at full resolution (16: ~0.3 s/step at 64 px, batch 16, 2 CPU cores)"
+    )
     steps: int = Field(600, ge=0, description="training (or fine-tuning) steps; 0: only package segmenter.weights")
     batch_size: int = Field(16, ge=1)
     lr: float = Field(0.001, gt=0)
@@ -133,14 +141,17 @@ class SegmenterSettings(_Section):
 
 class EvaluateSettings(_Section):
     feature_extractor: Literal["inception", "tiny"] = Field(
-        "inception", description="inception: paper-comparable FID (needs the weights file); tiny: seeded small CNN, offline"
+        "inception",
+        description="inception: paper-comparable FID (needs the weights file); tiny: seeded small CNN, offline",
     )
     inception_weights: str | None = Field(
         None,
         description="weights-inception-2015-12-05-6726825d.pth / pt_inception-2015-12-05-6726825d.pth; "
         "null: $TORCH_HOME/hub/checkpoints/",
     )
-    allow_download: bool = Field(False, description="download the Inception weights into the torch hub cache when missing")
+    allow_download: bool = Field(
+        False, description="download the Inception weights into the torch hub cache when missing"
+    )
     inception_feature_dim: Literal[64, 192, 768, 2048] = Field(2048, description="2048 for FID as published")
     tiny_feature_dim: int = Field(256, ge=8)
     kid_subset_size: int = Field(50, ge=2, description="capped at the number of images")
@@ -148,10 +159,12 @@ class EvaluateSettings(_Section):
     batch_size: int = Field(16, ge=1)
     max_images: int | None = Field(None, ge=1, description="null: the whole validation split")
     ignore_classes: list[int] | None = Field(
-        None, description="classes left out of mIoU/accuracy; null: classes.json 'ignore', else the dataset's standard (ADE20K: [0])"
+        None,
+        description="classes left out of mIoU/accuracy; null: classes.json 'ignore', else the dataset's standard (ADE20K: [0])",
     )
     vae_style: Literal["real", "random"] = Field(
-        "real", description="models with a style encoder: encode the real image (reference protocol) or draw z at random"
+        "real",
+        description="models with a style encoder: encode the real image (reference protocol) or draw z at random",
     )
     num_samples: int = Field(8, ge=1, description="rows in samples.png")
     stats_cache: str | None = Field(".cache/evaluate", description="cache of real-image features; null: off")
@@ -159,9 +172,11 @@ class EvaluateSettings(_Section):
     out_dir: str = "outputs/evaluate"
 
     @model_validator(mode="after")
-    def _tiny_dim_even(self) -> "EvaluateSettings":
+    def _tiny_dim_even(self) -> EvaluateSettings:
         if self.tiny_feature_dim % 2:
-            raise ValueError(f"evaluate.tiny_feature_dim must be even (mean and std halves), got {self.tiny_feature_dim}")
+            raise ValueError(
+                f"evaluate.tiny_feature_dim must be even (mean and std halves), got {self.tiny_feature_dim}"
+            )
         return self
 
 

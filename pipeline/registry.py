@@ -60,8 +60,10 @@ def read_metric(metrics_path: Path, metric: str) -> tuple[dict, float]:
         raise RegistryError(f"register.metric {metric!r} is not in {metrics_path}; its metrics: {', '.join(numbers)}")
     value = metrics[metric]
     if not _is_number(value) or not math.isfinite(float(value)):
-        raise RegistryError(f"register.metric {metric!r} in {metrics_path} is {value!r}, not a finite number; "
-                            "the evaluation did not produce it (see the evaluate stage's log)")
+        raise RegistryError(
+            f"register.metric {metric!r} in {metrics_path} is {value!r}, not a finite number; "
+            "the evaluation did not produce it (see the evaluate stage's log)"
+        )
     return metrics, float(value)
 
 
@@ -120,8 +122,9 @@ def sha256(path: Path) -> str:
 # the decision
 
 
-def decide(value: float, tags: dict[str, str], champion, metric: str, greater_is_better: bool,
-           policy: str = "if_better") -> tuple[bool, float | None, str]:
+def decide(
+    value: float, tags: dict[str, str], champion, metric: str, greater_is_better: bool, policy: str = "if_better"
+) -> tuple[bool, float | None, str]:
     """(promote, champion's value, reason). ``champion``: the current champion ModelVersion or None."""
     if champion is None:
         return policy != "never", None, "no champion yet" if policy != "never" else "register.promote is 'never'"
@@ -137,13 +140,22 @@ def decide(value: float, tags: dict[str, str], champion, metric: str, greater_is
         for key in COMPARABILITY_TAGS:
             mine, theirs = tags.get(key), champion.tags.get(key)
             if mine and theirs and mine != theirs:
-                return False, champion_value, (
-                    f"{metric} not comparable: {key} is {mine!r} here and {theirs!r} for the champion "
-                    f"(version {champion.version}); the champion stays (register.promote: always moves it)")
+                return (
+                    False,
+                    champion_value,
+                    (
+                        f"{metric} not comparable: {key} is {mine!r} here and {theirs!r} for the champion "
+                        f"(version {champion.version}); the champion stays (register.promote: always moves it)"
+                    ),
+                )
     better = value > champion_value if greater_is_better else value < champion_value
     word = "better" if better else "not better"
-    return better, champion_value, f"{metric} {value:.6g} is {word} than the champion's {champion_value:.6g} " \
-                                   f"(version {champion.version}, {'higher' if greater_is_better else 'lower'} is better)"
+    return (
+        better,
+        champion_value,
+        f"{metric} {value:.6g} is {word} than the champion's {champion_value:.6g} "
+        f"(version {champion.version}, {'higher' if greater_is_better else 'lower'} is better)",
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,8 +182,13 @@ def run_register(params: Params, root: Path | str = Path(".")) -> dict:
     tags = version_tags(metrics, loaded.meta, model_path, root, params.data.out)
     tags["dataset"] = str(dataset)
     if loaded.meta.get("run_id") and loaded.meta["run_id"] != ref.run_id:
-        log.warning("%s was trained in run %s but %s names run %s; registering into the latter",
-                    model_path, loaded.meta["run_id"], params.train.out_dir, ref.run_id)
+        log.warning(
+            "%s was trained in run %s but %s names run %s; registering into the latter",
+            model_path,
+            loaded.meta["run_id"],
+            params.train.out_dir,
+            ref.run_id,
+        )
 
     # 1. the model into the training run (artifacts only: the registry is not touched yet)
     with resume_run(ref):
@@ -185,18 +202,25 @@ def run_register(params: Params, root: Path | str = Path(".")) -> dict:
         registered = client.get_registered_model(name)
     except MlflowException:
         registered = client.create_registered_model(
-            name, tags={"dataset": str(dataset)}, description=f"GauGAN generator for the {dataset} dataset")
+            name, tags={"dataset": str(dataset)}, description=f"GauGAN generator for the {dataset} dataset"
+        )
         created_model = True
     before = dict(registered.aliases or {})
     champion = client.get_model_version(name, before[CHAMPION]) if CHAMPION in before else None
-    promoted, champion_value, reason = decide(value, tags, champion, settings.metric, settings.greater_is_better,
-                                              settings.promote)
+    promoted, champion_value, reason = decide(
+        value, tags, champion, settings.metric, settings.greater_is_better, settings.promote
+    )
     tags["validation_status"] = CHAMPION if promoted else CHALLENGER
     version = None
     try:
         version = client.create_model_version(
-            name, source=info.model_uri, run_id=ref.run_id, tags=tags, model_id=info.model_id,
-            description=f"{settings.metric} = {value:.6g}; {reason}")
+            name,
+            source=info.model_uri,
+            run_id=ref.run_id,
+            tags=tags,
+            model_id=info.model_id,
+            description=f"{settings.metric} = {value:.6g}; {reason}",
+        )
         client.set_registered_model_alias(name, CHALLENGER, version.version)
         if promoted:
             client.set_registered_model_alias(name, CHAMPION, version.version)
@@ -223,8 +247,13 @@ def run_register(params: Params, root: Path | str = Path(".")) -> dict:
 
     try:
         with resume_run(ref):
-            mlflow.set_tags({"registered_model": name, "registered_version": str(version.version),
-                             "registered_as": CHAMPION if promoted else CHALLENGER})
+            mlflow.set_tags(
+                {
+                    "registered_model": name,
+                    "registered_version": str(version.version),
+                    "registered_as": CHAMPION if promoted else CHALLENGER,
+                }
+            )
     except MlflowException as err:  # the registration itself is complete and consistent
         log.warning("could not tag run %s with the registration: %s", ref.run_id, err)
     log.info("%s version %s: %s", name, version.version, reason)

@@ -66,8 +66,13 @@ class GauGANPyfunc(PythonModel):
         params = params or {}
         seed = params.get("seed")
         seed = None if seed is None or int(seed) < 0 else int(seed)
-        return generate(self.synth, label, None if instance is None else np.asarray(instance), seed=seed,
-                        batch_size=int(params.get("batch_size") or 8))
+        return generate(
+            self.synth,
+            label,
+            None if instance is None else np.asarray(instance),
+            seed=seed,
+            batch_size=int(params.get("batch_size") or 8),
+        )
 
 
 def signature_for(config):

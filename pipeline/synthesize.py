@@ -71,15 +71,16 @@ def check_labels(labels: np.ndarray, label_nc: int, contain_dontcare_label: bool
 
 def model_size(config, height: int, width: int) -> tuple[int, int]:
     """The (H, W) the generator is run at for a label map of (height, width)."""
-    scale = 2 ** config.num_upsamplings
+    scale = 2**config.num_upsamplings
     if config.use_vae:  # the first feature map comes from z, with the size fixed at training time
         sh, sw = config.latent_hw
         return sh * scale, sw * scale
     return max(scale, round(height / scale) * scale), max(scale, round(width / scale) * scale)
 
 
-def generate(synth, labels: np.ndarray, instances: np.ndarray | None = None, seed: int | None = None,
-             batch_size: int = 8) -> np.ndarray:
+def generate(
+    synth, labels: np.ndarray, instances: np.ndarray | None = None, seed: int | None = None, batch_size: int = 8
+) -> np.ndarray:
     """Label maps int [B,H,W] (+ instance maps) -> uint8 images [B,H,W,3] of the same size.
 
     ``synth`` is a :class:`gaugan.synthesizer.Synthesizer`.
@@ -133,7 +134,7 @@ def parse_registered(model: str) -> tuple[str, str | None, str | None] | None:
     """
     if not model.startswith("models:/"):
         return None
-    rest = model[len("models:/"):].strip("/")
+    rest = model[len("models:/") :].strip("/")
     if "@" in rest:
         name, alias = rest.rsplit("@", 1)
         return name, alias, None
@@ -167,7 +168,7 @@ def check_registered(model: str, client) -> None:
         try:
             client.get_model_version(name, version)
         except MlflowException:
-            versions = sorted((int(v.version) for v in client.search_model_versions(f"name='{name}'")))
+            versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
             raise SynthesizeError(
                 f"{model}: {name!r} has no version {version!r}; versions: {versions or 'none'}; aliases: {listing}"
             ) from None
@@ -194,8 +195,14 @@ def _uses_instances(pyfunc) -> bool:
     return schema is not None and schema.has_input_names() and "instance" in schema.input_names()
 
 
-def synthesize(model: str, label_path: Path | str, out_path: Path | str, instance_path: Path | str | None = None,
-               seed: int | None = None, tracking_uri: str | None = None) -> Path:
+def synthesize(
+    model: str,
+    label_path: Path | str,
+    out_path: Path | str,
+    instance_path: Path | str | None = None,
+    seed: int | None = None,
+    tracking_uri: str | None = None,
+) -> Path:
     """Write the image generated from one label map (PNG, written atomically); returns ``out_path``.
 
     ``tracking_uri``: where registered models live; default ``MLFLOW_TRACKING_URI``, else
@@ -207,7 +214,9 @@ def synthesize(model: str, label_path: Path | str, out_path: Path | str, instanc
     label = read_map(label_path, "label map")
     instance = read_map(instance_path, "instance map") if instance_path else None
     if instance is not None and instance.shape != label.shape:
-        raise SynthesizeError(f"{instance_path}: instance map {instance.shape} and label map {label.shape} differ in size")
+        raise SynthesizeError(
+            f"{instance_path}: instance map {instance.shape} and label map {label.shape} differ in size"
+        )
 
     if is_mlflow_uri(model):
         pyfunc = load_pyfunc(model, tracking_uri)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 from pipeline.io import atomic_write_text
 
@@ -41,7 +41,7 @@ def resolve_tracking_uri(configured: str | None, root: Path | str = ".") -> str:
 def artifact_root_for(tracking_uri: str) -> str | None:
     """A local sqlite store keeps its artifacts beside the database file (absolute path)."""
     if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
+        db = Path(tracking_uri[len("sqlite:///") :])
         return (db.parent / "mlartifacts").resolve().as_uri()
     return None
 

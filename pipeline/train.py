@@ -38,8 +38,19 @@ from pipeline.train_samples import SampleMaker
 
 LOSS_COLUMNS = ["step", "G_GAN", "G_GAN_Feat", "G_VGG", "KLD", "D_Fake", "D_real", "lr_G", "lr_D", "images_per_sec"]
 # Settings that do not change what is computed: a checkpoint stays valid when only these change.
-RESUME_NEUTRAL_KEYS = {"max_steps", "checkpoint_every", "log_every", "sample_every", "num_workers", "nproc",
-                       "out_dir", "model_out", "checkpoint_dir", "device", "compile"}
+RESUME_NEUTRAL_KEYS = {
+    "max_steps",
+    "checkpoint_every",
+    "log_every",
+    "sample_every",
+    "num_workers",
+    "nproc",
+    "out_dir",
+    "model_out",
+    "checkpoint_dir",
+    "device",
+    "compile",
+}
 
 
 class TrainError(RuntimeError):
@@ -50,17 +61,27 @@ class TrainError(RuntimeError):
 # settings
 # ----------------------------------------------------------------------------------------------
 
+
 def model_config(params: Params, classes: ClassTable) -> GauGANConfig:
     m = params.model
     return GauGANConfig(
         label_nc=classes.label_nc,
         contain_dontcare_label=classes.contain_dontcare_label,
         use_instance=m.use_instance,
-        ngf=m.ngf, ndf=m.ndf, nef=m.nef, z_dim=m.z_dim, spade_hidden=m.spade_hidden,
-        use_vae=m.use_vae, num_upsampling_layers=m.num_upsampling_layers,
-        norm_G=m.norm_G, norm_D=m.norm_D, norm_E=m.norm_E,
-        num_D=m.num_D, n_layers_D=m.n_layers_D,
-        crop_size=params.train.crop_size, aspect_ratio=params.train.aspect_ratio,
+        ngf=m.ngf,
+        ndf=m.ndf,
+        nef=m.nef,
+        z_dim=m.z_dim,
+        spade_hidden=m.spade_hidden,
+        use_vae=m.use_vae,
+        num_upsampling_layers=m.num_upsampling_layers,
+        norm_G=m.norm_G,
+        norm_D=m.norm_D,
+        norm_E=m.norm_E,
+        num_D=m.num_D,
+        n_layers_D=m.n_layers_D,
+        crop_size=params.train.crop_size,
+        aspect_ratio=params.train.aspect_ratio,
     )
 
 
@@ -102,8 +123,13 @@ def resolve_precision(setting: str, device: torch.device) -> str:
 def train_options(params: Params, device: torch.device) -> TrainOptions:
     t = params.train
     return TrainOptions(
-        lr=t.lr, beta1=t.beta1, beta2=t.beta2, ttur=t.ttur,
-        lambda_feat=t.lambda_feat, lambda_vgg=t.lambda_vgg, lambda_kld=t.lambda_kld,
+        lr=t.lr,
+        beta1=t.beta1,
+        beta2=t.beta2,
+        ttur=t.ttur,
+        lambda_feat=t.lambda_feat,
+        lambda_vgg=t.lambda_vgg,
+        lambda_kld=t.lambda_kld,
         vgg_weights=t.vgg_weights,
         ema_decay=t.ema_decay if t.ema else None,
         precision=resolve_precision(t.precision, device),
@@ -132,6 +158,7 @@ def settings_fingerprint(params: Params, version: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # checkpoints and loss history (rank 0 writes, every rank reads)
 # ----------------------------------------------------------------------------------------------
+
 
 class CheckpointStore:
     def __init__(self, directory: Path):
@@ -181,6 +208,7 @@ def _csv_text(rows: list[dict]) -> str:
 # MLflow (rank 0 only)
 # ----------------------------------------------------------------------------------------------
 
+
 def _flatten(prefix: str, value, out: dict) -> dict:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -214,7 +242,7 @@ class Tracker:
             flat = _flatten("", params.model_dump(by_alias=True), {})
             items = list(flat.items())
             for i in range(0, len(items), 100):
-                mlflow.log_params({k: ("null" if v is None else v) for k, v in items[i:i + 100]})
+                mlflow.log_params({k: ("null" if v is None else v) for k, v in items[i : i + 100]})
         mlflow.set_tags({k: v for k, v in tags.items() if v is not None})
         return self.run.info.run_id
 
@@ -233,6 +261,7 @@ class Tracker:
 # ----------------------------------------------------------------------------------------------
 # the stage
 # ----------------------------------------------------------------------------------------------
+
 
 def run_train(params: Params, root: Path | str = ".", resume: str = "auto") -> dict:
     """Train; returns the final metrics (on every rank). ``resume``: 'auto' or 'never'."""
@@ -277,9 +306,16 @@ def _train(params: Params, root: Path, data_root: Path, classes: ClassTable, ctx
     train_set = PreparedDataset(data_root, "train", load_instances=config.use_instance)
     geometry = Geometry(t.load_size, t.crop_size, t.aspect_ratio, t.flip, train=True)
     loader = build_train_loader(
-        train_set, geometry, config.use_instance,
-        global_batch=t.batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=params.seed,
-        start_step=start_step, max_steps=t.max_steps, num_workers=t.num_workers,
+        train_set,
+        geometry,
+        config.use_instance,
+        global_batch=t.batch_size,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        seed=params.seed,
+        start_step=start_step,
+        max_steps=t.max_steps,
+        num_workers=t.num_workers,
         pin_memory=ctx.device.type == "cuda",
     )
 
@@ -309,22 +345,25 @@ def _train(params: Params, root: Path, data_root: Path, classes: ClassTable, ctx
 
     def checkpoint(step: int) -> None:
         if ctx.is_main:
-            store.save({
-                "fingerprint": fingerprint,
-                "step": step,
-                "trainer": trainer.state_dict(),
-                "mlflow_run_id": run_id,
-                # No RNG state: every step reseeds from (seed, step, rank) and every sample's
-                # augmentation from (seed, epoch, index), so step k's randomness needs nothing saved.
-            })
+            store.save(
+                {
+                    "fingerprint": fingerprint,
+                    "step": step,
+                    "trainer": trainer.state_dict(),
+                    "mlflow_run_id": run_id,
+                    # No RNG state: every step reseeds from (seed, step, rank) and every sample's
+                    # augmentation from (seed, epoch, index), so step k's randomness needs nothing saved.
+                }
+            )
             store.write_history(history)
 
     progress = None
     if ctx.is_main:
         from tqdm import tqdm
 
-        progress = tqdm(total=t.max_steps, initial=start_step, desc="train", unit="step",
-                        dynamic_ncols=True, disable=None)
+        progress = tqdm(
+            total=t.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True, disable=None
+        )
     step = start_step
     window_start, window_steps = time.perf_counter(), 0
     last_losses: dict = {}
@@ -341,7 +380,9 @@ def _train(params: Params, root: Path, data_root: Path, classes: ClassTable, ctx
             last_losses = losses
             if ctx.is_main:
                 progress.update(1)
-                progress.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if not k.startswith("lr")}, refresh=False)
+                progress.set_postfix(
+                    {k: f"{v:.3f}" for k, v in losses.items() if not k.startswith("lr")}, refresh=False
+                )
                 if step % t.log_every == 0 or step == t.max_steps:
                     elapsed = time.perf_counter() - window_start
                     ips = window_steps * t.batch_size / max(elapsed, 1e-9)
@@ -358,7 +399,11 @@ def _train(params: Params, root: Path, data_root: Path, classes: ClassTable, ctx
     except NonFiniteLossError as err:
         if ctx.is_main:
             tracker.end("FAILED")
-        kept = f"the last good checkpoint is kept at {store.path}" if store.path.is_file() else "no checkpoint was written yet"
+        kept = (
+            f"the last good checkpoint is kept at {store.path}"
+            if store.path.is_file()
+            else "no checkpoint was written yet"
+        )
         raise TrainError(f"training stopped: {err}; {kept}. Lower train.lr, or use train.precision: fp32") from None
     except BaseException:
         if ctx.is_main and tracker is not None:
@@ -380,8 +425,13 @@ def _train(params: Params, root: Path, data_root: Path, classes: ClassTable, ctx
         metrics["images_per_sec"] = float(history[-1]["images_per_sec"])
     if ctx.is_main:
         netG, netE = trainer.inference_generator()
-        meta = {"run_id": run_id, "data_version": version, "steps": step, "settings_fingerprint": fingerprint,
-                "git_commit": tags["git_commit"]}
+        meta = {
+            "run_id": run_id,
+            "data_version": version,
+            "steps": step,
+            "settings_fingerprint": fingerprint,
+            "git_commit": tags["git_commit"],
+        }
         model_out = root / t.model_out
         model_out.parent.mkdir(parents=True, exist_ok=True)
         save_generator(model_out, netG, netE, config, json.loads((data_root / "classes.json").read_text()), meta)
@@ -390,7 +440,9 @@ def _train(params: Params, root: Path, data_root: Path, classes: ClassTable, ctx
         final_grid = samples.write(trainer.inference_generator(), out_dir / "samples.png")
         tracker.log_artifact(final_grid, "samples")
         tracker.log_artifact(out_dir / "losses.csv", "train")
-        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}, step)
+        tracker.log_metrics(
+            {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}, step
+        )
         tracker.end("FINISHED")
     ctx.barrier()
     return metrics

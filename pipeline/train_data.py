@@ -8,7 +8,7 @@ continues with exactly the batch it would have seen, with no sampler state to sa
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -27,8 +27,16 @@ def sample_seed(run_seed: int, epoch: int, index: int) -> int:
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     """Yields, for each step from ``start_step`` to ``max_steps``, this rank's (index, seed) pairs."""
 
-    def __init__(self, num_samples: int, global_batch: int, rank: int, world_size: int,
-                 seed: int, start_step: int, max_steps: int):
+    def __init__(
+        self,
+        num_samples: int,
+        global_batch: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        start_step: int,
+        max_steps: int,
+    ):
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} does not divide over {world_size} processes")
         if num_samples < global_batch:
@@ -52,7 +60,7 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         epoch, pos = divmod(step, self.steps_per_epoch)
         perm = self._permutation(epoch)
         start = pos * self.global_batch + self.rank * self.per_rank
-        return [(int(i), sample_seed(self.seed, epoch, int(i))) for i in perm[start:start + self.per_rank]]
+        return [(int(i), sample_seed(self.seed, epoch, int(i))) for i in perm[start : start + self.per_rank]]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start_step, self.max_steps):
@@ -88,9 +96,20 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-def build_train_loader(dataset: PreparedDataset, geometry: Geometry, use_instance: bool, *,
-                       global_batch: int, rank: int, world_size: int, seed: int, start_step: int,
-                       max_steps: int, num_workers: int, pin_memory: bool) -> DataLoader:
+def build_train_loader(
+    dataset: PreparedDataset,
+    geometry: Geometry,
+    use_instance: bool,
+    *,
+    global_batch: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    start_step: int,
+    max_steps: int,
+    num_workers: int,
+    pin_memory: bool,
+) -> DataLoader:
     sampler = StepBatchSampler(len(dataset), global_batch, rank, world_size, seed, start_step, max_steps)
     wrapped = SeededTransformDataset(dataset, PairTransform(geometry, use_instance))
     return DataLoader(

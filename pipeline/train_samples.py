@@ -17,18 +17,22 @@ from pipeline.io import atomic_path
 
 def label_grid(labels: np.ndarray, fakes: np.ndarray, reals: np.ndarray, classes: ClassTable) -> np.ndarray:
     """Rows of [colorized label | generated | real]; arrays are [N,H,W] and [N,H,W,3] uint8."""
-    rows = [np.concatenate([colorize(lab, classes), fake, real], axis=1) for lab, fake, real in zip(labels, fakes, reals)]
+    rows = [
+        np.concatenate([colorize(lab, classes), fake, real], axis=1) for lab, fake, real in zip(labels, fakes, reals)
+    ]
     return np.concatenate(rows, axis=0)
 
 
 class SampleMaker:
-    def __init__(self, data_root: Path, classes: ClassTable, config: GauGANConfig, train_settings, seed: int,
-                 count: int = 6):
+    def __init__(
+        self, data_root: Path, classes: ClassTable, config: GauGANConfig, train_settings, seed: int, count: int = 6
+    ):
         self.classes = classes
         self.config = config
         val = PreparedDataset(data_root, "val", load_instances=config.use_instance)
-        geometry = Geometry(train_settings.crop_size, train_settings.crop_size, train_settings.aspect_ratio,
-                            flip=False, train=False)
+        geometry = Geometry(
+            train_settings.crop_size, train_settings.crop_size, train_settings.aspect_ratio, flip=False, train=False
+        )
         transform = PairTransform(geometry, config.use_instance)
         picked = [transform(val[i], seed) for i in range(min(count, len(val)))]
         self.label = torch.stack([p["label"] for p in picked])
@@ -42,8 +46,12 @@ class SampleMaker:
 
         netG = generator_and_encoder[0] if isinstance(generator_and_encoder, tuple) else generator_and_encoder
         device = next(netG.parameters()).device
-        semantics = encode_labels(self.label.to(device), self.config.label_nc, self.config.contain_dontcare_label,
-                                  self.edge.to(device) if self.edge is not None else None)
+        semantics = encode_labels(
+            self.label.to(device),
+            self.config.label_nc,
+            self.config.contain_dontcare_label,
+            self.edge.to(device) if self.edge is not None else None,
+        )
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         z = torch.randn(len(self.label), self.config.z_dim, generator=gen).to(device) if self.config.use_vae else None
         fake = netG(semantics, z=z) if self.config.use_vae else netG(semantics)

@@ -21,8 +21,13 @@ def test_notify_new_data_without_a_server_says_what_to_set(tmp_path):
     # a real process: Prefect's log handlers would keep CliRunner's closed stream for later tests
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / ".prefect")
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "notify-new-data", "--repo", str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "notify-new-data", "--repo", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1
     assert "error in notify-new-data: PREFECT_API_URL is not set" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -33,8 +33,9 @@ def test_items_have_the_documented_types_and_match_the_files(prepared):
     assert item["label"].dtype == np.int64 and item["label"].shape == (32, 40)
     assert item["instance"].dtype == np.int32 and item["instance"].shape == (32, 40)
     np.testing.assert_array_equal(item["label"], np.array(Image.open(prepared / "labels/train/demo_train_000001.png")))
-    np.testing.assert_array_equal(item["instance"],
-                                  np.array(Image.open(prepared / "instances/train/demo_train_000001.png")))
+    np.testing.assert_array_equal(
+        item["instance"], np.array(Image.open(prepared / "instances/train/demo_train_000001.png"))
+    )
     assert PreparedDataset(prepared, "train", load_instances=False)[0]["instance"] is None
     seen = []
     ds_t = PreparedDataset(prepared, "val", transform=lambda s: seen.append(s["id"]) or s["label"].sum())

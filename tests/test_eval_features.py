@@ -114,8 +114,13 @@ def test_missing_inception_weights_says_which_file_where_and_how_to_opt_out(tmp_
     with pytest.raises(FeatureWeightsError) as err:
         build_backbone("inception")
     msg = str(err.value)
-    for needle in (*INCEPTION_FILENAMES, str(tmp_path / "torch-home" / "hub" / "checkpoints"),
-                   "evaluate.inception_weights", "evaluate.feature_extractor: tiny", "evaluate.allow_download"):
+    for needle in (
+        *INCEPTION_FILENAMES,
+        str(tmp_path / "torch-home" / "hub" / "checkpoints"),
+        "evaluate.inception_weights",
+        "evaluate.feature_extractor: tiny",
+        "evaluate.allow_download",
+    ):
         assert needle in msg
     with pytest.raises(FeatureWeightsError, match="nowhere.pth, which does not exist"):
         resolve_inception_weights(tmp_path / "nowhere.pth")

@@ -12,23 +12,29 @@ from pipeline.evaluation.metrics import ConfusionAccumulator, compute_fid, compu
 
 # Five classes; class 0 is ignored (as ADE20K's "other"), 255 is dontcare, class 3 never occurs
 # in the ground truth and is only predicted on a dontcare pixel, so it is absent from the split.
-GT = np.array([
-    [[1, 1, 2, 255], [0, 4, 4, 1]],
-    [[4, 4, 1, 255], [255, 0, 1, 1]],
-])
-PRED = np.array([
-    [[1, 2, 2, 3], [4, 4, 0, 1]],
-    [[4, 1, 1, 0], [2, 2, 1, 4]],
-])
+GT = np.array(
+    [
+        [[1, 1, 2, 255], [0, 4, 4, 1]],
+        [[4, 4, 1, 255], [255, 0, 1, 1]],
+    ]
+)
+PRED = np.array(
+    [
+        [[1, 2, 2, 3], [4, 4, 0, 1]],
+        [[4, 1, 1, 0], [2, 2, 1, 4]],
+    ]
+)
 # Counted by hand, pixel by pixel (rows = ground truth, columns = prediction); pixels whose ground
 # truth is 255 or 0 are dropped, whatever was predicted there.
-EXPECTED_CM = np.array([
-    [0, 0, 0, 0, 0],
-    [0, 4, 1, 0, 1],   # GT 1: 4 right, one predicted 2, one predicted 4
-    [0, 0, 1, 0, 0],   # GT 2: right once
-    [0, 0, 0, 0, 0],   # class 3: absent
-    [1, 1, 0, 0, 2],   # GT 4: 2 right, one predicted 1, one predicted the ignored class 0 (an error)
-])
+EXPECTED_CM = np.array(
+    [
+        [0, 0, 0, 0, 0],
+        [0, 4, 1, 0, 1],  # GT 1: 4 right, one predicted 2, one predicted 4
+        [0, 0, 1, 0, 0],  # GT 2: right once
+        [0, 0, 0, 0, 0],  # class 3: absent
+        [1, 1, 0, 0, 2],  # GT 4: 2 right, one predicted 1, one predicted the ignored class 0 (an error)
+    ]
+)
 IOU1 = 4 / (6 + 5 - 4)
 IOU2 = 1 / (1 + 2 - 1)
 IOU4 = 2 / (4 + 3 - 2)

@@ -42,16 +42,34 @@ def write_prepared(root: Path, n_train: int = 16, n_val: int = 6, seed: int = 0,
             instance = ((label.astype(np.int32) + 1) * (label != 255)).astype(np.uint16)
             sid = f"{split}-{i:03d}"
             rel = {k: f"{k}s/{split}/{sid}.png" for k in ("image", "label", "instance")}
-            for key, arr in (("image", np.clip(image, 0, 255).astype(np.uint8)), ("label", label), ("instance", instance)):
+            for key, arr in (
+                ("image", np.clip(image, 0, 255).astype(np.uint8)),
+                ("label", label),
+                ("instance", instance),
+            ):
                 (root / rel[key]).parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(arr).save(root / rel[key])
-            rows.append({"id": sid, "split": split, **rel, "edge": None, "width": SIZE, "height": SIZE,
-                         "source": "test", "source_hash": f"{seed}-{sid}"})
+            rows.append(
+                {
+                    "id": sid,
+                    "split": split,
+                    **rel,
+                    "edge": None,
+                    "width": SIZE,
+                    "height": SIZE,
+                    "source": "test",
+                    "source_hash": f"{seed}-{sid}",
+                }
+            )
     columns = ["id", "split", "image", "label", "instance", "edge", "width", "height", "source", "source_hash"]
     pd.DataFrame(rows, columns=columns).to_parquet(root / "manifest.parquet", index=False)
     classes = {
-        "format_version": 1, "dataset": "toy", "label_nc": label_nc, "dontcare": 255,
-        "contain_dontcare_label": True, "has_instances": True,
+        "format_version": 1,
+        "dataset": "toy",
+        "label_nc": label_nc,
+        "dontcare": 255,
+        "contain_dontcare_label": True,
+        "has_instances": True,
         "classes": [{"index": i, "name": n, "color": COLORS[i % len(COLORS)]} for i, n in enumerate(names)],
     }
     (root / "classes.json").write_text(json.dumps(classes))
@@ -76,13 +94,23 @@ def write_tiny_generator(path: Path, classes: dict, seed: int = 0, crop_size: in
 
 
 def tiny_params(**evaluate) -> object:
-    return parse_params({
-        "seed": 1,
-        "train": {"crop_size": SIZE, "load_size": SIZE},
-        "segmenter": {"width": 8, "steps": 40, "batch_size": 8, "lr": 0.003, "device": "cpu"},
-        "evaluate": {"feature_extractor": "tiny", "tiny_feature_dim": 64, "kid_subset_size": 4, "kid_subsets": 10,
-                     "num_samples": 3, "batch_size": 4, "device": "cpu", **evaluate},
-    })
+    return parse_params(
+        {
+            "seed": 1,
+            "train": {"crop_size": SIZE, "load_size": SIZE},
+            "segmenter": {"width": 8, "steps": 40, "batch_size": 8, "lr": 0.003, "device": "cpu"},
+            "evaluate": {
+                "feature_extractor": "tiny",
+                "tiny_feature_dim": 64,
+                "kid_subset_size": 4,
+                "kid_subsets": 10,
+                "num_samples": 3,
+                "batch_size": 4,
+                "device": "cpu",
+                **evaluate,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +137,6 @@ def _link_project(tmp_path: Path, project: Path) -> Path:
 def _independent_miou(project: Path, params) -> tuple[float, float]:
     """mIoU/accuracy of the segmenter on the real val images, recomputed with numpy bincount."""
     from gaugan.data import PreparedDataset
-
     from pipeline.evaluation.segmenter import load_segmenter
 
     seg = load_segmenter(project / params.segmenter.out)
@@ -144,7 +171,17 @@ def test_evaluate_writes_metrics_table_grid_and_logs_to_the_training_run(project
 
     out = root / params.evaluate.out_dir
     on_disk = json.loads((out / "metrics.json").read_text())
-    for key in ("fid", "kid_mean", "kid_std", "miou", "accuracy", "miou_real", "accuracy_real", "miou_random", "num_images"):
+    for key in (
+        "fid",
+        "kid_mean",
+        "kid_std",
+        "miou",
+        "accuracy",
+        "miou_real",
+        "accuracy_real",
+        "miou_random",
+        "num_images",
+    ):
         assert isinstance(on_disk[key], (int, float)), key
         assert on_disk[key] == pytest.approx(metrics[key])
     assert on_disk["num_images"] == 6 and on_disk["height"] == on_disk["width"] == SIZE
@@ -170,7 +207,7 @@ def test_evaluate_writes_metrics_table_grid_and_logs_to_the_training_run(project
     from gaugan.data import PreparedDataset
 
     first = PreparedDataset(root / params.data.out, "val", load_instances=False)[0]["image"]
-    np.testing.assert_array_equal(grid[:SIZE, 2 * (SIZE + 2):], first)
+    np.testing.assert_array_equal(grid[:SIZE, 2 * (SIZE + 2) :], first)
 
     logged = mlflow.MlflowClient(uri).get_run(run_id)
     assert logged.data.metrics["fid"] == pytest.approx(metrics["fid"])

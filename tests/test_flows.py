@@ -101,7 +101,10 @@ def test_retrain_runs_on_new_files_only(prefect_server, toy_repo):
     assert first["ran"] and first["changes"]["added"] == 1
     assert (toy_repo / SNAPSHOT).is_file()
 
-    assert retrain_flow(repo=str(toy_repo), retries=0) == {"ran": False, "changes": {"added": 0, "changed": 0, "removed": 0}}
+    assert retrain_flow(repo=str(toy_repo), retries=0) == {
+        "ran": False,
+        "changes": {"added": 0, "changed": 0, "removed": 0},
+    }
 
     (toy_repo / "data/raw/b.txt").write_text("b")
     second = retrain_flow(repo=str(toy_repo), retries=0)
@@ -117,13 +120,16 @@ def test_retrain_runs_on_new_files_only(prefect_server, toy_repo):
 def test_a_failing_stage_raises_with_its_name_and_output(prefect_server, tmp_path):
     from pipeline.flows import StageFailed, pipeline_flow
 
-    repo = make_repo(tmp_path / "failing", """\
+    repo = make_repo(
+        tmp_path / "failing",
+        """\
         stages:
           prepare:
             cmd: python fail.py
             outs:
               - out/never.txt
-        """)
+        """,
+    )
     with pytest.raises(StageFailed) as err:
         pipeline_flow(repo=str(repo), retries=0)
     message = str(err.value)
@@ -135,7 +141,9 @@ def test_a_failing_stage_raises_with_its_name_and_output(prefect_server, tmp_pat
 def test_failed_retrain_keeps_the_old_snapshot(prefect_server, tmp_path):
     from pipeline.flows import SNAPSHOT, StageFailed, retrain_flow
 
-    repo = make_repo(tmp_path / "failing", """\
+    repo = make_repo(
+        tmp_path / "failing",
+        """\
         stages:
           prepare:
             cmd: python fail.py
@@ -143,7 +151,8 @@ def test_failed_retrain_keeps_the_old_snapshot(prefect_server, tmp_path):
               - data/raw
             outs:
               - out/never.txt
-        """)
+        """,
+    )
     with pytest.raises(StageFailed):
         retrain_flow(repo=str(repo), retries=0)
     assert not (repo / SNAPSHOT).exists()  # the next run sees the same files as new again
@@ -195,14 +204,18 @@ def test_schedule_and_new_data_trigger_create_a_run(prefect_server, tmp_path):
             dep = await client.read_deployment(deployment_id)
             automations = await client.read_automations_by_name("gaugan-retrain-test-on-new-data")
             runs = await client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+            )
             return dep, automations, runs
 
     dep, automations, runs = asyncio.run(state())
     assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * *"]
     assert dep.parameters["repo"] == str(repo.resolve())
     assert len(automations) == 1 and NEW_DATA_EVENT in automations[0].trigger.expect
-    assert automations[0].trigger.match.get("prefect.resource.id") in (dataset_resource_id(repo), [dataset_resource_id(repo)])
+    assert automations[0].trigger.match.get("prefect.resource.id") in (
+        dataset_resource_id(repo),
+        [dataset_resource_id(repo)],
+    )
 
     notify_new_data(tmp_path / "another-repo")  # another checkout's event: no run of this deployment
     notify_new_data(repo)
@@ -245,7 +258,8 @@ def test_schedule_without_a_server_starts_a_local_one_whose_scheduler_creates_ru
             async with get_client() as client:
                 assert str(client.api_url).rstrip("/") == url
                 return await client.read_flow_runs(
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+                )
 
         deadline = time.monotonic() + 90
         runs = []

@@ -17,8 +17,13 @@ from gaugan.edges import instance_edges
 from pipeline.ingest import IngestError, run_ingest
 from pipeline.ingest.ade20k import instance_from_rgb, read_object_info
 from pipeline.ingest.ade20k_full import convert_seg, read_map_from_ade, target_size
-from pipeline.ingest.coco_stuff import (paint_runs, rasterize_instances, rasterize_stuff, read_labels_txt,
-                                        rle_string_counts)
+from pipeline.ingest.coco_stuff import (
+    paint_runs,
+    rasterize_instances,
+    rasterize_stuff,
+    read_labels_txt,
+    rle_string_counts,
+)
 from pipeline.params import DataSettings
 
 SPADE = "cocostuff/spade_coco_stuff"
@@ -54,6 +59,7 @@ def _ann_mask(ann: dict, h: int, w: int) -> np.ndarray:
 
 
 # --- spade ------------------------------------------------------------------------------------
+
 
 @pytest.fixture()
 def spade_source(tmp_path, real_fixtures) -> Path:
@@ -95,6 +101,7 @@ def test_spade_dataroot_labels_identical_instances_same_regions(spade_source, tm
 
 
 # --- coco-stuff -------------------------------------------------------------------------------
+
 
 def test_labels_txt_numbering_is_detected_by_content(real_fixtures, tmp_path):
     official = read_labels_txt(real_fixtures / "cocostuff/labels.txt")  # "0: unlabeled", JSON ids
@@ -167,8 +174,12 @@ def test_one_id_per_annotation_last_wins_on_real_coco_json(rikai, crowd):
 
 
 def test_polygon_with_four_numbers_is_not_read_as_a_box():
-    ann = {"id": 1, "category_id": 1, "iscrowd": 0,
-           "segmentation": [[2.0, 2.0, 30.0, 30.0], [1.0, 1.0, 9.0, 1.0, 9.0, 9.0]]}
+    ann = {
+        "id": 1,
+        "category_id": 1,
+        "iscrowd": 0,
+        "segmentation": [[2.0, 2.0, 30.0, 30.0], [1.0, 1.0, 9.0, 1.0, 9.0, 9.0]],
+    }
     inst = rasterize_instances([ann], 40, 40)
     triangle = _ann_mask({"segmentation": [ann["segmentation"][1]]}, 40, 40)
     assert triangle.sum() > 20 and inst[20, 20] == 0  # pycocotools alone would paint a 28x28 box
@@ -184,7 +195,9 @@ def _coco_source(tmp_path: Path, real_fixtures: Path, rikai) -> Path:
     (src / "annotations").mkdir()
     shutil.copy(real_fixtures / "cocostuff/labels.txt", src)
     for i, image in enumerate(data["images"][:6]):
-        Image.new("RGB", (image["width"], image["height"]), (10 * i, 80, 120)).save(src / "train2017" / image["file_name"])
+        Image.new("RGB", (image["width"], image["height"]), (10 * i, 80, 120)).save(
+            src / "train2017" / image["file_name"]
+        )
     keep = {im["id"] for im in data["images"][:6]}
     subset = {"images": data["images"][:6], "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
     (src / "annotations/instances_train2017.json").write_text(json.dumps(subset))
@@ -213,7 +226,9 @@ def test_coco_stuff_from_json_end_to_end(tmp_path, real_fixtures, rikai):
         assert len(np.unique(inst[inst > n])) == len(np.unique(label[inst > n]))  # one id per background class
         np.testing.assert_array_equal(_read(out / f"edges/train/{sample['id']}.png"), instance_edges(inst))
         # blank JPEGs are stored byte for byte
-        assert (out / f"images/train/{image['file_name']}").read_bytes() == (src / "train2017" / image["file_name"]).read_bytes()
+        assert (out / f"images/train/{image['file_name']}").read_bytes() == (
+            src / "train2017" / image["file_name"]
+        ).read_bytes()
 
 
 def test_crowd_policy_changes_the_output_and_the_hash(tmp_path, real_fixtures, rikai):
@@ -221,8 +236,11 @@ def test_crowd_policy_changes_the_output_and_the_hash(tmp_path, real_fixtures, r
     a = run_ingest("coco-stuff", src, tmp_path / "a", settings=DataSettings(coco_crowd="ignore"), progress=False)
     b = run_ingest("coco-stuff", src, tmp_path / "b", settings=DataSettings(coco_crowd="instance"), progress=False)
     ma, mb = (pd.read_parquet(tmp_path / p / "manifest.parquet").set_index("id") for p in ("a", "b"))
-    crowd_images = {Path(im["file_name"]).stem for im in rikai[0]["images"][:6]
-                    if any(x["iscrowd"] and x["image_id"] == im["id"] for x in rikai[0]["annotations"])}
+    crowd_images = {
+        Path(im["file_name"]).stem
+        for im in rikai[0]["images"][:6]
+        if any(x["iscrowd"] and x["image_id"] == im["id"] for x in rikai[0]["annotations"])
+    }
     assert crowd_images and (ma["source_hash"] != mb["source_hash"]).all()
     for stem in crowd_images:  # crowd pixels labelled (person) and owned by an id only with "instance"
         la, lb = _read(tmp_path / "a" / ma.loc[stem, "label"]), _read(tmp_path / "b" / mb.loc[stem, "label"])
@@ -235,7 +253,10 @@ def test_coco_stuff_stuffthingmaps_with_instances_json(tmp_path, real_fixtures):
     src = tmp_path / "coco"
     (src / "val2017").mkdir(parents=True)
     _link(src / "val2017/000000000139.jpg", real_fixtures / SPADE / "val_img/000000000139.jpg")
-    _link(src / "stuffthingmaps_trainval2017/val2017/000000000139.png", real_fixtures / SPADE / "val_label/000000000139.png")
+    _link(
+        src / "stuffthingmaps_trainval2017/val2017/000000000139.png",
+        real_fixtures / SPADE / "val_label/000000000139.png",
+    )
     _link(src / "annotations/instances_val2017.json", real_fixtures / "coco/val2017_partial_139_285_detectron2.json")
     shutil.copy(real_fixtures / "cocostuff/labels.txt", src)
     out = tmp_path / "prepared"
@@ -270,6 +291,7 @@ def test_coco_stuff_bad_layouts(tmp_path, real_fixtures):
 
 
 # --- ADE20K -----------------------------------------------------------------------------------
+
 
 def test_object_info_txt_preferred_csv_accepted(real_fixtures, tmp_path):
     root = real_fixtures / "ade20k/sceneparsing"
@@ -384,8 +406,11 @@ def test_full_ade_2021_end_to_end(tmp_path, real_fixtures):
     names = {ds.classes.names[v] for v in np.unique(sample["label"])}
     lut = read_map_from_ade(src / "mapFromADE.txt")
     meta = json.loads((real_fixtures / FULL / "ADE_train_00016964.json").read_text())["annotation"]
-    mapped = {ds.classes.names[lut[o["name_ndx"]]] for o in meta["object"]
-              if o["parts"]["part_level"] == 0 and o["name_ndx"] < lut.size and lut[o["name_ndx"]]}
+    mapped = {
+        ds.classes.names[lut[o["name_ndx"]]]
+        for o in meta["object"]
+        if o["parts"]["part_level"] == 0 and o["name_ndx"] < lut.size and lut[o["name_ndx"]]
+    }
     assert {"building", "car", "road", "tree"} <= names and names - {"other"} == mapped
     assert ds.classes.dataset == "ade20k-full" and ds.classes.label_nc == 151
     assert sample["instance"].max() > 20

@@ -40,7 +40,9 @@ def test_demo_is_deterministic_from_its_seed_and_varied():
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     image, label, inst = a
-    assert image.shape == (32, 48, 3) and image.dtype == np.uint8 and label.dtype == np.uint8 and inst.dtype == np.uint16
+    assert (
+        image.shape == (32, 48, 3) and image.dtype == np.uint8 and label.dtype == np.uint8 and inst.dtype == np.uint16
+    )
     assert not np.array_equal(generate_sample(8, 3, 48, 32)[0], image)  # another seed, another scene
     labels, colours = [], {i: [] for i in range(len(CLASSES))}
     for i in range(40):
@@ -93,8 +95,11 @@ def test_folder_with_classes_txt_and_written_files(tmp_path):
     np.testing.assert_array_equal(a["image"], np.repeat(grey[..., None], 3, axis=2))
     assert (out / "images/val/b.jpg").read_bytes() == (src / "images/val/b.jpg").read_bytes()
     freq = stats["class_pixel_frequency"]["train"]
-    assert freq == {"0": pytest.approx(1 / 3, abs=1e-6), "1": pytest.approx(1 / 3, abs=1e-6),
-                    "2": pytest.approx(1 / 6, abs=1e-6)}
+    assert freq == {
+        "0": pytest.approx(1 / 3, abs=1e-6),
+        "1": pytest.approx(1 / 3, abs=1e-6),
+        "2": pytest.approx(1 / 6, abs=1e-6),
+    }
     assert stats["dontcare_fraction"] == pytest.approx(1 / 6, abs=1e-6)
 
 
@@ -126,8 +131,16 @@ def test_incremental_rerun_processes_only_new_and_changed(tmp_path, source):
     np.testing.assert_array_equal(_read(out / "labels/train/demo_train_000001.png"), lab)
     np.testing.assert_array_equal(_read(out / "labels/train/new_one.png"), label)
     manifest = pd.read_parquet(out / "manifest.parquet")
-    assert sorted(manifest["id"]) == sorted(["demo_train_000000", "demo_train_000001", "demo_train_000002",
-                                              "demo_train_000003", "new_one", "demo_val_000000"])
+    assert sorted(manifest["id"]) == sorted(
+        [
+            "demo_train_000000",
+            "demo_train_000001",
+            "demo_train_000002",
+            "demo_train_000003",
+            "new_one",
+            "demo_val_000000",
+        ]
+    )
     third = run_ingest("folder", source, out, progress=False)
     assert (third["processed_this_run"], third["reused"]) == (0, 6)
     assert third["class_pixel_frequency"] == second["class_pixel_frequency"]  # counted again from the labels

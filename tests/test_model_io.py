@@ -14,13 +14,26 @@ from gaugan.encoding import encode_labels
 from gaugan.generator import SPADEGenerator
 from gaugan.synthesizer import Synthesizer, to_uint8
 
-CLASSES = {"dataset": "tiny", "label_nc": 4, "contain_dontcare_label": True,
-           "classes": [{"index": i, "name": f"c{i}", "color": [i * 60, 0, 0]} for i in range(4)]}
+CLASSES = {
+    "dataset": "tiny",
+    "label_nc": 4,
+    "contain_dontcare_label": True,
+    "classes": [{"index": i, "name": f"c{i}", "color": [i * 60, 0, 0]} for i in range(4)],
+}
 
 
 def tiny(**kw) -> GauGANConfig:
-    base = dict(label_nc=4, ngf=4, ndf=4, nef=4, z_dim=8, spade_hidden=8, n_layers_D=2, crop_size=64,
-                norm_G="spectralspadeinstance3x3")
+    base = dict(
+        label_nc=4,
+        ngf=4,
+        ndf=4,
+        nef=4,
+        z_dim=8,
+        spade_hidden=8,
+        n_layers_D=2,
+        crop_size=64,
+        norm_G="spectralspadeinstance3x3",
+    )
     base.update(kw)
     return GauGANConfig(**base)
 
@@ -117,7 +130,11 @@ def test_multimodal_synthesis_by_seed_and_by_style(tmp_path):
     assert (styled - one).abs().max() > 1e-2
     as_uint8 = ((styles[:1] + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()[0]  # one HWC image for all
     broadcast = synth(labels, style_images=as_uint8, seed=1)
-    expected = synth(labels, style_images=((torch.from_numpy(as_uint8).permute(2, 0, 1).float() / 127.5) - 1).expand(3, -1, -1, -1), seed=1)
+    expected = synth(
+        labels,
+        style_images=((torch.from_numpy(as_uint8).permute(2, 0, 1).float() / 127.5) - 1).expand(3, -1, -1, -1),
+        seed=1,
+    )
     torch.testing.assert_close(broadcast, expected, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="2 style images for 3 label maps"):
         synth(labels, style_images=styles[:2])

@@ -53,7 +53,9 @@ def test_kl_sums_latent_dims_and_averages_the_batch():
     assert kl_loss(mu, logvar).item() == pytest.approx(first / 2)
     assert kl_loss(mu[:1], logvar[:1]).item() == pytest.approx(first)
     # the mean over the batch: two halves averaged give the whole (what DDP's gradient averaging needs)
-    assert kl_loss(mu, logvar).item() == pytest.approx((kl_loss(mu[:1], logvar[:1]) + kl_loss(mu[1:], logvar[1:])).item() / 2)
+    assert kl_loss(mu, logvar).item() == pytest.approx(
+        (kl_loss(mu[:1], logvar[:1]) + kl_loss(mu[1:], logvar[1:])).item() / 2
+    )
 
 
 class _Stub(nn.Module):
@@ -89,7 +91,9 @@ def test_vgg_layout_is_torchvisions():
     with torch.device("meta"):
         reference = vgg19(weights=None).features[:30]
         ours = vgg19_features()
-    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in reference.state_dict().items()]
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [
+        (k, v.shape) for k, v in reference.state_dict().items()
+    ]
     assert [type(m) for m in ours] == [type(m) for m in reference]
 
 
@@ -104,7 +108,9 @@ def test_vgg_loads_from_an_explicit_path_and_from_the_hub_cache(vgg_file, tmp_pa
     assert [f.shape[1:] for f in feats] == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2)]
     mean = T([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = T([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    relu1_1 = F.relu(F.conv2d(((x + 1) / 2 - mean) / std, state["features.0.weight"], state["features.0.bias"], padding=1))
+    relu1_1 = F.relu(
+        F.conv2d(((x + 1) / 2 - mean) / std, state["features.0.weight"], state["features.0.bias"], padding=1)
+    )
     torch.testing.assert_close(feats[0], relu1_1)
     vgg.train()
     assert not vgg.training  # stays frozen
@@ -131,7 +137,9 @@ def test_missing_vgg_weights_say_where_to_put_them(tmp_path, monkeypatch):
 
 def test_a_file_that_is_not_vgg19_is_refused(tmp_path):
     torch.save({"features.0.weight": torch.zeros(64, 3, 5, 5)}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match=r"not torchvision's VGG19 state_dict .*features.0.weight has shape \(64, 3, 5, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"not torchvision's VGG19 state_dict .*features.0.weight has shape \(64, 3, 5, 5\)"
+    ):
         VGG19Features(tmp_path / "bad.pth")
 
 

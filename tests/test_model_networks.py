@@ -17,8 +17,17 @@ from gaugan.layers import SPADE, SyncableBatchNorm2d, convert_sync_batchnorm, sp
 
 
 def tiny(**kw) -> GauGANConfig:
-    base = dict(label_nc=5, ngf=4, ndf=4, nef=4, z_dim=8, spade_hidden=8, n_layers_D=2, crop_size=64,
-                norm_G="spectralspadeinstance3x3")
+    base = dict(
+        label_nc=5,
+        ngf=4,
+        ndf=4,
+        nef=4,
+        z_dim=8,
+        spade_hidden=8,
+        n_layers_D=2,
+        crop_size=64,
+        norm_G="spectralspadeinstance3x3",
+    )
     base.update(kw)
     return GauGANConfig(**base)
 
@@ -219,7 +228,7 @@ def test_spade_keeps_the_semantics_that_plain_instance_norm_washes_away():
                     p.copy_(torch.round(p * 256) / 256)
             for module in net.modules():
                 if isinstance(module, nn.InstanceNorm2d):
-                    module.eps = 2.0 ** -16
+                    module.eps = 2.0**-16
             first = [net.fc(F.interpolate(m, size=(2, 2))) for m in maps]
             outputs[name] = [net(m) for m in maps]
         assert (first[0] - first[1]).abs().max() > 1e-2  # the input layer does see the class

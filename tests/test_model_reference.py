@@ -15,8 +15,12 @@ from gaugan.encoder import ConvEncoder
 from gaugan.generator import SPADEGenerator
 
 KEYS_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "spade_checkpoint_keys.md"
-SETTINGS = {"ade20k": ("ade20k", False), "coco": ("coco-stuff", False), "cityscapes": ("cityscapes", False),
-            "ade20k-vae": ("ade20k", True)}
+SETTINGS = {
+    "ade20k": ("ade20k", False),
+    "coco": ("coco-stuff", False),
+    "cityscapes": ("cityscapes", False),
+    "ade20k-vae": ("ade20k", True),
+}
 NETS = {"G": SPADEGenerator, "D": MultiscaleDiscriminator, "E": ConvEncoder}
 
 
@@ -87,11 +91,21 @@ def test_reference_style_files_load_strictly_and_mismatches_are_listed(tmp_path)
     torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, tmp_path / "dp.pth")
     load_reference_checkpoint(SPADEGenerator(cfg), tmp_path / "dp.pth")
 
-    with pytest.raises(CheckpointError, match=r"does not match SPADEGenerator: 38 missing keys \(up_4\.conv_0\.bias, .*"
-                                              r"0 unexpected keys; 1 shape mismatches \(conv_img\.weight"):
-        load_reference_checkpoint(SPADEGenerator(tiny(use_instance=True, num_upsampling_layers="most", crop_size=128)), path)
-    with pytest.raises(CheckpointError, match=r"0 missing keys; 0 unexpected keys; 19 shape mismatches \(fc.weight: "
-                                              r"\(64, 6, 3, 3\) in the file, \(64, 5, 3, 3\) here"):
-        load_reference_checkpoint(SPADEGenerator(tiny()), path)  # no edge channel: the input conv and 18 SPADE convs are narrower
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not match SPADEGenerator: 38 missing keys \(up_4\.conv_0\.bias, .*"
+        r"0 unexpected keys; 1 shape mismatches \(conv_img\.weight",
+    ):
+        load_reference_checkpoint(
+            SPADEGenerator(tiny(use_instance=True, num_upsampling_layers="most", crop_size=128)), path
+        )
+    with pytest.raises(
+        CheckpointError,
+        match=r"0 missing keys; 0 unexpected keys; 19 shape mismatches \(fc.weight: "
+        r"\(64, 6, 3, 3\) in the file, \(64, 5, 3, 3\) here",
+    ):
+        load_reference_checkpoint(
+            SPADEGenerator(tiny()), path
+        )  # no edge channel: the input conv and 18 SPADE convs are narrower
     with pytest.raises(FileNotFoundError):
         load_reference_checkpoint(SPADEGenerator(cfg), tmp_path / "nope.pth")

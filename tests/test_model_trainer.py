@@ -35,7 +35,9 @@ def opts(**kw) -> TrainOptions:
 
 def weights(trainer: GauGANTrainer) -> dict[str, torch.Tensor]:
     """Every parameter of G, E and D (not the spectral-norm vectors or BN statistics)."""
-    named = list(trainer.generator.named_parameters(prefix="G")) + list(trainer.discriminator.named_parameters(prefix="D"))
+    named = list(trainer.generator.named_parameters(prefix="G")) + list(
+        trainer.discriminator.named_parameters(prefix="D")
+    )
     return {k: v.detach().clone() for k, v in named}
 
 
@@ -109,13 +111,15 @@ def test_gradients_reach_every_parameter_of_G_E_and_D():
     assert any(n.startswith("netE.") for n in g_params)
     missing = [n for n, p in g_params.items() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert missing == []
+
     # Some biases add a per-channel constant that a later normalization subtracts again: a block's
     # conv_0 (norm_1 follows), and, in every block but the last, conv_1 and the shortcut's SPADE
     # beta (the next block normalizes both of its paths). Their true gradient is zero (as in the
     # reference); what they get is rounding noise. Every other parameter gets a real gradient.
     def cancelled(name: str) -> bool:
         return name.endswith("conv_0.bias") or (
-            name.endswith(("conv_1.bias", "norm_s.mlp_beta.bias")) and not name.startswith("netG.up_3."))
+            name.endswith(("conv_1.bias", "norm_s.mlp_beta.bias")) and not name.startswith("netG.up_3.")
+        )
 
     scale = max(p.grad.abs().max().item() for p in g_params.values())
     small = {n for n, p in g_params.items() if p.grad.abs().max() < 1e-4 * scale}
@@ -195,7 +199,7 @@ def test_inference_generator_is_an_eval_copy_with_the_ema_weights():
     assert not netG.training and not netE.training
     assert not any(p.requires_grad for p in netG.parameters())
     copy_state = netG.state_dict()
-    ema_state = {k[len("netG."):]: v for k, v in trainer.ema.state_dict().items() if k.startswith("netG.")}
+    ema_state = {k[len("netG.") :]: v for k, v in trainer.ema.state_dict().items() if k.startswith("netG.")}
     assert all(torch.equal(copy_state[k], v) for k, v in ema_state.items())
     live = trainer.netG.state_dict()
     assert any(not torch.equal(live[k], v) for k, v in copy_state.items() if k.endswith("weight_orig"))
@@ -222,7 +226,7 @@ def test_mixed_precision_and_channels_last_run_on_cpu(precision):
     assert trainer.netG.fc.weight.dtype == torch.float32  # autocast, not half-precision weights
     assert trainer.netD.discriminator_0.model0[0].weight.is_contiguous(memory_format=torch.channels_last)
     scaler_state = trainer.state_dict()["scaler_G"]
-    assert (scaler_state["scale"] == 2.0 ** 16) if precision == "fp16" else scaler_state == {}
+    assert (scaler_state["scale"] == 2.0**16) if precision == "fp16" else scaler_state == {}
 
 
 # ------------------------------------------------------------------------------------ DDP over gloo
@@ -238,7 +242,7 @@ def _ddp_config() -> GauGANConfig:
 
 def _half(batch: dict, rank: int, world: int) -> dict:
     n = batch["label"].shape[0] // world
-    return {k: v[rank * n:(rank + 1) * n] for k, v in batch.items()}
+    return {k: v[rank * n : (rank + 1) * n] for k, v in batch.items()}
 
 
 def _one_round(trainer: GauGANTrainer, rank: int, world: int) -> dict:

@@ -18,11 +18,27 @@ PROJECT_FILES = ["gaugan", "pipeline", "dvc.yaml", "params.yaml", "pyproject.tom
 TINY = {
     "data": {"workers": 1, "demo": {"num_train": 16, "num_val": 6, "width": 64, "height": 64}},
     "model": {"ngf": 4, "ndf": 4, "nef": 4, "z_dim": 8, "spade_hidden": 8, "n_layers_D": 2},
-    "train": {"batch_size": 4, "max_steps": 3, "decay_start_step": None, "load_size": 72, "crop_size": 64,
-              "num_workers": 0, "checkpoint_every": 2, "log_every": 1, "sample_every": 3, "device": "cpu"},
+    "train": {
+        "batch_size": 4,
+        "max_steps": 3,
+        "decay_start_step": None,
+        "load_size": 72,
+        "crop_size": 64,
+        "num_workers": 0,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "sample_every": 3,
+        "device": "cpu",
+    },
     "segmenter": {"steps": 3, "width": 4, "batch_size": 4, "device": "cpu"},
-    "evaluate": {"feature_extractor": "tiny", "tiny_feature_dim": 16, "kid_subset_size": 3, "batch_size": 4,
-                 "device": "cpu", "num_samples": 2},
+    "evaluate": {
+        "feature_extractor": "tiny",
+        "tiny_feature_dim": 16,
+        "kid_subset_size": 3,
+        "batch_size": 4,
+        "device": "cpu",
+        "num_samples": 2,
+    },
 }
 
 
@@ -52,18 +68,28 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     _git(root, "init", "-q")
     _git(root, "add", "-A")
     _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}", OMP_NUM_THREADS="1",
-               PREFECT_HOME=str(root / ".prefect"))
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "demo-data", "--out", "data/raw/demo"], cwd=root, env=env,
-                   check=True, capture_output=True)
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+        OMP_NUM_THREADS="1",
+        PREFECT_HOME=str(root / ".prefect"),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "demo-data", "--out", "data/raw/demo"],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return root, env
 
 
 def _dvc(project: tuple[Path, dict], *args: str, ok: bool = True) -> str:
     root, env = project
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True, timeout=900
+    )
     out = proc.stdout + proc.stderr
     if ok:
         assert proc.returncode == 0, out[-5000:]
@@ -141,8 +167,14 @@ def test_prefect_flows_run_the_same_pipeline_and_retrain_on_new_data(project):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     def cli(*args: str) -> str:
-        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--repo", str(root)], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", *args, "--repo", str(root)],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
         return proc.stdout + proc.stderr
 

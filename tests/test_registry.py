@@ -16,9 +16,14 @@ import pytest
 from PIL import Image
 
 NAME = "gaugan-toy"
-CLASSES = {"dataset": "toy", "label_nc": 3,
-           "classes": [{"index": i, "name": n, "color": c} for i, (n, c) in
-                       enumerate([("sky", [0, 0, 255]), ("grass", [0, 255, 0]), ("rock", [128, 128, 128])])]}
+CLASSES = {
+    "dataset": "toy",
+    "label_nc": 3,
+    "classes": [
+        {"index": i, "name": n, "color": c}
+        for i, (n, c) in enumerate([("sky", [0, 0, 255]), ("grass", [0, 255, 0]), ("rock", [128, 128, 128])])
+    ],
+}
 
 
 def tiny_generator(path: Path, seed: int, **overrides) -> None:
@@ -32,8 +37,14 @@ def tiny_generator(path: Path, seed: int, **overrides) -> None:
     settings.update(overrides)
     config = GauGANConfig(**settings)
     torch.manual_seed(seed)
-    save_generator(path, SPADEGenerator(config), None, config, CLASSES,
-                   {"data_version": f"data-{seed}", "steps": 3, "git_commit": f"{seed:040d}"})
+    save_generator(
+        path,
+        SPADEGenerator(config),
+        None,
+        config,
+        CLASSES,
+        {"data_version": f"data-{seed}", "steps": 3, "git_commit": f"{seed:040d}"},
+    )
 
 
 def params(root: Path, **register):
@@ -54,8 +65,17 @@ def fake_training(root: Path, uri: str, seed: int, fid: float) -> str:
     run = client.create_run(experiment, run_name=f"train-{seed}")
     client.set_terminated(run.info.run_id)
     write_run_ref(root / "outputs/train/run.json", RunRef(run.info.run_id, uri, "gaugan-toy"))
-    metrics = {"fid": fid, "kid_mean": fid / 100, "miou": 0.5, "accuracy": 0.7, "num_images": 6, "height": 64,
-               "width": 64, "paper_comparable": False, "backbone": {"name": "tiny-cnn-seed0", "feature_dim": 16}}
+    metrics = {
+        "fid": fid,
+        "kid_mean": fid / 100,
+        "miou": 0.5,
+        "accuracy": 0.7,
+        "num_images": 6,
+        "height": 64,
+        "width": 64,
+        "paper_comparable": False,
+        "backbone": {"name": "tiny-cnn-seed0", "feature_dim": 16},
+    }
     (root / "outputs/evaluate").mkdir(parents=True, exist_ok=True)
     (root / "outputs/evaluate/metrics.json").write_text(json.dumps(metrics))
     return run.info.run_id
@@ -113,7 +133,10 @@ def test_versions_carry_provenance_and_metrics(store):
     assert float(tags["metric.fid"]) == 12.0 and float(tags["metric.miou"]) == 0.5
     assert "metric.paper_comparable" not in tags  # booleans are not metrics
     assert tags["fid_backbone"] == "tiny-cnn-seed0" and tags["eval_resolution"] == "64x64"
-    assert tags["validation_status"] == "challenger" and client.get_model_version(NAME, "2").tags["validation_status"] == "champion"
+    assert (
+        tags["validation_status"] == "challenger"
+        and client.get_model_version(NAME, "2").tags["validation_status"] == "champion"
+    )
     assert len(tags["generator_sha256"]) == 64
     # the training run holds the pyfunc model and the raw checkpoint
     artifacts = [a.path for a in client.list_artifacts(runs[2], "checkpoint")]
@@ -140,19 +163,22 @@ def test_champion_loads_through_pyfunc_and_synthesize(store, tmp_path):
 
     label_png = tmp_path / "map.png"
     Image.fromarray(labels[0].astype(np.uint8)).save(label_png)
-    out = synthesize(f"models:/{NAME}@champion", label_png, tmp_path / "out/image.png", instance_path=label_png,
-                     tracking_uri=uri)
+    out = synthesize(
+        f"models:/{NAME}@champion", label_png, tmp_path / "out/image.png", instance_path=label_png, tracking_uri=uri
+    )
     image = np.array(Image.open(out))
     assert image.shape == (48, 80, 3)
     np.testing.assert_array_equal(image, images[0])
     # the same version by number, and the same generator file used directly: the same pixels
-    by_version = synthesize(f"models:/{NAME}/2", label_png, tmp_path / "v2.png", instance_path=label_png,
-                            tracking_uri=uri)
+    by_version = synthesize(
+        f"models:/{NAME}/2", label_png, tmp_path / "v2.png", instance_path=label_png, tracking_uri=uri
+    )
     np.testing.assert_array_equal(np.array(Image.open(by_version)), image)
     local = tmp_path / "g2.pt"
     tiny_generator(local, seed=2)
-    np.testing.assert_array_equal(np.array(Image.open(synthesize(str(local), label_png, tmp_path / "local.png",
-                                                                 instance_path=label_png))), image)
+    np.testing.assert_array_equal(
+        np.array(Image.open(synthesize(str(local), label_png, tmp_path / "local.png", instance_path=label_png))), image
+    )
 
 
 def test_unknown_alias_version_or_model_lists_what_exists(store, tmp_path):
@@ -161,7 +187,9 @@ def test_unknown_alias_version_or_model_lists_what_exists(store, tmp_path):
     root, uri, _, _ = store
     label_png = tmp_path / "map.png"
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(label_png)
-    with pytest.raises(SynthesizeError, match=r"no alias 'production'.*@challenger \(version 3\).*@champion \(version 2\)"):
+    with pytest.raises(
+        SynthesizeError, match=r"no alias 'production'.*@challenger \(version 3\).*@champion \(version 2\)"
+    ):
         synthesize(f"models:/{NAME}@production", label_png, tmp_path / "x.png", tracking_uri=uri)
     with pytest.raises(SynthesizeError, match=r"no version '7'; versions: \[1, 2, 3\]"):
         synthesize(f"models:/{NAME}/7", label_png, tmp_path / "x.png", tracking_uri=uri)
@@ -237,7 +265,9 @@ class FakeVersion:
 def test_decide_direction_policy_and_comparability():
     from pipeline.registry import decide
 
-    champion = FakeVersion(4, metric__fid="10.0", metric__miou="0.5", fid_backbone="inception-v3", eval_resolution="256x256")
+    champion = FakeVersion(
+        4, metric__fid="10.0", metric__miou="0.5", fid_backbone="inception-v3", eval_resolution="256x256"
+    )
     same = {"fid_backbone": "inception-v3", "eval_resolution": "256x256"}
     assert decide(9.0, same, champion, "fid", False)[:2] == (True, 10.0)
     assert decide(10.0, same, champion, "fid", False)[0] is False  # a tie keeps the champion

@@ -21,7 +21,9 @@ def test_unet_small_any_size_and_file_round_trip(tmp_path):
     net = UNetSmall(num_classes=5, width=4).eval()
     for h, w in [(32, 32), (37, 50)]:  # not multiples of 8: padded inside, cropped back
         assert net(torch.randn(2, 3, h, w)).shape == (2, 5, h, w)
-    path = save_segmenter(tmp_path / "seg.pt", net, "unet-small", 5, 4, {"dataset": {"label_nc": 5, "names": list("abcde")}})
+    path = save_segmenter(
+        tmp_path / "seg.pt", net, "unet-small", 5, 4, {"dataset": {"label_nc": 5, "names": list("abcde")}}
+    )
     seg = load_segmenter(path)
     assert seg.arch == "unet-small" and seg.num_classes == 5 and seg.meta["dataset"]["names"] == list("abcde")
     images = np.random.default_rng(0).integers(0, 256, (3, 24, 40, 3), dtype=np.uint8)
@@ -42,10 +44,12 @@ def test_torchvision_weights_load_checked_and_head_replaced(tmp_path):
 
     net = build_network("lraspp_mobilenet_v3_large", 6)
     fresh = _load_pretrained(net, "lraspp_mobilenet_v3_large", path, 6)
-    assert sorted(fresh) == sorted(f"net.classifier.{k}_classifier.{p}" for k in ("low", "high") for p in ("weight", "bias"))
+    assert sorted(fresh) == sorted(
+        f"net.classifier.{k}_classifier.{p}" for k in ("low", "high") for p in ("weight", "bias")
+    )
     # the backbone came from the file
     key = "net.backbone.0.0.weight"
-    assert torch.equal(net.state_dict()[key], src.state_dict()[key[len("net."):]])
+    assert torch.equal(net.state_dict()[key], src.state_dict()[key[len("net.") :]])
     assert net(torch.randn(1, 3, 32, 32)).shape == (1, 6, 32, 32)
 
     # another architecture's file is an error, never silently random weights
@@ -88,8 +92,8 @@ def test_train_segmenter_writes_file_and_metrics_and_is_seeded(tmp_path):
     assert metrics["accuracy_real_val"] > 0.7
 
     # an untrained network of the same shape does much worse on the same images
-    from pipeline.evaluation.segmenter import Segmenter, score_on_split
     from gaugan.data import PreparedDataset
+    from pipeline.evaluation.segmenter import Segmenter, score_on_split
 
     torch.manual_seed(0)
     untrained = Segmenter(UNetSmall(4, 8).eval(), "unet-small", 4)
@@ -131,7 +135,9 @@ def test_train_segmenter_fine_tunes_torchvision_weights_with_another_head(tmp_pa
     write_prepared(tmp_path / params.data.out, n_train=4, n_val=2)
     with pytest.raises(SegmenterError, match="segmenter.steps > 0"):
         run_train_segmenter(params, tmp_path)
-    out = run_train_segmenter(_params(arch="lraspp_mobilenet_v3_large", weights=str(weights), steps=2, batch_size=4), tmp_path)
+    out = run_train_segmenter(
+        _params(arch="lraspp_mobilenet_v3_large", weights=str(weights), steps=2, batch_size=4), tmp_path
+    )
     seg = load_segmenter(out)
     assert seg.arch == "lraspp_mobilenet_v3_large" and seg.num_classes == 4
     assert seg.meta["pretrained_from"] == str(weights) and seg.meta["metrics"]["fresh_head_keys"] == 4

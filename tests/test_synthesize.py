@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-CLASSES = {"dataset": "toy", "label_nc": 4, "classes": [{"index": i, "name": f"c{i}", "color": [60 * i, 0, 0]}
-                                                       for i in range(4)]}
+CLASSES = {
+    "dataset": "toy",
+    "label_nc": 4,
+    "classes": [{"index": i, "name": f"c{i}", "color": [60 * i, 0, 0]} for i in range(4)],
+}
 
 
 def tiny_generator(path: Path, seed: int = 0, **overrides) -> Path:
@@ -34,8 +37,8 @@ def tiny_generator(path: Path, seed: int = 0, **overrides) -> Path:
 
 def label_png(path: Path, h: int, w: int, palette: bool = False) -> Path:
     lab = np.zeros((h, w), dtype=np.uint8)
-    lab[h // 2:, :] = 1
-    lab[:, w // 2:] = 3
+    lab[h // 2 :, :] = 1
+    lab[:, w // 2 :] = 3
     lab[:4, :4] = 255
     im = Image.fromarray(lab)
     if palette:  # colours that are not the indices: only the raw indices may be read
@@ -92,8 +95,9 @@ def test_seed_fixes_the_style_of_a_multimodal_model(tmp_path):
 
     gen = tiny_generator(tmp_path / "vae.pt", seed=2, use_vae=True)
     lab = label_png(tmp_path / "l.png", 40, 40)  # resized to the fixed 64x64 and back
-    images = [np.array(Image.open(synthesize(str(gen), lab, tmp_path / f"{i}.png", seed=s)))
-              for i, s in enumerate([5, 5, 6])]
+    images = [
+        np.array(Image.open(synthesize(str(gen), lab, tmp_path / f"{i}.png", seed=s))) for i, s in enumerate([5, 5, 6])
+    ]
     assert images[0].shape == (40, 40, 3)
     np.testing.assert_array_equal(images[0], images[1])
     assert not np.array_equal(images[0], images[2])
@@ -105,8 +109,11 @@ def test_clear_errors(plain, tmp_path):
     bad = np.zeros((32, 32), dtype=np.uint8)
     bad[0, :3] = [4, 9, 254]
     Image.fromarray(bad).save(tmp_path / "bad.png")
-    with pytest.raises(SynthesizeError, match=r"label values 4, 9, 254 are outside the class table of 'toy': "
-                                              r"allowed 0\.\.3 and 255 \(dontcare\)"):
+    with pytest.raises(
+        SynthesizeError,
+        match=r"label values 4, 9, 254 are outside the class table of 'toy': "
+        r"allowed 0\.\.3 and 255 \(dontcare\)",
+    ):
         synthesize(str(plain), tmp_path / "bad.png", tmp_path / "o.png")
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(SynthesizeError, match="one channel of indices"):

@@ -17,15 +17,34 @@ from pipeline.train_data import StepBatchSampler
 
 TINY_PARAMS = {
     "seed": 3,
-    "data": {"format": "demo", "out": "data/prepared", "demo": {"num_train": 12, "num_val": 4, "width": 64, "height": 64}},
+    "data": {
+        "format": "demo",
+        "out": "data/prepared",
+        "demo": {"num_train": 12, "num_val": 4, "width": 64, "height": 64},
+    },
     "model": {
-        "ngf": 4, "ndf": 4, "nef": 4, "z_dim": 8, "spade_hidden": 8, "use_instance": True,
+        "ngf": 4,
+        "ndf": 4,
+        "nef": 4,
+        "z_dim": 8,
+        "spade_hidden": 8,
+        "use_instance": True,
         # instance norm: per-process batch statistics would make 1 vs 2 processes differ on CPU
-        "norm_G": "spectralspadeinstance3x3", "num_D": 2, "n_layers_D": 2,
+        "norm_G": "spectralspadeinstance3x3",
+        "num_D": 2,
+        "n_layers_D": 2,
     },
     "train": {
-        "batch_size": 4, "max_steps": 4, "lambda_vgg": 0.0, "load_size": 72, "crop_size": 64,
-        "ema": False, "num_workers": 0, "checkpoint_every": 2, "log_every": 1, "sample_every": 2,
+        "batch_size": 4,
+        "max_steps": 4,
+        "lambda_vgg": 0.0,
+        "load_size": 72,
+        "crop_size": 64,
+        "ema": False,
+        "num_workers": 0,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "sample_every": 2,
         "device": "cpu",
     },
     "segmenter": {"steps": 2},
@@ -84,6 +103,7 @@ def _assert_same_weights(a: dict, b: dict, atol: float) -> None:
 # settings fail before any work
 # ---------------------------------------------------------------------------------------------
 
+
 def test_crop_larger_than_load_is_rejected_naming_the_keys():
     with pytest.raises(ParamsError, match=r"train.*crop_size \(80\) is larger than train.load_size \(72\)"):
         parse_params({"train": {"crop_size": 80, "load_size": 72}})
@@ -115,6 +135,7 @@ def test_bad_settings_fail_before_training(prepared, tmp_path):
 # batches are a function of the step: the same for any process count, and on resume
 # ---------------------------------------------------------------------------------------------
 
+
 def test_ranks_split_the_same_global_batches():
     single = StepBatchSampler(20, 4, rank=0, world_size=1, seed=1, start_step=0, max_steps=12)
     ranks = [StepBatchSampler(20, 4, rank=r, world_size=2, seed=1, start_step=0, max_steps=12) for r in range(2)]
@@ -139,13 +160,23 @@ def test_sampler_refuses_a_split_smaller_than_the_batch():
 # the real stage
 # ---------------------------------------------------------------------------------------------
 
+
 def _run(project: Path, *args: str, nproc: int = 1) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     if nproc == 1:
         cmd = [sys.executable, "-m", "pipeline.cli", "train", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "pipeline.cli", "train", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "pipeline.cli",
+            "train",
+            *args,
+        ]
     proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -240,7 +271,9 @@ def test_outputs_and_tracking(prepared, tmp_path):
 
     project, _ = _project(tmp_path, prepared)
     metrics = run_train(load_params(project / "params.yaml"), project)
-    assert metrics["steps"] == 4 and all(torch.isfinite(torch.tensor(metrics[k])) for k in ("G_GAN", "D_real", "D_Fake"))
+    assert metrics["steps"] == 4 and all(
+        torch.isfinite(torch.tensor(metrics[k])) for k in ("G_GAN", "D_real", "D_Fake")
+    )
     assert (project / "models/generator.pt").is_file()
     saved = json.loads((project / "outputs/train/metrics.json").read_text())
     assert saved["steps"] == 4

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -48,7 +48,9 @@ def resize_map(values: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 def read_classes_json(prepared_root: Path) -> dict:
     path = Path(prepared_root) / "classes.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no classes.json; is {prepared_root} a prepared dataset (run the ingest stage)?")
+        raise FileNotFoundError(
+            f"{path}: no classes.json; is {prepared_root} a prepared dataset (run the ingest stage)?"
+        )
     return json.loads(path.read_text())
 
 

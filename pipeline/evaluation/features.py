@@ -115,13 +115,15 @@ class TinyFeatureExtractor(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "TinyFeatureExtractor":
+    def train(self, mode: bool = True) -> TinyFeatureExtractor:
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() / 127.5 - 1.0
         if x.shape[-2:] != (TINY_INPUT_SIZE, TINY_INPUT_SIZE):
-            x = F.interpolate(x, size=(TINY_INPUT_SIZE, TINY_INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(TINY_INPUT_SIZE, TINY_INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True
+            )
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if i < len(self.convs) - 1:
@@ -159,7 +161,9 @@ def missing_inception_message(explicit: str | Path | None = None) -> str:
     if explicit:
         lines.append(f"evaluate.inception_weights points to {explicit}, which does not exist.")
     else:
-        lines.append("FID/KID with evaluate.feature_extractor: inception needs the FID Inception weights, and none were found.")
+        lines.append(
+            "FID/KID with evaluate.feature_extractor: inception needs the FID Inception weights, and none were found."
+        )
     lines += [
         f"Provide the file {INCEPTION_FILENAMES[0]} (torch-fidelity's name) or {INCEPTION_FILENAMES[1]}",
         "(pytorch-fid's name; the same weights), either by placing it in the torch hub cache",
@@ -188,7 +192,9 @@ def resolve_inception_weights(explicit: str | Path | None = None, allow_download
         try:
             torch.hub.download_url_to_file(INCEPTION_URL, str(target), hash_prefix="6726825d", progress=False)
         except Exception as err:  # noqa: BLE001 - any network failure becomes the same clear message
-            raise FeatureWeightsError(f"downloading {INCEPTION_URL} failed: {err}\n" + missing_inception_message()) from err
+            raise FeatureWeightsError(
+                f"downloading {INCEPTION_URL} failed: {err}\n" + missing_inception_message()
+            ) from err
         return target
     raise FeatureWeightsError(missing_inception_message())
 
@@ -320,7 +326,9 @@ def write_surrogate_inception_weights(path: Path | str, seed: int = 0, calibrati
 
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(tmp), antialias=False)
+        net = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(tmp), antialias=False
+        )
         # Calibrate: in train mode each BN normalises by its batch statistics and (momentum=None)
         # records their cumulative average as running statistics. NoTrainInceptionV3.train() is
         # pinned to eval, so switch the BN layers directly.

@@ -34,7 +34,9 @@ def sample_grid(labels: np.ndarray, fakes: np.ndarray, reals: np.ndarray, classe
     """
     labels, fakes, reals = np.asarray(labels), np.asarray(fakes), np.asarray(reals)
     if not (len(labels) == len(fakes) == len(reals)) or len(labels) == 0:
-        raise ValueError(f"need the same non-zero number of labels, fakes and reals, got {len(labels)}, {len(fakes)}, {len(reals)}")
+        raise ValueError(
+            f"need the same non-zero number of labels, fakes and reals, got {len(labels)}, {len(fakes)}, {len(reals)}"
+        )
     if fakes.shape != reals.shape or fakes.shape[1:3] != labels.shape[1:3]:
         raise ValueError(f"shapes differ: labels {labels.shape}, generated {fakes.shape}, real {reals.shape}")
     n, h, w = labels.shape

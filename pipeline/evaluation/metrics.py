@@ -17,8 +17,8 @@ never in the mean. Pixel accuracy = diag.sum() / matrix.sum().
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -197,7 +197,7 @@ class Segmenter:
     meta: dict = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    def to(self, device: torch.device | str) -> "Segmenter":
+    def to(self, device: torch.device | str) -> Segmenter:
         self.device = torch.device(device)
         self.net.to(self.device)
         return self
@@ -248,7 +248,9 @@ def save_segmenter(path: Path, net: nn.Module, arch: str, num_classes: int, widt
 def load_segmenter(path: Path | str, device: torch.device | str = "cpu") -> Segmenter:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no segmenter; run the train-segmenter stage first (gaugan-pipeline train-segmenter)")
+        raise FileNotFoundError(
+            f"{path}: no segmenter; run the train-segmenter stage first (gaugan-pipeline train-segmenter)"
+        )
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise SegmenterError(f"{path}: not a segmenter file written by train-segmenter")
@@ -311,8 +313,14 @@ def _device(setting: str) -> torch.device:
         raise SegmenterError(str(err)) from None
 
 
-def score_on_split(segmenter: Segmenter, dataset, hw: tuple[int, int], ignore: Sequence[int], batch_size: int = 16,
-                   limit: int | None = None):
+def score_on_split(
+    segmenter: Segmenter,
+    dataset,
+    hw: tuple[int, int],
+    ignore: Sequence[int],
+    batch_size: int = 16,
+    limit: int | None = None,
+):
     """Confusion-matrix scores of ``segmenter`` on the real images of a split (the mIoU ceiling)."""
     from pipeline.evaluation.metrics import ConfusionAccumulator
 
@@ -332,9 +340,9 @@ def score_on_split(segmenter: Segmenter, dataset, hw: tuple[int, int], ignore: S
 
 def run_train_segmenter(params, root: Path | str = Path(".")) -> Path:
     """Train (or load and package) the segmenter; writes ``segmenter.out`` and ``segmenter.metrics``."""
-    from gaugan.data import PreparedDataset
     from tqdm import tqdm
 
+    from gaugan.data import PreparedDataset
     from pipeline.io import atomic_write_json
 
     s = params.segmenter
@@ -350,8 +358,9 @@ def run_train_segmenter(params, root: Path | str = Path(".")) -> Path:
     net = build_network(s.arch, num_classes, s.width)
     fresh: list[str] = []
     if s.weights:
-        fresh = _load_pretrained(net, s.arch, Path(s.weights) if Path(s.weights).is_absolute() else root / s.weights,
-                                 num_classes)
+        fresh = _load_pretrained(
+            net, s.arch, Path(s.weights) if Path(s.weights).is_absolute() else root / s.weights, num_classes
+        )
         if fresh and s.steps == 0:
             raise SegmenterError(
                 f"{s.weights} predicts another number of classes than the dataset's {num_classes}; its classifier "
@@ -420,7 +429,7 @@ def run_train_segmenter(params, root: Path | str = Path(".")) -> Path:
     segmenter = Segmenter(net, s.arch, num_classes, device=device)
     val_set = PreparedDataset(data_root, "val", load_instances=False) if split_size(data_root, "val") else []
     scores = score_on_split(segmenter, val_set, hw, ignore, batch_size=max(1, s.batch_size)) if len(val_set) else None
-    tail = losses[-max(1, len(losses) // 10):] if losses else []
+    tail = losses[-max(1, len(losses) // 10) :] if losses else []
     metrics = {
         "train_loss": float(np.mean(tail)) if tail else None,
         "steps": len(losses),
@@ -449,5 +458,7 @@ def run_train_segmenter(params, root: Path | str = Path(".")) -> Path:
     out = root / s.out
     save_segmenter(out, net, s.arch, num_classes, s.width, meta)
     metrics_path = root / s.metrics
-    atomic_write_json(metrics_path, {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()})
+    atomic_write_json(
+        metrics_path, {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+    )
     return out

@@ -45,7 +45,15 @@ from pipeline.evaluation.dataset import (
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = (
-    "fid", "kid_mean", "kid_std", "miou", "accuracy", "miou_real", "accuracy_real", "miou_random", "accuracy_random",
+    "fid",
+    "kid_mean",
+    "kid_std",
+    "miou",
+    "accuracy",
+    "miou_real",
+    "accuracy_real",
+    "miou_random",
+    "accuracy_random",
     "num_images",
 )
 
@@ -67,10 +75,14 @@ def _describe(classes: dict) -> str:
     return f"dataset {classes.get('dataset')!r}, label_nc {classes.get('label_nc')}, classes [{shown}]"
 
 
-def check_same_classes(model_classes: dict | None, data_classes: dict, what: str, model_path: Path, data_root: Path) -> None:
+def check_same_classes(
+    model_classes: dict | None, data_classes: dict, what: str, model_path: Path, data_root: Path
+) -> None:
     """Refuse a model whose class table disagrees with the dataset's classes.json."""
     if not model_classes:
-        raise EvaluationError(f"{what} {model_path} records no class table; it cannot be checked against {data_root}/classes.json")
+        raise EvaluationError(
+            f"{what} {model_path} records no class table; it cannot be checked against {data_root}/classes.json"
+        )
     problems = []
     if int(model_classes.get("label_nc", -1)) != int(data_classes["label_nc"]):
         problems.append(f"label_nc {model_classes.get('label_nc')} vs {data_classes['label_nc']}")
@@ -153,7 +165,9 @@ class _RealFeatureCache:
 
 def _log_to_mlflow(run_json: Path, metrics: dict, tags: dict, files: list[Path]) -> str | None:
     if not run_json.is_file():
-        log.warning("%s not found: nothing was logged to MLflow (the files in the output folder are complete)", run_json)
+        log.warning(
+            "%s not found: nothing was logged to MLflow (the files in the output folder are complete)", run_json
+        )
         return None
     import mlflow
 
@@ -161,8 +175,13 @@ def _log_to_mlflow(run_json: Path, metrics: dict, tags: dict, files: list[Path])
 
     ref = read_run_ref(run_json)
     with resume_run(ref):
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})
+        mlflow.log_metrics(
+            {
+                k: float(v)
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            }
+        )
         mlflow.set_tags(tags)
         for f in files:
             mlflow.log_artifact(str(f), artifact_path="evaluate")
@@ -171,10 +190,10 @@ def _log_to_mlflow(run_json: Path, metrics: dict, tags: dict, files: list[Path])
 
 def run_evaluate(params, root: Path | str = Path(".")) -> dict:
     """Synthesize the validation split with ``train.model_out`` and score it; returns metrics.json's content."""
-    from gaugan.data import PreparedDataset
-    from gaugan.synthesizer import Synthesizer, to_uint8
     from tqdm import tqdm
 
+    from gaugan.data import PreparedDataset
+    from gaugan.synthesizer import Synthesizer, to_uint8
     from pipeline.evaluation.features import build_backbone
     from pipeline.evaluation.grids import sample_grid, write_png
     from pipeline.evaluation.metrics import ConfusionAccumulator, compute_fid, compute_kid
@@ -205,8 +224,11 @@ def run_evaluate(params, root: Path | str = Path(".")) -> dict:
 
     backbone = build_backbone(
         e.feature_extractor,
-        inception_weights=(str(root / e.inception_weights) if e.inception_weights and not Path(e.inception_weights).is_absolute()
-                           else e.inception_weights),
+        inception_weights=(
+            str(root / e.inception_weights)
+            if e.inception_weights and not Path(e.inception_weights).is_absolute()
+            else e.inception_weights
+        ),
         allow_download=e.allow_download,
         inception_feature_dim=e.inception_feature_dim,
         tiny_dim=e.tiny_feature_dim,
@@ -223,13 +245,24 @@ def run_evaluate(params, root: Path | str = Path(".")) -> dict:
     seg_path = root / params.segmenter.out
     segmenter = load_segmenter(seg_path, device)
     seg_data = segmenter.meta.get("dataset", {})
-    check_same_classes({"label_nc": seg_data.get("label_nc"),
-                        "classes": [{"index": i, "name": name} for i, name in enumerate(seg_data.get("names", []))]},
-                       classes, "segmenter", seg_path, data_root)
+    check_same_classes(
+        {
+            "label_nc": seg_data.get("label_nc"),
+            "classes": [{"index": i, "name": name} for i, name in enumerate(seg_data.get("names", []))],
+        },
+        classes,
+        "segmenter",
+        seg_path,
+        data_root,
+    )
     fingerprint = dataset_fingerprint(data_root)
     if seg_data.get("fingerprint") != fingerprint:
-        log.warning("the segmenter %s was trained on another version of the dataset (%s, now %s)",
-                    seg_path, seg_data.get("fingerprint"), fingerprint)
+        log.warning(
+            "the segmenter %s was trained on another version of the dataset (%s, now %s)",
+            seg_path,
+            seg_data.get("fingerprint"),
+            fingerprint,
+        )
 
     val = PreparedDataset(data_root, "val", load_instances=bool(config.use_instance))
 
@@ -263,7 +296,9 @@ def run_evaluate(params, root: Path | str = Path(".")) -> dict:
             instances = None
             if config.use_instance:
                 if any(it.get("instance") is None for it in items):
-                    raise EvaluationError(f"{data_root}: the generator uses instance maps but some validation samples have none")
+                    raise EvaluationError(
+                        f"{data_root}: the generator uses instance maps but some validation samples have none"
+                    )
                 instances = torch.from_numpy(np.stack([resize_map(it["instance"], hw) for it in items]))
             style = None
             if use_vae and e.vae_style == "real":
@@ -300,7 +335,12 @@ def run_evaluate(params, root: Path | str = Path(".")) -> dict:
     kid_mean, kid_std, kid_size = compute_kid(real_f, fake_f, e.kid_subset_size, e.kid_subsets, seed=params.seed)
     gen_scores, real_scores, rand_scores = acc_gen.scores(), acc_real.scores(), acc_rand.scores()
 
-    backbone_info = {**backbone.info, "num_images": n, "resolution": f"{hw[0]}x{hw[1]}", "real_features_cached": stats_cached}
+    backbone_info = {
+        **backbone.info,
+        "num_images": n,
+        "resolution": f"{hw[0]}x{hw[1]}",
+        "real_features_cached": stats_cached,
+    }
     metrics = {
         "fid": fid,
         "kid_mean": kid_mean,
@@ -348,6 +388,8 @@ def run_evaluate(params, root: Path | str = Path(".")) -> dict:
         "eval_resolution": f"{hw[0]}x{hw[1]}",
         "segmenter_arch": segmenter.arch,
     }
-    run_id = _log_to_mlflow(root / params.train.out_dir / "run.json", metrics, tags, [metrics_path, csv_path, grid_path])
+    run_id = _log_to_mlflow(
+        root / params.train.out_dir / "run.json", metrics, tags, [metrics_path, csv_path, grid_path]
+    )
     metrics["mlflow_run_id"] = run_id
     return metrics

@@ -52,8 +52,15 @@ def _builder(format: str):
     return build
 
 
-def run_ingest(format: str, source: Path, out: Path, workers: int = 1, on_error: Literal["fail", "skip"] = "fail",
-               settings: DataSettings | None = None, progress: bool = True) -> dict:
+def run_ingest(
+    format: str,
+    source: Path,
+    out: Path,
+    workers: int = 1,
+    on_error: Literal["fail", "skip"] = "fail",
+    settings: DataSettings | None = None,
+    progress: bool = True,
+) -> dict:
     """Prepare ``source`` (a dataset of ``format``) into ``out``; returns the stats (as in stats.json).
 
     Raises :class:`IngestError` naming the file and the problem on bad input (with
@@ -80,7 +87,10 @@ def run_ingest(format: str, source: Path, out: Path, workers: int = 1, on_error:
         tasks, classes = build(source, settings)
         source_name = str(source)
     if not tasks:
-        raise IngestError(f"{source}: no samples found for format {format!r}; check the source layout "
-                          f"(documented in pipeline/ingest/{format.replace('-', '_')}.py)")
-    return write_prepared(tasks, classes, out, workers=workers, on_error=on_error, progress=progress,
-                          fmt=format, source=source_name)
+        raise IngestError(
+            f"{source}: no samples found for format {format!r}; check the source layout "
+            f"(documented in pipeline/ingest/{format.replace('-', '_')}.py)"
+        )
+    return write_prepared(
+        tasks, classes, out, workers=workers, on_error=on_error, progress=progress, fmt=format, source=source_name
+    )

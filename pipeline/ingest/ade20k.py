@@ -26,13 +26,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.ingest.common import (IMAGE_EXTS, IngestError, background_segments, class_table, default_color,
-                                    load_image, read_index_map)
+from pipeline.ingest.common import (
+    IMAGE_EXTS,
+    IngestError,
+    background_segments,
+    class_table,
+    default_color,
+    load_image,
+    read_index_map,
+)
 from pipeline.ingest.writer import Loaded, SampleTask
 
 SPLITS = (("train", "training"), ("val", "validation"))
-NOTES = ("label 0 is ADE20K's 'other' (unannotated) as a class of its own and 1..150 are the SceneParsing "
-         "classes, as the reference ADE20K checkpoints were trained; 0 is left out of mIoU ('ignore')")
+NOTES = (
+    "label 0 is ADE20K's 'other' (unannotated) as a class of its own and 1..150 are the SceneParsing "
+    "classes, as the reference ADE20K checkpoints were trained; 0 is left out of mIoU ('ignore')"
+)
 
 
 def read_object_info(source: Path) -> list[dict]:
@@ -57,14 +66,17 @@ def read_object_info(source: Path) -> list[dict]:
                 for row in csv.DictReader(fh):
                     names[int(row["Idx"])] = row["Name"].split(";")[0].strip()
         else:
-            raise IngestError(f"{source}: missing class file objectInfo150.txt or objectInfo150.csv "
-                              "(from the ADE20K SceneParsing release)")
+            raise IngestError(
+                f"{source}: missing class file objectInfo150.txt or objectInfo150.csv "
+                "(from the ADE20K SceneParsing release)"
+            )
     except (KeyError, ValueError, IndexError, TypeError, UnicodeDecodeError) as err:
         raise IngestError(f"{path}: malformed class file ({type(err).__name__}: {err})") from None
     if sorted(names) != list(range(1, 151)):
         raise IngestError(f"{path}: expected classes 1..150, found {len(names)}")
     return [{"index": 0, "name": "other", "color": [0, 0, 0]}] + [
-        {"index": i, "name": names[i], "color": default_color(i)} for i in range(1, 151)]
+        {"index": i, "name": names[i], "color": default_color(i)} for i in range(1, 151)
+    ]
 
 
 def ade20k_class_table(dataset: str, entries: list[dict], has_instances: bool) -> dict:
@@ -113,7 +125,14 @@ def ade20k_tasks(source: Path, settings) -> tuple[list[SampleTask], dict]:
             label = source / "annotations" / sub / f"{img.stem}.png"
             inst = source / "annotations_instance" / sub / f"{img.stem}.png" if has_inst else None
             files = tuple(str(p) for p in (img, label, inst) if p is not None)
-            tasks.append(SampleTask(img.stem, split, img.relative_to(source).as_posix(), files,
-                                    partial(load_ade20k, str(img), str(label), str(inst) if inst else None, background),
-                                    f"ade20k/1:background={background if has_inst else '-'}"))
+            tasks.append(
+                SampleTask(
+                    img.stem,
+                    split,
+                    img.relative_to(source).as_posix(),
+                    files,
+                    partial(load_ade20k, str(img), str(label), str(inst) if inst else None, background),
+                    f"ade20k/1:background={background if has_inst else '-'}",
+                )
+            )
     return tasks, ade20k_class_table("ade20k", entries, has_inst)

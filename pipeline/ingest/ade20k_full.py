@@ -44,7 +44,9 @@ def read_map_from_ade(path: Path) -> np.ndarray:
         try:
             idx150, full = int(parts[0]), int(parts[1])
         except (ValueError, IndexError):
-            raise IngestError(f"{path}:{lineno}: malformed line {line!r}; expected '<150-class idx> <full idx>'") from None
+            raise IngestError(
+                f"{path}:{lineno}: malformed line {line!r}; expected '<150-class idx> <full idx>'"
+            ) from None
         if not 1 <= idx150 <= 150 or full < 1:
             raise IngestError(f"{path}:{lineno}: index out of range in {line!r}")
         pairs.append((idx150, full))
@@ -114,8 +116,14 @@ def ade20k_full_tasks(source: Path, settings) -> tuple[list[SampleTask], dict]:
         for seg in sorted(root.rglob("*_seg.png")):
             stem = seg.name[: -len("_seg.png")]
             image = seg.with_name(f"{stem}.jpg")
-            tasks.append(SampleTask(stem, split, image.relative_to(source).as_posix(),
-                                    (str(image), str(seg), str(lut_path)),
-                                    partial(load_full, str(image), str(seg), str(lut_path), short_side),
-                                    f"ade20k-full/1:short_side={short_side}"))
+            tasks.append(
+                SampleTask(
+                    stem,
+                    split,
+                    image.relative_to(source).as_posix(),
+                    (str(image), str(seg), str(lut_path)),
+                    partial(load_full, str(image), str(seg), str(lut_path), short_side),
+                    f"ade20k-full/1:short_side={short_side}",
+                )
+            )
     return tasks, ade20k_class_table("ade20k-full", entries, True)

@@ -37,8 +37,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.ingest.common import (IMAGE_EXTS, IngestError, background_segments, class_table, default_color,
-                                    load_image, read_index_map)
+from pipeline.ingest.common import (
+    IMAGE_EXTS,
+    IngestError,
+    background_segments,
+    class_table,
+    default_color,
+    load_image,
+    read_index_map,
+)
 from pipeline.ingest.writer import Loaded, SampleTask
 
 NUM_CLASSES = 182
@@ -63,12 +70,15 @@ def read_labels_txt(path: Path) -> list[dict]:
     shift = 1 if pairs[0] == (0, "unlabeled") else 0  # JSON numbering: PNG value = id - 1
     names = {n - shift: name for n, name in pairs if not (shift and n == 0)}
     if sorted(names) != list(range(NUM_CLASSES)):
-        raise IngestError(f"{path}: expected classes 0..{NUM_CLASSES - 1} after numbering detection "
-                          f"({'JSON' if shift else 'PNG'} numbering), found {len(names)} entries")
+        raise IngestError(
+            f"{path}: expected classes 0..{NUM_CLASSES - 1} after numbering detection "
+            f"({'JSON' if shift else 'PNG'} numbering), found {len(names)} entries"
+        )
     return [{"index": i, "name": names[i], "color": default_color(i)} for i in range(NUM_CLASSES)]
 
 
 # --- RLE decoding and painting ------------------------------------------------------------------
+
 
 def rle_string_counts(counts: str | bytes) -> np.ndarray:
     """Run lengths of a compressed COCO RLE string, decoded with vectorised NumPy.
@@ -131,8 +141,9 @@ def segmentation_runs(segmentation, height: int, width: int) -> list[np.ndarray]
     raise ValueError(f"unknown segmentation type {type(segmentation).__name__}")
 
 
-def rasterize_instances(annotations: list[dict], height: int, width: int, crowd: str = "ignore",
-                        label: np.ndarray | None = None) -> np.ndarray:
+def rasterize_instances(
+    annotations: list[dict], height: int, width: int, crowd: str = "ignore", label: np.ndarray | None = None
+) -> np.ndarray:
     """COCO annotations of one image -> int32 [H,W] instance ids (1..n in file order, last wins).
 
     With ``label`` given, each painted annotation also writes ``category_id - 1`` into it.
@@ -179,6 +190,7 @@ def rasterize_stuff(stuff_annotations: list[dict], height: int, width: int) -> n
 
 # --- the source -----------------------------------------------------------------------------
 
+
 def _first_dir(*candidates: Path) -> Path | None:
     return next((p for p in candidates if p.is_dir()), None)
 
@@ -188,8 +200,11 @@ def _read_json(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise IngestError(f"{path}: malformed JSON ({err})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or \
-            not isinstance(data.get("annotations"), list):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
+    ):
         raise IngestError(f"{path}: not a COCO annotation file (needs 'images' and 'annotations' lists)")
     return data
 
@@ -206,11 +221,21 @@ def _index(data: dict, path: Path) -> tuple[dict, dict]:
     return images, anns
 
 
-def load_coco_sample(image: str, label_map: str | None, height: int | None, width: int | None,
-                     annotations: list | None, stuff: list | None, crowd: str, background: str) -> Loaded:
+def load_coco_sample(
+    image: str,
+    label_map: str | None,
+    height: int | None,
+    width: int | None,
+    annotations: list | None,
+    stuff: list | None,
+    crowd: str,
+    background: str,
+) -> Loaded:
     img = load_image(image)
     if height is not None and (img.width, img.height) != (width, height):
-        raise IngestError(f"{image}: the annotation JSON says {width}x{height} but the image is {img.width}x{img.height}")
+        raise IngestError(
+            f"{image}: the annotation JSON says {width}x{height} but the image is {img.width}x{img.height}"
+        )
     h, w = img.height, img.width
     label_png = None
     if label_map is not None:
@@ -243,15 +268,20 @@ def coco_stuff_tasks(source: Path, settings) -> tuple[list[SampleTask], dict]:
     for split in ("train", "val"):
         name = f"{split}2017"
         image_dir = _first_dir(source / name, source / "images" / name)
-        map_dir = _first_dir(source / "stuffthingmaps_trainval2017" / name, source / "stuffthingmaps" / name,
-                             source / "annotations" / name)
+        map_dir = _first_dir(
+            source / "stuffthingmaps_trainval2017" / name,
+            source / "stuffthingmaps" / name,
+            source / "annotations" / name,
+        )
         inst_json = source / "annotations" / f"instances_{name}.json"
         stuff_json = source / "annotations" / f"stuff_{name}.json"
         if image_dir is None:
             continue
         if map_dir is None and not stuff_json.is_file():
-            raise IngestError(f"{source}: no labels for {name}: expected stuffthingmaps_trainval2017/{name}/ "
-                              f"or annotations/stuff_{name}.json")
+            raise IngestError(
+                f"{source}: no labels for {name}: expected stuffthingmaps_trainval2017/{name}/ "
+                f"or annotations/stuff_{name}.json"
+            )
         inst_images, inst_anns = _index(_read_json(inst_json), inst_json) if inst_json.is_file() else ({}, {})
         has_instances.append(inst_json.is_file())
         if map_dir is not None:
@@ -277,12 +307,22 @@ def coco_stuff_tasks(source: Path, settings) -> tuple[list[SampleTask], dict]:
                 meta = meta or smeta
             h, w = (int(meta["height"]), int(meta["width"])) if meta is not None else (None, None)
             files = tuple(str(p) for p in (img, label) if p is not None)
-            tasks.append(SampleTask(stem, split, img.relative_to(source).as_posix(), files,
-                                    partial(load_coco_sample, str(img), label, h, w, anns, stuff, crowd, background),
-                                    tag, [anns, stuff, h, w]))
+            tasks.append(
+                SampleTask(
+                    stem,
+                    split,
+                    img.relative_to(source).as_posix(),
+                    files,
+                    partial(load_coco_sample, str(img), label, h, w, anns, stuff, crowd, background),
+                    tag,
+                    [anns, stuff, h, w],
+                )
+            )
     if has_instances and any(has_instances) != all(has_instances):
-        raise IngestError(f"{source / 'annotations'}: instances JSON for one split only; add the other's "
-                          "(instances_train2017.json / instances_val2017.json) or remove it")
+        raise IngestError(
+            f"{source / 'annotations'}: instances JSON for one split only; add the other's "
+            "(instances_train2017.json / instances_val2017.json) or remove it"
+        )
     return tasks, class_table("coco-stuff", entries, has_instances=any(has_instances))
 
 

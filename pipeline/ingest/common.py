@@ -56,8 +56,14 @@ def encode_png(array: np.ndarray) -> bytes:
 def _png_params() -> list[int]:
     import cv2
 
-    return [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-            cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    return [
+        cv2.IMWRITE_PNG_COMPRESSION,
+        1,
+        cv2.IMWRITE_PNG_FILTER,
+        cv2.IMWRITE_PNG_FILTER_UP,
+        cv2.IMWRITE_PNG_STRATEGY,
+        cv2.IMWRITE_PNG_STRATEGY_RLE,
+    ]
 
 
 def load_image(path: Path | str) -> ImageData:
@@ -114,8 +120,10 @@ def read_index_map(path: Path | str, what: str = "label map") -> tuple[np.ndarra
     except (OSError, SyntaxError, ValueError) as err:
         raise IngestError(f"{path}: cannot read the {what} ({err})") from None
     if arr.ndim != 2:
-        raise IngestError(f"{path}: {what} must be a single-channel index image, got mode {mode} with shape "
-                          f"{arr.shape}; colour-coded maps are not class indices")
+        raise IngestError(
+            f"{path}: {what} must be a single-channel index image, got mode {mode} with shape "
+            f"{arr.shape}; colour-coded maps are not class indices"
+        )
     keep = path.read_bytes() if (fmt == "PNG" and mode == "L") else None
     return arr, keep
 
@@ -126,16 +134,24 @@ def default_color(i: int) -> list[int]:
     return [int(r * 255), int(g * 255), int(b * 255)]
 
 
-def class_table(dataset: str, entries: list[dict], *, has_instances: bool, contain_dontcare_label: bool = True,
-                **extra) -> dict:
+def class_table(
+    dataset: str, entries: list[dict], *, has_instances: bool, contain_dontcare_label: bool = True, **extra
+) -> dict:
     """The classes.json document (``entries``: [{index, name, color}] for 0..label_nc-1)."""
     if [e["index"] for e in entries] != list(range(len(entries))):
         raise IngestError(f"{dataset}: class indices must run 0..{len(entries) - 1} without gaps")
     if len(entries) > 255:
         raise IngestError(f"{dataset}: {len(entries)} classes; at most 255 are supported (255 is the dontcare value)")
-    return {"format_version": 1, "dataset": dataset, "label_nc": len(entries), "dontcare": DONTCARE,
-            "contain_dontcare_label": contain_dontcare_label, "has_instances": has_instances, "classes": entries,
-            **extra}
+    return {
+        "format_version": 1,
+        "dataset": dataset,
+        "label_nc": len(entries),
+        "dontcare": DONTCARE,
+        "contain_dontcare_label": contain_dontcare_label,
+        "has_instances": has_instances,
+        "classes": entries,
+        **extra,
+    }
 
 
 def read_class_file(root: Path) -> tuple[list[dict], dict]:
@@ -184,8 +200,10 @@ def read_class_file(root: Path) -> tuple[list[dict], dict]:
         if not entries:
             raise IngestError(f"{txt}: no classes listed")
         return entries, options
-    raise IngestError(f"{root}: no class file (missing classes.json or classes.txt); add one, e.g. classes.txt with "
-                      "one class name per line")
+    raise IngestError(
+        f"{root}: no class file (missing classes.json or classes.txt); add one, e.g. classes.txt with "
+        "one class name per line"
+    )
 
 
 def compact_ids(values: np.ndarray) -> np.ndarray:

@@ -53,6 +53,7 @@ def class_table() -> dict:
 
 # --- noise ----------------------------------------------------------------------------------
 
+
 def _noise(rng: np.random.Generator, h: int, w: int, cells_y: float, cells_x: float) -> np.ndarray:
     """Smooth value noise in [0, 1]: a random grid of about cells_y x cells_x cells, bilinear."""
     gh, gw = int(cells_y) + 2, int(cells_x) + 2
@@ -74,6 +75,7 @@ def _profile(rng: np.random.Generator, x: np.ndarray, points: int, lo: float, hi
 
 # --- the scene ------------------------------------------------------------------------------
 
+
 class _Scene:
     """Label, instance and image canvases for one sample, painted back to front."""
 
@@ -90,7 +92,7 @@ class _Scene:
         self.coarse = _noise(rng, h, w, 4, 4)
         self.root = self  # views share the root's id counter
 
-    def view(self, x0: float, x1: float, y0: float, y1: float) -> "_Scene":
+    def view(self, x0: float, x1: float, y0: float, y1: float) -> _Scene:
         """The same scene restricted to the box [x0, x1] x [y0, y1] (normalised, clipped, 1 px margin):
         views of the canvases, so an object costs its own area, not the frame's."""
         r0, r1 = max(0, int(np.floor(y0 * self.h)) - 1), min(self.h, int(np.ceil(y1 * self.h)) + 1)
@@ -136,7 +138,7 @@ def generate_sample(seed: int, index: int, width: int, height: int) -> tuple[np.
     t = np.clip(y / horizon, 0, 1)[..., None]
     zenith = _rgb(55, 110, 205) * (1 - golden) + _rgb(70, 95, 170) * golden
     low = _rgb(170, 205, 240) * (1 - golden) + _rgb(250, 190, 140) * golden
-    sky = zenith * (1 - t ** 1.5) + low * t ** 1.5
+    sky = zenith * (1 - t**1.5) + low * t**1.5
     glow = np.exp(-((x - sun_x) ** 2 + ((y - sun_y) * 1.6) ** 2) / 0.02)[..., None]
     sky = sky + glow * (_rgb(255, 240, 200) - sky) * 0.6
     s.img[:] = np.broadcast_to(sky, (h, w, 3))
@@ -162,8 +164,11 @@ def generate_sample(seed: int, index: int, width: int, height: int) -> tuple[np.
         snow_line = horizon - rng.uniform(0.16, 0.3)
         for k in range(ranges):
             near = k == ranges - 1
-            top, bottom = (horizon - rng.uniform(0.12, 0.3), horizon - rng.uniform(0.02, 0.08)) if near else \
-                (horizon - rng.uniform(0.2, 0.38), horizon - rng.uniform(0.05, 0.12))
+            top, bottom = (
+                (horizon - rng.uniform(0.12, 0.3), horizon - rng.uniform(0.02, 0.08))
+                if near
+                else (horizon - rng.uniform(0.2, 0.38), horizon - rng.uniform(0.05, 0.12))
+            )
             ridge = _profile(rng, x[0], int(rng.integers(4, 9)), top, bottom)[None, :]
             ridge = ridge + 0.012 * (s.mid[:1, :] - 0.5)
             body = (y >= ridge) & (y < horizon)
@@ -185,8 +190,11 @@ def generate_sample(seed: int, index: int, width: int, height: int) -> tuple[np.
     depth = np.clip((y - horizon) / (1 - horizon), 0, 1)  # 0 at the horizon, 1 at the bottom
     grass_base = _rgb(70, 145, 50) * (1 - golden * 0.3) + _rgb(120, 140, 40) * golden * 0.3
     stripes = 0.5 + 0.5 * np.sin((x * 40 + s.mid * 6) * np.pi)
-    grass = grass_base * (0.7 + 0.35 * s.coarse[..., None] + 0.25 * (s.fine[..., None] - 0.5)
-                          + 0.06 * stripes[..., None]) * (0.85 + 0.25 * depth[..., None])
+    grass = (
+        grass_base
+        * (0.7 + 0.35 * s.coarse[..., None] + 0.25 * (s.fine[..., None] - 0.5) + 0.06 * stripes[..., None])
+        * (0.85 + 0.25 * depth[..., None])
+    )
     s.paint(ground, "grass", grass, thing=False)
     shore = None
     if rng.random() < 0.6:
@@ -202,8 +210,12 @@ def generate_sample(seed: int, index: int, width: int, height: int) -> tuple[np.
             refl = refl * (0.92 + 0.1 * ripple[..., None])
             s.paint(water, "water", refl, thing=False)
             beach = ground & (y >= shore) & (y < shore + rng.uniform(0.025, 0.06)) & (shore > horizon + 0.01)
-            s.paint(beach, "sand", _rgb(220, 198, 145) * (0.85 + 0.2 * s.fine[..., None] + 0.1 * s.mid[..., None]),
-                    thing=False)
+            s.paint(
+                beach,
+                "sand",
+                _rgb(220, 198, 145) * (0.85 + 0.2 * s.fine[..., None] + 0.1 * s.mid[..., None]),
+                thing=False,
+            )
     dry = ground & (s.label != IDX["water"])
 
     # flowers: patches on the grass, dotted pink and yellow
@@ -224,7 +236,9 @@ def generate_sample(seed: int, index: int, width: int, height: int) -> tuple[np.
         s.paint(road, "road", asphalt, thing=False)
 
     # objects on the ground, painted far to near, each with its cast shadow on the ground
-    objects = [("house", rng.uniform(horizon + 0.08, 0.9)) for _ in range(rng.integers(0, 3) if rng.random() < 0.45 else 0)]
+    objects = [
+        ("house", rng.uniform(horizon + 0.08, 0.9)) for _ in range(rng.integers(0, 3) if rng.random() < 0.45 else 0)
+    ]
     objects += [("tree", rng.uniform(horizon + 0.03, 1.02)) for _ in range(rng.integers(2, 9))]
     objects += [("rock", rng.uniform(horizon + 0.05, 1.0)) for _ in range(rng.integers(0, 4))]
     objects.sort(key=lambda o: o[1])
@@ -274,8 +288,11 @@ def _tree(s: _Scene, rng, cx: float, base: float, scale: float, sun_dir: float, 
         cy = base - trunk_h - size * 0.85
         canopy = ((s.x - cx) / (size * 0.85)) ** 2 + ((s.y - cy) / size) ** 2 < 1 + 0.25 * (s.mid - 0.5)
         green = _rgb(40, 110, 40) * (1 - golden * 0.2) + _rgb(90, 110, 30) * golden * 0.2
-    light = 1.0 + 0.35 * sun_dir * np.clip((s.x - cx) / max(size, 1e-3), -1, 1) - 0.25 * np.clip(
-        (s.y - (base - trunk_h - size)) / max(size, 1e-3), -1, 1)
+    light = (
+        1.0
+        + 0.35 * sun_dir * np.clip((s.x - cx) / max(size, 1e-3), -1, 1)
+        - 0.25 * np.clip((s.y - (base - trunk_h - size)) / max(size, 1e-3), -1, 1)
+    )
     leaves = green * (0.65 + 0.6 * s.fine[..., None]) * light[..., None]
     bark = np.broadcast_to(_rgb(95, 65, 40) * (0.8 + 0.3 * s.fine[..., None]), leaves.shape)
     color = np.where(canopy[..., None], leaves, bark)
@@ -302,8 +319,11 @@ def _house(s: _Scene, rng, cx: float, base: float, scale: float, sun_dir: float)
     s = s.view(cx - 0.6 * bw, cx + 0.6 * bw, roof_top, base)
     inside = (s.x > left) & (s.x < left + bw)
     body = inside & (s.y > base - bh) & (s.y < base)
-    roof = (s.y <= base - bh) & (s.y > roof_top + np.abs(s.x - cx) * (base - bh - roof_top) / (bw * 0.55)) & \
-        (np.abs(s.x - cx) < bw * 0.55)
+    roof = (
+        (s.y <= base - bh)
+        & (s.y > roof_top + np.abs(s.x - cx) * (base - bh - roof_top) / (bw * 0.55))
+        & (np.abs(s.x - cx) < bw * 0.55)
+    )
     wall = _rgb(*rng.choice([(225, 210, 180), (235, 235, 225), (200, 170, 130)])) * (0.9 + 0.1 * s.fine[..., None])
     wall = wall * (1.0 + 0.12 * sun_dir * np.sign(s.x - cx))[..., None]
     u, v = (s.x - left) / bw, (s.y - (base - bh)) / bh
@@ -315,6 +335,7 @@ def _house(s: _Scene, rng, cx: float, base: float, scale: float, sun_dir: float)
 
 
 # --- tasks and the folder source ------------------------------------------------------------
+
 
 def _load_generated(seed: int, index: int, width: int, height: int):
     from pipeline.ingest.common import ImageData, encode_png
@@ -337,8 +358,16 @@ def demo_tasks(demo) -> tuple[list, dict]:
     tasks = []
     for split, name, index in _samples(demo):
         tag = f"{GENERATOR_VERSION}:{demo.seed}:{index}:{demo.width}x{demo.height}"
-        tasks.append(SampleTask(name, split, f"generated:{demo.seed}:{index}", (),
-                                partial(_load_generated, demo.seed, index, demo.width, demo.height), tag))
+        tasks.append(
+            SampleTask(
+                name,
+                split,
+                f"generated:{demo.seed}:{index}",
+                (),
+                partial(_load_generated, demo.seed, index, demo.width, demo.height),
+                tag,
+            )
+        )
     return tasks, class_table()
 
 
@@ -358,6 +387,10 @@ def write_demo_source(out_dir: Path | str, settings) -> Path:
                 (tmp / sub / split).mkdir(parents=True, exist_ok=True)
                 (tmp / sub / split / f"{name}.png").write_bytes(encode_png(arr))  # the bytes the demo format writes
         table = class_table()
-        doc = {"dataset": "demo", "contain_dontcare_label": table["contain_dontcare_label"], "classes": table["classes"]}
+        doc = {
+            "dataset": "demo",
+            "contain_dontcare_label": table["contain_dontcare_label"],
+            "classes": table["classes"],
+        }
         (tmp / "classes.json").write_text(json.dumps(doc, indent=2) + "\n")
     return out

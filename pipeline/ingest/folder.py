@@ -29,8 +29,15 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from pipeline.ingest.common import (IMAGE_EXTS, IngestError, class_table, compact_ids, load_image, read_class_file,
-                                    read_index_map)
+from pipeline.ingest.common import (
+    IMAGE_EXTS,
+    IngestError,
+    class_table,
+    compact_ids,
+    load_image,
+    read_class_file,
+    read_index_map,
+)
 from pipeline.ingest.writer import Loaded, SampleTask
 
 
@@ -49,8 +56,9 @@ def load_pair(image: str, label: str, instance: str | None = None, instance_mode
     return Loaded(img, lab, lab_png, inst)
 
 
-def pair_tasks(image_dir: Path, label_dir: Path, inst_dir: Path | None, split: str, source_root: Path,
-               instance_mode: str, tag: str) -> list[SampleTask]:
+def pair_tasks(
+    image_dir: Path, label_dir: Path, inst_dir: Path | None, split: str, source_root: Path, instance_mode: str, tag: str
+) -> list[SampleTask]:
     """One task per image of ``image_dir``; label and instance found by stem."""
     if not image_dir.is_dir():
         return []
@@ -59,9 +67,16 @@ def pair_tasks(image_dir: Path, label_dir: Path, inst_dir: Path | None, split: s
         label = label_dir / f"{img.stem}.png"
         inst = inst_dir / f"{img.stem}.png" if inst_dir is not None else None
         files = tuple(str(p) for p in (img, label, inst) if p is not None)
-        tasks.append(SampleTask(img.stem, split, img.relative_to(source_root).as_posix(), files,
-                                partial(load_pair, str(img), str(label), str(inst) if inst else None, instance_mode),
-                                tag))
+        tasks.append(
+            SampleTask(
+                img.stem,
+                split,
+                img.relative_to(source_root).as_posix(),
+                files,
+                partial(load_pair, str(img), str(label), str(inst) if inst else None, instance_mode),
+                tag,
+            )
+        )
     return tasks
 
 
@@ -70,10 +85,21 @@ def folder_tasks(source: Path, settings=None) -> tuple[list[SampleTask], dict]:
     has_inst = (source / "instances").is_dir()  # then every sample needs its instance map
     tasks = []
     for split in ("train", "val"):
-        tasks += pair_tasks(source / "images" / split, source / "labels" / split,
-                            source / "instances" / split if has_inst else None, split, source, "ids", "folder/1")
-    classes = class_table(str(options.get("dataset", "folder")), entries, has_instances=has_inst,
-                          contain_dontcare_label=bool(options.get("contain_dontcare_label", True)))
+        tasks += pair_tasks(
+            source / "images" / split,
+            source / "labels" / split,
+            source / "instances" / split if has_inst else None,
+            split,
+            source,
+            "ids",
+            "folder/1",
+        )
+    classes = class_table(
+        str(options.get("dataset", "folder")),
+        entries,
+        has_instances=has_inst,
+        contain_dontcare_label=bool(options.get("contain_dontcare_label", True)),
+    )
     return tasks, classes
 
 
@@ -86,11 +112,20 @@ def spade_tasks(source: Path, settings=None) -> tuple[list[SampleTask], dict]:
 
         entries, dataset = read_labels_txt(source / "labels.txt"), "coco-stuff"
     else:
-        raise IngestError(f"{source}: missing class file; the spade layout carries no class names: add classes.json "
-                          "or classes.txt, or the COCO-Stuff labels.txt")
+        raise IngestError(
+            f"{source}: missing class file; the spade layout carries no class names: add classes.json "
+            "or classes.txt, or the COCO-Stuff labels.txt"
+        )
     has_inst = any((source / f"{s}_inst").is_dir() for s in ("train", "val"))
     tasks = []
     for split in ("train", "val"):
-        tasks += pair_tasks(source / f"{split}_img", source / f"{split}_label",
-                            source / f"{split}_inst" if has_inst else None, split, source, "spade", "spade/1")
+        tasks += pair_tasks(
+            source / f"{split}_img",
+            source / f"{split}_label",
+            source / f"{split}_inst" if has_inst else None,
+            split,
+            source,
+            "spade",
+            "spade/1",
+        )
     return tasks, class_table(dataset, entries, has_instances=has_inst)

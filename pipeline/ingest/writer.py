@@ -16,11 +16,11 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
@@ -30,8 +30,19 @@ from pipeline.ingest.common import DONTCARE, ImageData, IngestError, encode_png
 from pipeline.io import atomic_path, atomic_write_json
 
 SPLITS = ("train", "val")
-MANIFEST_COLUMNS = ("id", "split", "image", "label", "instance", "edge", "width", "height", "source", "source_hash",
-                    "dataset")
+MANIFEST_COLUMNS = (
+    "id",
+    "split",
+    "image",
+    "label",
+    "instance",
+    "edge",
+    "width",
+    "height",
+    "source",
+    "source_hash",
+    "dataset",
+)
 HASH_VERSION = "prepared/1"  # bump when the way outputs are written changes, so old outputs are redone
 
 
@@ -140,19 +151,27 @@ def _process(job: _Job, digest: str) -> tuple[dict, np.ndarray]:
         raise IngestError(f"{where}: label map has non-integer values ({label.dtype})")
     lo, hi = (int(label.min()), int(label.max())) if label.size else (0, 0)
     if lo < 0 or hi > 65535:
-        raise IngestError(f"{where}: label value {lo if lo < 0 else hi} is outside the class table "
-                          f"(0..{job.label_nc - 1}, {DONTCARE} = dontcare)")
+        raise IngestError(
+            f"{where}: label value {lo if lo < 0 else hi} is outside the class table "
+            f"(0..{job.label_nc - 1}, {DONTCARE} = dontcare)"
+        )
     counts = np.bincount(label.ravel(), minlength=256)
     present = np.flatnonzero(counts)
     bad = present[(present >= job.label_nc) & (present != DONTCARE)]
     if bad.size:
-        raise IngestError(f"{where}: label value {int(bad[0])} is outside the class table "
-                          f"(0..{job.label_nc - 1}, {DONTCARE} = dontcare)")
+        raise IngestError(
+            f"{where}: label value {int(bad[0])} is outside the class table "
+            f"(0..{job.label_nc - 1}, {DONTCARE} = dontcare)"
+        )
     if instance is not None:
         if instance.shape != (h, w):
-            raise IngestError(f"{where}: instance map is {instance.shape[1]}x{instance.shape[0]} but the image is {w}x{h}")
+            raise IngestError(
+                f"{where}: instance map is {instance.shape[1]}x{instance.shape[0]} but the image is {w}x{h}"
+            )
         if instance.size and (int(instance.min()) < 0 or int(instance.max()) > 65535):
-            raise IngestError(f"{where}: instance ids must be 0..65535, got {int(instance.min())}..{int(instance.max())}")
+            raise IngestError(
+                f"{where}: instance ids must be 0..65535, got {int(instance.min())}..{int(instance.max())}"
+            )
     rel = _paths(task, image.ext, instance is not None)
     root = Path(job.new_root)
     (root / rel["image"]).write_bytes(image.data)
@@ -161,8 +180,16 @@ def _process(job: _Job, digest: str) -> tuple[dict, np.ndarray]:
     if instance is not None:
         (root / rel["instance"]).write_bytes(encode_png(instance.astype(np.uint16)))
         (root / rel["edge"]).write_bytes(encode_png(instance_edges(instance)))
-    row = {"id": task.id, "split": task.split, **rel, "width": w, "height": h, "source": task.source,
-           "source_hash": digest, "dataset": job.dataset}
+    row = {
+        "id": task.id,
+        "split": task.split,
+        **rel,
+        "width": w,
+        "height": h,
+        "source": task.source,
+        "source_hash": digest,
+        "dataset": job.dataset,
+    }
     return row, counts[:256].astype(np.int64)
 
 
@@ -264,8 +291,17 @@ def _alive(pid: str) -> bool:
     return True
 
 
-def write_prepared(tasks: list[SampleTask], classes: dict, out: Path, *, workers: int = 1, on_error: str = "fail",
-                   progress: bool = True, fmt: str = "", source: str = "") -> dict:
+def write_prepared(
+    tasks: list[SampleTask],
+    classes: dict,
+    out: Path,
+    *,
+    workers: int = 1,
+    on_error: str = "fail",
+    progress: bool = True,
+    fmt: str = "",
+    source: str = "",
+) -> dict:
     """Prepare ``tasks`` into ``out`` (see the module docstring); returns the stats."""
     import pandas as pd
 
@@ -275,8 +311,10 @@ def write_prepared(tasks: list[SampleTask], classes: dict, out: Path, *, workers
         if t.split not in SPLITS:
             raise IngestError(f"{t.source}: split must be one of {SPLITS}, got {t.split!r}")
         if (t.split, t.id) in seen:
-            raise IngestError(f"{t.source}: two source samples share the id {t.id!r} in the {t.split} split "
-                              "(e.g. the same name with two extensions)")
+            raise IngestError(
+                f"{t.source}: two source samples share the id {t.id!r} in the {t.split} split "
+                "(e.g. the same name with two extensions)"
+            )
         seen.add((t.split, t.id))
     recover(out)
     old_rows = _old_state(out, classes)
