@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/ruff check gaugan pipeline bench tests
+	$(BIN)/ruff format --check gaugan pipeline bench tests
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 demo: install

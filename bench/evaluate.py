@@ -51,8 +51,8 @@ def _images(n: int, size: int, batch: int, seed: int = 0) -> list[torch.Tensor]:
 def bench_features(
     images: int, batch: int, sizes: list[int], inception_weights: str | None, device: torch.device
 ) -> list[dict]:
+    from pipeline.errors import FeatureWeightsError
     from pipeline.evaluation.features import (
-        FeatureWeightsError,
         inception_backbone,
         resolve_inception_weights,
         tiny_backbone,
@@ -89,17 +89,14 @@ def bench_features(
 def _demo_generator(path: Path, model: dict, label_nc: int, crop_size: int) -> Path:
     """params.yaml's model section at ``crop_size``, random weights, saved as the train stage saves it."""
     from gaugan.checkpoint import save_generator
+    from gaugan.classes import ClassTable
     from gaugan.config import GauGANConfig
     from gaugan.generator import SPADEGenerator
 
     keys = ("ngf", "z_dim", "spade_hidden", "use_vae", "use_instance", "num_upsampling_layers", "norm_G")
     config = GauGANConfig(label_nc=label_nc, crop_size=crop_size, **{k: model[k] for k in keys})
     torch.manual_seed(0)
-    classes = {
-        "dataset": "bench",
-        "label_nc": label_nc,
-        "classes": [{"index": i, "name": str(i), "color": [0, 0, 0]} for i in range(label_nc)],
-    }
+    classes = ClassTable("bench", tuple(str(i) for i in range(label_nc)), tuple((i, i, i) for i in range(label_nc)))
     save_generator(path, SPADEGenerator(config), None, config, classes, {})
     return path
 
@@ -122,7 +119,9 @@ def bench_synthesis(images: int, batch: int, sizes: list[int], device: torch.dev
         batches = [(labels[i : i + batch], instances[i : i + batch]) for i in range(0, images, batch)]
         use_inst = synth.config.use_instance
         ips = _timed(
-            lambda b: synth(b[0], instances=b[1] if use_inst else None, seed=0, batch_size=batch),
+            lambda b, synth=synth, use_inst=use_inst: synth(
+                b[0], instances=b[1] if use_inst else None, seed=0, batch_size=batch
+            ),
             batches,
             count=lambda b: len(b[0]),
         )

@@ -5,7 +5,7 @@ The source is synthetic but built from real annotation shapes: every image takes
 640x480; its stuffthingmap paints those things over random stuff blocks; its JPEG is textured
 noise. Measured:
 
-- ``pipeline``: ``run_ingest('coco-stuff', ...)`` at 1 and 2 workers (fresh output each run),
+- ``pipeline``: ``pipeline.datasets.prepare`` of the coco-stuff source at 1 and 2 workers (fresh output each run),
 - ``naive``: the same outputs the plain way, in one process: full JPEG decode, pycocotools
   ``COCO.annToMask`` per annotation painted on full frames, PIL's default PNG encoding,
 - ``rasterize``: the instance-map step alone, the pipeline's RLE painting vs the annToMask loop.
@@ -57,8 +57,8 @@ def _rescale(ann: dict, sx: float, sy: float, src_hw: tuple[int, int]) -> dict:
 
 
 def build_source(root: Path, n_images: int, seed: int = 0) -> dict:
-    """Write a COCO-Stuff source (layout of pipeline.ingest.coco_stuff) with ``n_images``."""
-    from pipeline.ingest.coco_stuff import rasterize_instances
+    """Write a COCO-Stuff source (layout of pipeline.datasets.coco_stuff) with ``n_images``."""
+    from pipeline.datasets.coco_stuff import rasterize_instances
 
     real = json.loads((FIXTURES / "coco/instances_train2017_subset20_rikai.json").read_text())
     by_image = {im["id"]: [] for im in real["images"]}
@@ -134,7 +134,7 @@ def raster_only(src: Path) -> dict:
 
     from pycocotools.coco import COCO
 
-    from pipeline.ingest.coco_stuff import rasterize_instances
+    from pipeline.datasets.coco_stuff import rasterize_instances
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(src / "annotations/instances_train2017.json"))
@@ -185,7 +185,10 @@ def main(argv=None) -> dict:
     import pandas  # noqa: F401 - imported up front so no timed run pays for it
     from pycocotools.coco import COCO  # noqa: F401
 
-    from pipeline.ingest import run_ingest
+    from pipeline.datasets import prepare
+    from pipeline.params import load_params
+
+    data = load_params(ROOT / "params.yaml").data.model_copy(update={"format": "coco-stuff"})
 
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         tmp = Path(tmp)
@@ -196,7 +199,7 @@ def main(argv=None) -> dict:
         def pipeline(workers: int):
             out = tmp / f"out-{workers}"
             shutil.rmtree(out, ignore_errors=True)
-            run_ingest("coco-stuff", src, out, workers=workers, progress=False)
+            prepare(data.model_copy(update={"workers": workers}), src, out, progress=False)
 
         def naive():
             out = tmp / "naive"
@@ -209,7 +212,7 @@ def main(argv=None) -> dict:
         result["images_per_s"]["naive_1_process"] = round(args.images / wall, 2)
         result["cpu_ms_per_image"]["naive_1_process"] = round(cpu / args.images * 1e3, 2)
         for w in args.workers:
-            wall, cpu = _best(lambda: pipeline(w), args.repeats)
+            wall, cpu = _best(lambda w=w: pipeline(w), args.repeats)
             result["images_per_s"][f"pipeline_{w}_workers"] = round(args.images / wall, 2)
             result["cpu_ms_per_image"][f"pipeline_{w}_workers"] = round(cpu / args.images * 1e3, 2)
         ips = result["images_per_s"]

@@ -184,9 +184,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         vgg, vgg_note = vgg_weights(args.vgg, Path(tmp))
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
         print(
-            f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-            f"precision {args.precision}, channels_last {args.channels_last}, compile {args.compile}, VGG loss: {vgg_note}"
+            f"device {device} ({where}), precision {args.precision}, channels_last {args.channels_last}, "
+            f"compile {args.compile}, VGG loss: {vgg_note}"
         )
         for name, config in settings(args).items():
             r = bench(name, config, args, device, vgg)

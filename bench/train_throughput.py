@@ -40,12 +40,10 @@ def make_project(tmp: Path, steps: int, batch: int, workers: int) -> Path:
     )
     raw["mlflow"] = {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "bench"}
     (tmp / "params.yaml").write_text(yaml.safe_dump(raw))
-    from pipeline.ingest import run_ingest
+    from pipeline.datasets import prepare
 
     params = load_params(tmp / "params.yaml")
-    run_ingest(
-        "demo", tmp / "unused", tmp / params.data.out, workers=2, on_error="fail", settings=params.data, progress=False
-    )
+    prepare(params.data, tmp / "unused", tmp / params.data.out, progress=False)
     return tmp
 
 
@@ -76,7 +74,7 @@ def train_ips(project: Path, nproc: int) -> float:
 def loader_ips(project: Path, batches: int, workers: int) -> float:
     from gaugan.data import PreparedDataset
     from gaugan.transforms import Geometry
-    from pipeline.train_data import build_train_loader
+    from pipeline.training.loader import build_train_loader
 
     params = load_params(project / "params.yaml")
     t = params.train

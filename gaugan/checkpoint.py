@@ -6,19 +6,19 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn as nn
 
+from gaugan.classes import ClassTable
 from gaugan.config import GauGANConfig
 from gaugan.encoder import ConvEncoder
+from gaugan.errors import CheckpointError, MissingFileError
 from gaugan.generator import SPADEGenerator
 
 FORMAT = "gaugan-generator/1"
-
-
-class CheckpointError(ValueError):
-    """A file that is not the expected checkpoint, or does not fit the network."""
+__all__ = ["CheckpointError", "LoadedGenerator", "load_generator", "load_reference_checkpoint", "save_generator"]
 
 
 @dataclass
@@ -26,7 +26,7 @@ class LoadedGenerator:
     netG: SPADEGenerator
     netE: ConvEncoder | None
     config: GauGANConfig
-    classes: dict
+    classes: ClassTable | None  # None only in files written without one
     meta: dict
 
 
@@ -34,7 +34,7 @@ def unwrap(module: nn.Module) -> nn.Module:
     """The plain module under torch.compile and DDP wrappers."""
     while True:
         if hasattr(module, "_orig_mod"):
-            module = module._orig_mod
+            module = cast(nn.Module, module._orig_mod)
         elif isinstance(module, nn.parallel.DistributedDataParallel):
             module = module.module
         else:
@@ -62,17 +62,17 @@ def atomic_save(obj, path: Path | str) -> None:
 
 
 def save_generator(
-    path: Path | str, netG: nn.Module, netE: nn.Module | None, config: GauGANConfig, classes: dict, meta: dict
+    path: Path | str, netG: nn.Module, netE: nn.Module | None, config: GauGANConfig, classes: ClassTable, meta: dict
 ) -> None:
     """Write {format, config, classes, meta, G, E} atomically; it loads with ``torch.load(weights_only=True)``.
 
-    ``classes`` is the prepared dataset's classes.json content, ``meta`` any provenance (run id,
-    data version, step); both must be plain JSON-like values.
+    ``classes`` is the prepared dataset's class table, ``meta`` any provenance (run id, dataset id,
+    step) as plain JSON-like values.
     """
     payload = {
         "format": FORMAT,
         "config": config.to_dict(),
-        "classes": classes,
+        "classes": classes.to_dict(),
         "meta": meta,
         "G": _plain_state(netG),
         "E": _plain_state(netE) if netE is not None else None,
@@ -84,7 +84,7 @@ def load_generator(path: Path | str, device: torch.device | str = "cpu") -> Load
     """A file written by :func:`save_generator` -> eval-mode networks on ``device`` and their settings."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such generator file; run the train stage or give the right path")
+        raise MissingFileError(f"{path}: no such generator file; run the train stage or give the right path")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not our file"
@@ -106,7 +106,8 @@ def load_generator(path: Path | str, device: torch.device | str = "cpu") -> Load
         _load_strict(netE, payload["E"], f"{path} [E]")
         netE = netE.to(device).eval().requires_grad_(False)
     netG = netG.to(device).eval().requires_grad_(False)
-    return LoadedGenerator(netG, netE, config, payload.get("classes") or {}, payload.get("meta") or {})
+    classes = ClassTable.from_dict(payload["classes"], f"{path} [classes]") if payload.get("classes") else None
+    return LoadedGenerator(netG, netE, config, classes, payload.get("meta") or {})
 
 
 def _load_strict(module: nn.Module, state: dict, source: str) -> None:
@@ -143,7 +144,7 @@ def load_reference_checkpoint(module: nn.Module, path: Path | str) -> nn.Module:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise MissingFileError(f"{path}: no such checkpoint file")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}  # saved from a DataParallel wrapper

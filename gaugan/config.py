@@ -4,13 +4,40 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from gaugan.errors import ConfigError
 
 UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
-# [spectral]spade<batch|syncbatch|instance><k>x<k>, or a plain (SPADE-less) norm for ablations
-NORM_G_PATTERN = re.compile(
-    r"^(spectral)?spade(batch|syncbatch|instance)([13579])x\3$|^(spectral)?(batch|syncbatch|instance)$"
-)
+# [spectral]<batch|syncbatch|instance|none> for D and E
 NORM_DE_PATTERN = re.compile(r"^(spectral)?(batch|syncbatch|instance|none)?$")
+
+
+def size_hw(width: int, aspect_ratio: float = 1.0) -> tuple[int, int]:
+    """(H, W) of an image ``width`` pixels wide at ``aspect_ratio`` = width / height."""
+    return max(1, round(width / aspect_ratio)), int(width)
+
+
+def parse_norm_G(norm_G: str) -> tuple[bool, bool, str, int]:
+    """'spectralspadesyncbatch3x3' -> (spectral=True, spade=True, 'syncbatch', kernel 3).
+
+    A norm_G without 'spade' ('instance', 'spectralbatch', ...) builds the same generator with a
+    plain parameter-free norm and no modulation: the ablation of the paper's Sec. 3.
+    """
+    spectral = norm_G.startswith("spectral")
+    rest = norm_G[len("spectral") :] if spectral else norm_G
+    match = re.fullmatch(r"spade(batch|syncbatch|instance)(\d)x(\d)", rest)
+    if match:
+        ks = int(match.group(2))
+        if ks != int(match.group(3)) or ks % 2 == 0:
+            raise ConfigError(f"norm_G {norm_G!r}: the SPADE kernel must be square and odd (e.g. 3x3)")
+        return spectral, True, match.group(1), ks
+    if rest in ("batch", "syncbatch", "instance"):
+        return spectral, False, rest, 0
+    raise ConfigError(
+        f"norm_G {norm_G!r} is not [spectral]spade<batch|syncbatch|instance><k>x<k> "
+        "(e.g. spectralspadesyncbatch3x3) or a plain [spectral]<batch|syncbatch|instance>"
+    )
 
 
 @dataclass(frozen=True)
@@ -43,11 +70,10 @@ class GauGANConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
-        if not NORM_G_PATTERN.match(str(self.norm_G)):
-            problems.append(
-                f"norm_G {self.norm_G!r} is not [spectral]spade<batch|syncbatch|instance><k>x<k> "
-                "(e.g. spectralspadesyncbatch3x3) or a plain [spectral]<batch|syncbatch|instance>"
-            )
+        try:
+            parse_norm_G(str(self.norm_G))
+        except ConfigError as err:
+            problems.append(str(err))
         for name in ("norm_D", "norm_E"):
             if not NORM_DE_PATTERN.match(str(getattr(self, name))):
                 problems.append(f"{name} {getattr(self, name)!r} is not [spectral]<batch|syncbatch|instance|none>")
@@ -58,7 +84,7 @@ class GauGANConfig:
                 f"num_upsampling_layers 'most' halves ngf in its last block: ngf must be even, got {self.ngf}"
             )
         if problems:
-            raise ValueError("invalid GauGAN config: " + "; ".join(problems))
+            raise ConfigError("invalid GauGAN config: " + "; ".join(problems))
 
     @property
     def semantic_nc(self) -> int:
@@ -84,15 +110,15 @@ class GauGANConfig:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"unknown GauGAN config keys {unknown}; known keys: {known}")
+            raise ConfigError(f"unknown GauGAN config keys {unknown}; known keys: {known}")
         if "label_nc" not in data:
-            raise ValueError("GauGAN config needs label_nc (the number of classes)")
+            raise ConfigError("GauGAN config needs label_nc (the number of classes)")
         return cls(**data)
 
 
 # The reference's dataset modes (NVlabs/SPADE data/*_dataset.py modify_commandline_options) on top of
 # its option defaults; the key/shape layouts in shared/reference/spade_checkpoint_keys.md come from these.
-REFERENCE_SETTINGS = {
+REFERENCE_SETTINGS: dict[str, dict[str, Any]] = {
     "ade20k": dict(label_nc=150, contain_dontcare_label=True, use_instance=False),
     "coco-stuff": dict(label_nc=182, contain_dontcare_label=True, use_instance=True),
     "cityscapes": dict(label_nc=35, contain_dontcare_label=False, use_instance=True, crop_size=512, aspect_ratio=2.0),
@@ -102,7 +128,7 @@ REFERENCE_SETTINGS = {
 def reference_setting(name: str, use_vae: bool = False) -> GauGANConfig:
     """The reference implementation's settings for its published checkpoints."""
     if name not in REFERENCE_SETTINGS:
-        raise ValueError(f"unknown reference setting {name!r}; choose one of {sorted(REFERENCE_SETTINGS)}")
+        raise ConfigError(f"unknown reference setting {name!r}; choose one of {sorted(REFERENCE_SETTINGS)}")
     return GauGANConfig(**REFERENCE_SETTINGS[name], use_vae=use_vae)
 
 

@@ -1,88 +1,58 @@
-"""Reader of the prepared dataset format (written by ``pipeline.ingest``).
+"""Reader of the prepared dataset format (written by the ingest stage, ``pipeline.datasets``).
 
-Layout: ``manifest.parquet`` (one row per sample), ``classes.json`` (class table),
+Layout: ``manifest.parquet`` (one row per sample), ``classes.json`` (the :class:`ClassTable`),
 ``images/``, ``labels/`` (uint8/uint16 class indices, 255 = dontcare), ``instances/`` (ids, 0 =
 none) and ``edges/``. Label PNGs are read as raw indices, never converted.
+
+A prepared dataset has one identity, :func:`dataset_id`: a hash of its class table and of the
+manifest's (split, id, source hash) rows. Generator and segmenter files, MLflow runs and registered
+versions all record it under that name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from gaugan.classes import ClassTable
+from gaugan.errors import DatasetError, MissingFileError
 
-@dataclass(frozen=True)
-class ClassTable:
-    """classes.json as read: ``names[i]`` and ``colors[i]`` describe label value ``i``."""
-
-    dataset: str
-    label_nc: int
-    dontcare: int = 255
-    contain_dontcare_label: bool = True
-    has_instances: bool = False
-    names: list[str] = field(default_factory=list)
-    colors: list[tuple[int, int, int]] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {
-            "format_version": 1,
-            "dataset": self.dataset,
-            "label_nc": self.label_nc,
-            "dontcare": self.dontcare,
-            "contain_dontcare_label": self.contain_dontcare_label,
-            "has_instances": self.has_instances,
-            "classes": [
-                {"index": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(zip(self.names, self.colors))
-            ],
-        }
+MANIFEST_FILE = "manifest.parquet"
+SPLITS = ("train", "val")
 
 
-def class_table_from_dict(data: dict, source: str = "classes.json") -> ClassTable:
-    try:
-        classes = sorted(data["classes"], key=lambda c: int(c["index"]))
-        table = ClassTable(
-            dataset=str(data["dataset"]),
-            label_nc=int(data["label_nc"]),
-            dontcare=int(data.get("dontcare", 255)),
-            contain_dontcare_label=bool(data.get("contain_dontcare_label", True)),
-            has_instances=bool(data.get("has_instances", False)),
-            names=[str(c["name"]) for c in classes],
-            colors=[tuple(int(v) for v in c["color"]) for c in classes],
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{source}: malformed class table ({err!r}); re-run the ingest stage") from None
-    if len(table.names) != table.label_nc:
-        raise ValueError(f"{source}: label_nc is {table.label_nc} but {len(table.names)} classes are listed")
-    if [int(c["index"]) for c in classes] != list(range(table.label_nc)):
-        raise ValueError(f"{source}: class indices must be 0..{table.label_nc - 1}, each once")
-    return table
+def read_manifest(root: Path | str, columns: list[str] | None = None):
+    """The manifest as a pandas DataFrame; errors name the file and the fix."""
+    import pandas as pd
 
-
-def load_class_table(root: Path | str) -> ClassTable:
-    path = Path(root) / "classes.json"
+    path = Path(root) / MANIFEST_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no class table; run the ingest stage to prepare {root}")
+        raise MissingFileError(f"{path}: no manifest; run the ingest stage to prepare {root}")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); re-run the ingest stage") from None
-    return class_table_from_dict(data, str(path))
+        manifest = pd.read_parquet(path, columns=columns)
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise DatasetError(f"{path}: unreadable manifest ({err}); re-run the ingest stage") from None
+    return manifest
 
 
-def colorize(label: np.ndarray, classes: ClassTable) -> np.ndarray:
-    """Class indices [H,W] -> RGB uint8 [H,W,3] with the class colours; dontcare and any value
-    outside 0..label_nc-1 are black."""
-    palette = np.zeros((classes.label_nc + 1, 3), dtype=np.uint8)  # last row: black
-    if classes.colors:
-        palette[: len(classes.colors)] = np.asarray(classes.colors, dtype=np.uint8)
-    label = np.asarray(label).astype(np.int64)
-    valid = (label >= 0) & (label < classes.label_nc)
-    return palette[np.where(valid, label, classes.label_nc)]
+def split_size(root: Path | str, split: str) -> int:
+    """Number of samples of ``split`` (0 when the split is absent)."""
+    return int((read_manifest(root, ["split"])["split"] == split).sum())
+
+
+def dataset_id(root: Path | str) -> str:
+    """The prepared dataset's identity: 16 hex digits of a sha256 over its class table and its
+    manifest's (split, id, source hash) rows. Equal ids mean the same samples and the same classes."""
+    classes = ClassTable.load(root).to_dict()
+    manifest = read_manifest(root, ["split", "id", "source_hash"])
+    rows = sorted(zip(*(manifest[c].astype(str) for c in ("split", "id", "source_hash")), strict=True))
+    payload = json.dumps({"classes": classes, "samples": rows}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 class PreparedDataset(Dataset):
@@ -94,25 +64,19 @@ class PreparedDataset(Dataset):
     """
 
     def __init__(self, root: Path | str, split: str, transform=None, load_instances: bool = True):
-        import pandas as pd
-
         self.root = Path(root)
-        manifest_path = self.root / "manifest.parquet"
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"{manifest_path}: no manifest; run the ingest stage to prepare {self.root}")
-        self.classes = load_class_table(self.root)
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        try:
-            manifest = pd.read_parquet(manifest_path)
-        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-            raise ValueError(f"{manifest_path}: unreadable manifest ({err}); re-run the ingest stage") from None
+        if split not in SPLITS:
+            raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
+        manifest = read_manifest(self.root)
+        self.classes = ClassTable.load(self.root)
         missing = {"id", "split", "image", "label", "instance"} - set(manifest.columns)
         if missing:
-            raise ValueError(f"{manifest_path}: manifest lacks the columns {sorted(missing)}; re-run the ingest stage")
+            raise DatasetError(
+                f"{self.root / MANIFEST_FILE}: manifest lacks the columns {sorted(missing)}; re-run the ingest stage"
+            )
         rows = manifest[manifest["split"] == split].sort_values("id").astype(object)
         if rows.empty:
-            raise ValueError(f"{manifest_path}: the {split!r} split is empty")
+            raise DatasetError(f"{self.root / MANIFEST_FILE}: the {split!r} split is empty")
         self.rows = rows.to_dict("records")
         self.ids = [r["id"] for r in self.rows]
         self.split = split
@@ -127,10 +91,10 @@ class PreparedDataset(Dataset):
         try:
             with Image.open(path) as im:
                 if rgb and im.mode != "RGB":
-                    im = im.convert("RGB")  # images only: maps are always read as raw indices
+                    return np.array(im.convert("RGB"))  # images only: maps are always read as raw indices
                 return np.array(im)
         except OSError as err:  # FileNotFoundError included
-            raise FileNotFoundError(f"{path}: cannot read ({err}); re-run the ingest stage") from None
+            raise MissingFileError(f"{path}: cannot read ({err}); re-run the ingest stage") from None
 
     def __getitem__(self, index: int) -> dict:
         row = self.rows[index]

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gaugan.errors import InputError
+
 if TYPE_CHECKING:
     import torch
 
@@ -19,7 +21,7 @@ def instance_edges(inst: np.ndarray) -> np.ndarray:
     """``inst`` [H,W] integer ids -> uint8 [H,W], 255 on boundaries, else 0."""
     inst = np.asarray(inst)
     if inst.ndim != 2:
-        raise ValueError(f"instance map must be [H,W], got shape {inst.shape}")
+        raise InputError(f"instance map must be [H,W], got shape {inst.shape}")
     edge = np.zeros(inst.shape, dtype=bool)
     horizontal = inst[:, 1:] != inst[:, :-1]
     vertical = inst[1:, :] != inst[:-1, :]
@@ -37,7 +39,7 @@ def instance_edges_torch(inst: torch.Tensor) -> torch.Tensor:
     if inst.dim() == 3:
         inst = inst.unsqueeze(1)
     if inst.dim() != 4 or inst.shape[1] != 1:
-        raise ValueError(f"instance maps must be [B,H,W] or [B,1,H,W], got shape {tuple(inst.shape)}")
+        raise InputError(f"instance maps must be [B,H,W] or [B,1,H,W], got shape {tuple(inst.shape)}")
     edge = torch.zeros(inst.shape, dtype=torch.bool, device=inst.device)
     horizontal = inst[..., :, 1:] != inst[..., :, :-1]
     vertical = inst[..., 1:, :] != inst[..., :-1, :]

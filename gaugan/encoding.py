@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-DONTCARE = 255
+from gaugan.classes import DONTCARE
+from gaugan.errors import InputError
 
 
 def encode_labels(
@@ -13,15 +14,15 @@ def encode_labels(
     """``label`` int [B,H,W] (or [B,1,H,W]) -> float [B, label_nc (+1 dontcare) (+1 edge), H, W].
 
     Value ``c`` sets channel ``c``; 255 sets the dontcare channel (index ``label_nc``) when the
-    model has one. Any other value is a ValueError naming it: silently clamping would train on
+    model has one. Any other value is an InputError naming it: silently clamping would train on
     wrong classes. ``edges`` float [B,1,H,W] (1 on instance boundaries) becomes the last channel.
     """
     if label.dim() == 4 and label.shape[1] == 1:
         label = label[:, 0]
     if label.dim() != 3:
-        raise ValueError(f"label maps must be [B,H,W] or [B,1,H,W], got shape {tuple(label.shape)}")
+        raise InputError(f"label maps must be [B,H,W] or [B,1,H,W], got shape {tuple(label.shape)}")
     if label.is_floating_point():
-        raise ValueError(f"label maps must hold integer class indices, got dtype {label.dtype}")
+        raise InputError(f"label maps must hold integer class indices, got dtype {label.dtype}")
     label = label.long()
     nc = label_nc + int(contain_dontcare_label)
     index = label
@@ -31,7 +32,7 @@ def encode_labels(
     if bool(bad.any()):
         values = sorted(set(label[bad].unique()[:5].tolist()))
         allowed = f"0..{label_nc - 1}" + (f" or {DONTCARE} (dontcare)" if contain_dontcare_label else "")
-        raise ValueError(
+        raise InputError(
             f"label value {values[0]} is outside the class table: allowed values are {allowed}"
             + (f" (also found {values[1:]})" if len(values) > 1 else "")
         )
@@ -41,7 +42,7 @@ def encode_labels(
         if edges.dim() == 3:
             edges = edges.unsqueeze(1)
         if tuple(edges.shape) != (label.shape[0], 1, label.shape[1], label.shape[2]):
-            raise ValueError(
+            raise InputError(
                 f"edge maps {tuple(edges.shape)} do not match label maps {tuple(label.shape)}; expected [B,1,H,W]"
             )
         one_hot = torch.cat([one_hot, edges.to(device=one_hot.device, dtype=one_hot.dtype)], dim=1)

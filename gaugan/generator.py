@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gaugan.config import GauGANConfig
+from gaugan.errors import InputError
 from gaugan.layers import SPADEResnetBlock
 
 
@@ -25,7 +26,7 @@ class SPADEGenerator(nn.Module):
         nf, norm, sem, hid = config.ngf, config.norm_G, config.semantic_nc, config.spade_hidden
         self.sh, self.sw = config.latent_hw
         if config.use_vae:
-            self.fc = nn.Linear(config.z_dim, 16 * nf * self.sh * self.sw)
+            self.fc: nn.Linear | nn.Conv2d = nn.Linear(config.z_dim, 16 * nf * self.sh * self.sw)
         else:
             self.fc = nn.Conv2d(sem, 16 * nf, 3, padding=1)
         self.head_0 = SPADEResnetBlock(16 * nf, 16 * nf, norm, sem, hid)
@@ -42,10 +43,10 @@ class SPADEGenerator(nn.Module):
         self.conv_img = nn.Conv2d(final_nc, 3, 3, padding=1)
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
-        """The first feature map's size for an input of this size (ValueError if it does not divide)."""
+        """The first feature map's size for an input of this size (InputError if it does not divide)."""
         scale = 2**self.config.num_upsamplings
         if height % scale or width % scale:
-            raise ValueError(
+            raise InputError(
                 f"input size {height}x{width} is not a multiple of {scale} "
                 f"(num_upsampling_layers={self.config.num_upsampling_layers!r}); resize or crop it"
             )
@@ -54,7 +55,7 @@ class SPADEGenerator(nn.Module):
     def forward(self, seg: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         if seg.dim() != 4 or seg.shape[1] != cfg.semantic_nc:
-            raise ValueError(f"expected an encoded label map [B,{cfg.semantic_nc},H,W], got {tuple(seg.shape)}")
+            raise InputError(f"expected an encoded label map [B,{cfg.semantic_nc},H,W], got {tuple(seg.shape)}")
         sh, sw = self.latent_size(seg.shape[2], seg.shape[3])
         if cfg.use_vae:
             if z is None:  # no style: a random one from the global RNG, as the reference does

@@ -5,13 +5,16 @@ Module and attribute names follow NVlabs/SPADE so that its published checkpoints
 
 from __future__ import annotations
 
-import re
+from typing import TypeVar, cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import spectral_norm as _hook_spectral_norm
 from torch.nn.utils.spectral_norm import SpectralNorm
+
+from gaugan.config import parse_norm_G
+from gaugan.errors import ConfigError
 
 
 # ------------------------------------------------------------------------------------ spectral norm
@@ -31,7 +34,10 @@ class _SpectralNormFP32(SpectralNorm):
             super().__call__(module, inputs)
 
 
-def spectral_norm(module: nn.Module) -> nn.Module:
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
+
+
+def spectral_norm(module: _ModuleT) -> _ModuleT:
     """``torch.nn.utils.spectral_norm`` (hook-based: its ``weight_orig/_u/_v`` keys are the
     reference checkpoints' keys, and unlike the parametrization it pickles), float32 under autocast."""
     module = _hook_spectral_norm(module)
@@ -78,29 +84,7 @@ def param_free_norm(kind: str, channels: int, affine: bool = False) -> nn.Module
         return nn.BatchNorm2d(channels, affine=affine)
     if kind == "syncbatch":
         return SyncableBatchNorm2d(channels, affine=affine)
-    raise ValueError(f"unknown norm {kind!r}; use instance, batch or syncbatch")
-
-
-def parse_norm_G(norm_G: str) -> tuple[bool, bool, str, int]:
-    """'spectralspadesyncbatch3x3' -> (spectral=True, spade=True, 'syncbatch', kernel 3).
-
-    A norm_G without 'spade' ('instance', 'spectralbatch', ...) builds the same generator with a
-    plain parameter-free norm and no modulation: the ablation of the paper's Sec. 3.
-    """
-    spectral = norm_G.startswith("spectral")
-    rest = norm_G[len("spectral") :] if spectral else norm_G
-    match = re.fullmatch(r"spade(batch|syncbatch|instance)(\d)x(\d)", rest)
-    if match:
-        ks = int(match.group(2))
-        if ks != int(match.group(3)) or ks % 2 == 0:
-            raise ValueError(f"norm_G {norm_G!r}: the SPADE kernel must be square and odd (e.g. 3x3)")
-        return spectral, True, match.group(1), ks
-    if rest in ("batch", "syncbatch", "instance"):
-        return spectral, False, rest, 0
-    raise ValueError(
-        f"norm_G {norm_G!r} is not [spectral]spade<batch|syncbatch|instance><k>x<k> "
-        "or a plain [spectral]<batch|syncbatch|instance>"
-    )
+    raise ConfigError(f"unknown norm {kind!r}; use instance, batch or syncbatch")
 
 
 class SPADE(nn.Module):
@@ -111,7 +95,7 @@ class SPADE(nn.Module):
         super().__init__()
         _, spade, kind, ks = parse_norm_G(norm_G)
         if not spade:
-            raise ValueError(f"SPADE needs a spade norm setting such as 'spadesyncbatch3x3', got {norm_G!r}")
+            raise ConfigError(f"SPADE needs a spade norm setting such as 'spadesyncbatch3x3', got {norm_G!r}")
         self.param_free_norm = param_free_norm(kind, norm_nc)
         pad = ks // 2
         self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden, ks, padding=pad), nn.ReLU())
@@ -184,9 +168,9 @@ def nonspade_norm(norm: str, layer: nn.Module) -> nn.Module:
     if getattr(layer, "bias", None) is not None:
         delattr(layer, "bias")
         layer.register_parameter("bias", None)
-    channels = getattr(layer, "out_channels", None) or layer.weight_orig.shape[0]
+    channels = getattr(layer, "out_channels", None) or cast(torch.Tensor, layer.weight_orig).shape[0]
     if norm == "instance":
         return nn.Sequential(layer, nn.InstanceNorm2d(channels, affine=False))
     if norm in ("batch", "syncbatch"):
         return nn.Sequential(layer, param_free_norm(norm, channels, affine=True))
-    raise ValueError(f"unknown norm {norm!r}; use [spectral]instance, batch, syncbatch or none")
+    raise ConfigError(f"unknown norm {norm!r}; use [spectral]instance, batch, syncbatch or none")

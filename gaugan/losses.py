@@ -40,8 +40,8 @@ def feature_matching_loss(
     weight = lambda_feat / len(preds_fake)
     terms = [
         F.l1_loss(f.float(), r.detach().float())
-        for fake_scale, real_scale in zip(preds_fake, preds_real)
-        for f, r in zip(fake_scale[:-1], real_scale[:-1])
+        for fake_scale, real_scale in zip(preds_fake, preds_real, strict=True)
+        for f, r in zip(fake_scale[:-1], real_scale[:-1], strict=True)
     ]
     if not terms:
         return preds_fake[0][-1].new_zeros((), dtype=torch.float32)
@@ -74,6 +74,7 @@ class VGGLoss(nn.Module):
         if len(fake_feats) != len(self.layer_weights):
             raise ValueError(f"the VGG gives {len(fake_feats)} feature maps for {len(self.layer_weights)} weights")
         terms = [
-            w * F.l1_loss(f.float(), r.detach().float()) for w, f, r in zip(self.layer_weights, fake_feats, real_feats)
+            w * F.l1_loss(f.float(), r.detach().float())
+            for w, f, r in zip(self.layer_weights, fake_feats, real_feats, strict=True)
         ]
         return torch.stack(terms).sum()

@@ -1,15 +1,30 @@
-"""Inference: label maps (with instance maps, a style image or a seed) in, images out."""
+"""Inference, the one API: label maps (with instance maps, a style image or a seed) in, images out.
+
+:class:`Synthesizer` takes label maps as class indices, or as colour-coded maps through the
+model's palette (:meth:`Synthesizer.labels_from_colors`), checks them against the model's class
+table, and handles sizes: :meth:`Synthesizer.synthesize` accepts any size and returns uint8 images
+of that size; calling the object returns the raw float output at a size the generator can take.
+The evaluate stage, the MLflow model, the ``synthesize`` command and the training sample grids all
+go through it.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from gaugan.checkpoint import load_generator
-from gaugan.config import GauGANConfig
+from gaugan.classes import DONTCARE, ClassTable
+from gaugan.config import GauGANConfig, size_hw
+from gaugan.edges import instance_edges_torch
 from gaugan.encoding import encode_labels
+from gaugan.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 def auto_device(device: str | torch.device = "auto") -> torch.device:
@@ -26,16 +41,17 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def _int_maps(x, name: str) -> torch.Tensor:
+    """Integer maps [B,H,W], [B,1,H,W] or [H,W] (tensor or numpy) -> long [B,H,W] on the CPU."""
     t = x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
     if t.dim() == 2:
         t = t.unsqueeze(0)
     if t.dim() == 4 and t.shape[1] == 1:
         t = t[:, 0]
     if t.dim() != 3:
-        raise ValueError(f"{name} must be [B,H,W] or [H,W], got shape {tuple(t.shape)}")
+        raise InputError(f"{name} must be [B,H,W] or [H,W], got shape {tuple(t.shape)}")
     if t.is_floating_point():
-        raise ValueError(f"{name} must hold integers, got {t.dtype}")
-    return t.long()
+        raise InputError(f"{name} must hold integers, got {t.dtype}")
+    return t.long().cpu()
 
 
 def _style_batch(style, n: int) -> torch.Tensor:
@@ -48,24 +64,33 @@ def _style_batch(style, n: int) -> torch.Tensor:
     elif t.dim() == 3:
         t = t.unsqueeze(0)
     if t.dim() != 4 or t.shape[1] != 3:
-        raise ValueError(f"style images must be float [B,3,H,W] in [-1,1] or uint8 [B,H,W,3], got {tuple(t.shape)}")
+        raise InputError(f"style images must be float [B,3,H,W] in [-1,1] or uint8 [B,H,W,3], got {tuple(t.shape)}")
     if t.shape[0] == 1 and n > 1:
         t = t.expand(n, -1, -1, -1)
     if t.shape[0] != n:
-        raise ValueError(f"{t.shape[0]} style images for {n} label maps; give one or one per map")
+        raise InputError(f"{t.shape[0]} style images for {n} label maps; give one or one per map")
     return t.float()
 
 
+def _resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of integer maps [B,H,W] (values kept exactly, via float64)."""
+    return F.interpolate(maps[:, None].double(), size=size, mode="nearest").long()[:, 0]
+
+
 class Synthesizer:
-    """``synth(labels, instances=None, style_images=None, seed=None, batch_size=8)`` -> float
-    [B,3,H,W] in [-1, 1] on the CPU. No grad, batched, autocast (bf16, else fp16) on GPU."""
+    """A trained generator (and style encoder) ready to turn label maps into images.
+
+    ``synth.synthesize(labels, ...)`` -> uint8 [B,H,W,3] at the labels' size;
+    ``synth(labels, ...)`` -> float [B,3,H,W] in [-1, 1] at the labels' size, which must fit the
+    generator. Both: no grad, batched, autocast (bf16, else fp16) on GPU.
+    """
 
     def __init__(
         self,
         netG,
         netE,
         config: GauGANConfig,
-        classes: dict | None = None,
+        classes: ClassTable | None = None,
         device: torch.device | str = "cpu",
         meta: dict | None = None,
     ):
@@ -73,7 +98,7 @@ class Synthesizer:
         self.netG = netG.to(self.device).eval()
         self.netE = netE.to(self.device).eval() if netE is not None else None
         self.config = config
-        self.classes = classes or {}
+        self.classes = classes
         self.meta = meta or {}
 
     @classmethod
@@ -82,6 +107,63 @@ class Synthesizer:
         loaded = load_generator(path, dev)
         return cls(loaded.netG, loaded.netE, loaded.config, loaded.classes, dev, loaded.meta)
 
+    to_uint8 = staticmethod(to_uint8)
+
+    # ------------------------------------------------------------------ sizes and inputs
+    @property
+    def training_size(self) -> tuple[int, int]:
+        """(H, W) of the training crops."""
+        return size_hw(self.config.crop_size, self.config.aspect_ratio)
+
+    def model_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (H, W) the generator runs at for a label map of (height, width): the nearest multiple of
+        its upsampling factor; for models with a style encoder the training size (its first feature
+        map comes from z, with a size fixed at training)."""
+        cfg = self.config
+        scale = 2**cfg.num_upsamplings
+        if cfg.use_vae:
+            sh, sw = cfg.latent_hw
+            return sh * scale, sw * scale
+        return max(scale, round(height / scale) * scale), max(scale, round(width / scale) * scale)
+
+    def labels_from_colors(self, rgb: np.ndarray) -> np.ndarray:
+        """Colour-coded label maps [..., H, W, 3] -> class indices, through the model's palette."""
+        if self.classes is None:
+            raise InputError("this generator file records no class table, so colour-coded maps cannot be read")
+        return self.classes.indices_from_colors(rgb)
+
+    def check_labels(self, labels: torch.Tensor) -> None:
+        """Refuse label values the generator has no channel for, naming them and the valid range."""
+        cfg = self.config
+        values = torch.unique(labels)
+        ok = (values >= 0) & (values < cfg.label_nc)
+        if cfg.contain_dontcare_label:
+            ok |= values == DONTCARE
+        bad = values[~ok].tolist()
+        if bad:
+            table = f"the class table of {self.classes.dataset!r}" if self.classes else "the model's class table"
+            allowed = f"0..{cfg.label_nc - 1}" + (f" and {DONTCARE} (dontcare)" if cfg.contain_dontcare_label else "")
+            shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
+            raise InputError(f"label values {shown} are outside {table}: allowed {allowed}")
+
+    def _maps(self, labels, instances) -> tuple[torch.Tensor, torch.Tensor | None]:
+        labels = _int_maps(labels, "label maps")
+        self.check_labels(labels)
+        if not self.config.use_instance:
+            return labels, None
+        if instances is None:
+            raise InputError(
+                "this model was trained with instance maps (use_instance): pass instances, "
+                "an instance id map per label map (0 = no instance)"
+            )
+        instances = _int_maps(instances, "instance maps")
+        if instances.shape != labels.shape:
+            raise InputError(
+                f"instance maps {tuple(instances.shape)} and label maps {tuple(labels.shape)} differ in shape"
+            )
+        return labels, instances
+
+    # ------------------------------------------------------------------ generation
     def _autocast(self):
         if self.device.type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -95,41 +177,51 @@ class Synthesizer:
         """``labels`` int [B,H,W] or [H,W] (tensor or numpy; 255 = dontcare); ``instances`` the same
         shape, needed when the model uses instance edges; ``style_images`` (VAE models) the style to
         copy; ``seed`` makes the style noise reproducible (a different seed, a different style)."""
-        from gaugan.edges import instance_edges_torch
+        labels, instances = self._maps(labels, instances)
+        return self._generate(labels, instances, style_images, seed, batch_size)
 
+    def synthesize(
+        self, labels, instances=None, style_images=None, seed: int | None = None, batch_size: int = 8
+    ) -> np.ndarray:
+        """Label maps of any size -> uint8 images [B,H,W,3] of the same size.
+
+        Maps whose size does not fit the generator are resized (nearest) to :meth:`model_size` and
+        the images resized back (bilinear, antialiased). A model trained with instance maps and
+        given none uses the label map as its instance map (edges at class boundaries only).
+        """
+        if self.config.use_instance and instances is None:
+            log.warning("the model was trained with instance maps and none was given: using the label map as one")
+            instances = labels
+        labels, instances = self._maps(labels, instances)
+        h, w = labels.shape[-2:]
+        size = self.model_size(h, w)
+        if size != (h, w):
+            labels = _resize_maps(labels, size)
+            instances = _resize_maps(instances, size) if instances is not None else None
+        images = self._generate(labels, instances, style_images, seed, batch_size)
+        if tuple(images.shape[-2:]) != (h, w):
+            images = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        return to_uint8(images)
+
+    @torch.no_grad()
+    def _generate(self, labels, instances, style_images, seed, batch_size) -> torch.Tensor:
         cfg = self.config
-        labels = _int_maps(labels, "label maps")
         n = labels.shape[0]
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        insts = None
-        if cfg.use_instance:
-            if instances is None:
-                raise ValueError(
-                    "this model was trained with instance maps (use_instance): pass instances, "
-                    "an instance id map per label map (0 = no instance)"
-                )
-            insts = _int_maps(instances, "instance maps")
-            if insts.shape != labels.shape:
-                raise ValueError(
-                    f"instance maps {tuple(insts.shape)} and label maps {tuple(labels.shape)} differ in shape"
-                )
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         style = None
         if style_images is not None:
             if not cfg.use_vae or self.netE is None:
-                raise ValueError(
-                    "this model has no style encoder (use_vae off or no E weights): style_images cannot be used"
-                )
+                raise InputError("this model has no style encoder (use_vae off or no E weights): no style images")
             style = _style_batch(style_images, n)
         noise = None
-        if cfg.use_vae:
-            # all noise drawn up front: a sample's output does not depend on the batch size
+        if cfg.use_vae:  # all noise drawn up front: a sample's output does not depend on the batch size
             generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
             noise = torch.randn(n, cfg.z_dim, generator=generator)
         outputs = []
         for start in range(0, n, batch_size):
             end = min(n, start + batch_size)
-            edges = instance_edges_torch(insts[start:end].to(self.device)) if insts is not None else None
+            edges = instance_edges_torch(instances[start:end].to(self.device)) if instances is not None else None
             semantics = encode_labels(
                 labels[start:end].to(self.device), cfg.label_nc, cfg.contain_dontcare_label, edges
             )
@@ -137,11 +229,10 @@ class Synthesizer:
             if noise is not None:
                 z = noise[start:end].to(self.device)
                 if style is not None:
+                    assert self.netE is not None  # style images are taken only when there is an encoder
                     mu, logvar = self.netE(style[start:end].to(self.device))
                     z = mu.float() + z * torch.exp(0.5 * logvar.float())
             with self._autocast():
                 out = self.netG(semantics, z)
             outputs.append(out.float().cpu())
         return torch.cat(outputs)
-
-    to_uint8 = staticmethod(to_uint8)

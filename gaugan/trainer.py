@@ -19,16 +19,19 @@ import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from gaugan.checkpoint import CheckpointError
 from gaugan.checkpoint import unwrap as _unwrap
 from gaugan.config import GauGANConfig
 from gaugan.discriminator import MultiscaleDiscriminator
 from gaugan.encoder import ConvEncoder, reparameterize
 from gaugan.encoding import encode_labels
+from gaugan.errors import ConfigError, InputError, NonFiniteLossError
 from gaugan.generator import SPADEGenerator
 from gaugan.layers import convert_sync_batchnorm
 from gaugan.losses import (
@@ -47,16 +50,12 @@ __all__ = ["GauGANTrainer", "GeneratorModel", "NonFiniteLossError", "TrainOption
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or infinite; raised before any optimizer step used it."""
-
-
 @dataclass
 class TrainOptions:
     lr: float = 2e-4
-    beta1: float = 0.0
-    beta2: float = 0.9
-    ttur: bool = True  # G at lr/2, D at lr*2, betas (0, 0.9), as the reference's --TTUR
+    beta1: float = 0.0  # Adam betas of both optimizers, in both modes, as the reference; its defaults
+    beta2: float = 0.9  # are (0, 0.9) with TTUR and (0.5, 0.999) without
+    ttur: bool = True  # G at lr/2, D at lr*2, as the reference's default (no --no_TTUR)
     lambda_feat: float = LAMBDA_FEAT
     lambda_vgg: float = LAMBDA_VGG  # 0 turns the VGG loss (and its weights file) off
     lambda_kld: float = LAMBDA_KLD
@@ -70,14 +69,14 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+            raise ConfigError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
         for name in ("lambda_feat", "lambda_vgg", "lambda_kld"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 class GeneratorModel(nn.Module):
@@ -122,10 +121,8 @@ class GauGANTrainer:
         # a non-leaf tensor that deepcopy refuses
         self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False) if options.ema_decay else None
 
-        if options.ttur:
-            lr_G, lr_D, betas = options.lr / 2, options.lr * 2, (0.0, 0.9)
-        else:
-            lr_G, lr_D, betas = options.lr, options.lr, (options.beta1, options.beta2)
+        lr_G, lr_D = (options.lr / 2, options.lr * 2) if options.ttur else (options.lr, options.lr)
+        betas = (options.beta1, options.beta2)
         self.base_lr = {"G": lr_G, "D": lr_D}
         fused = self.device.type in ("cuda", "cpu")  # one kernel per step instead of a loop over tensors
         self.opt_G = torch.optim.Adam(self.generator.parameters(), lr=lr_G, betas=betas, fused=fused)
@@ -136,22 +133,22 @@ class GauGANTrainer:
         self.step = 0
         self.hooks: list[Callable[[int, dict], None]] = []
         # what the steps call; distribute() and compile swap in wrapped versions
-        self._G: nn.Module = self.generator
-        self._D: nn.Module = self.discriminator
+        self._G: nn.Module | Callable[..., Any] = self.generator
+        self._D: nn.Module | Callable[..., Any] = self.discriminator
         self._compile_wrappers()
 
     # ------------------------------------------------------------------ set-up
     @property
     def netG(self) -> SPADEGenerator:
-        return _unwrap(self.generator).netG
+        return cast(SPADEGenerator, _unwrap(self.generator).netG)
 
     @property
     def netE(self) -> ConvEncoder | None:
-        return _unwrap(self.generator).netE
+        return cast("ConvEncoder | None", _unwrap(self.generator).netE)
 
     @property
     def netD(self) -> MultiscaleDiscriminator:
-        return _unwrap(self.discriminator)
+        return cast(MultiscaleDiscriminator, _unwrap(self.discriminator))
 
     def _compile_wrappers(self) -> None:
         if self.options.compile:
@@ -167,8 +164,11 @@ class GauGANTrainer:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         if self.device.type == "cuda":
-            self.generator = convert_sync_batchnorm(self.generator, process_group)
-            self.discriminator = convert_sync_batchnorm(self.discriminator, process_group)
+            # the top modules are not norms: converted in place, the same objects come back
+            self.generator = cast(GeneratorModel, convert_sync_batchnorm(self.generator, process_group))
+            self.discriminator = cast(
+                MultiscaleDiscriminator, convert_sync_batchnorm(self.discriminator, process_group)
+            )
             if device_ids is None:
                 device_ids = [self.device.index]
         else:
@@ -186,7 +186,7 @@ class GauGANTrainer:
     def _prepare(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         edges = batch.get("edge") if self.config.use_instance else None
         if self.config.use_instance and edges is None:
-            raise ValueError("the model uses instance edges (use_instance) but the batch has no 'edge' tensor")
+            raise InputError("the model uses instance edges (use_instance) but the batch has no 'edge' tensor")
         nb = self.device.type == "cuda"
         semantics = encode_labels(
             batch["label"].to(self.device, non_blocking=nb),
@@ -323,10 +323,12 @@ class GauGANTrainer:
         if self.ema is None:
             return
         live = _unwrap(self.generator)
-        ema_params = list(self.ema.parameters())
+        decay = self.options.ema_decay
+        assert decay is not None  # self.ema exists only when ema_decay is set
+        ema_params: list[torch.Tensor] = list(self.ema.parameters())
         live_params = [p.detach() for p in live.parameters()]
-        torch._foreach_lerp_(ema_params, live_params, 1.0 - self.options.ema_decay)
-        for b_ema, b_live in zip(self.ema.buffers(), live.buffers()):
+        torch._foreach_lerp_(ema_params, live_params, 1.0 - decay)
+        for b_ema, b_live in zip(self.ema.buffers(), live.buffers(), strict=True):
             b_ema.copy_(b_live)  # BN statistics and spectral-norm vectors follow the live network
 
     # ------------------------------------------------------------------ state
@@ -359,7 +361,7 @@ class GauGANTrainer:
         self.netG.load_state_dict(state["G"])
         if self.netE is not None:
             if state.get("E") is None:
-                raise ValueError("this model has a style encoder (use_vae) but the state has no 'E' weights")
+                raise CheckpointError("this model has a style encoder (use_vae) but the state has no 'E' weights")
             self.netE.load_state_dict(state["E"])
         self.netD.load_state_dict(state["D"])
         self.opt_G.load_state_dict(state["opt_G"])

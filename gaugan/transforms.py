@@ -15,7 +15,9 @@ import cv2
 import numpy as np
 import torch
 
+from gaugan.config import size_hw
 from gaugan.edges import instance_edges
+from gaugan.errors import InputError
 
 
 def _albumentations():
@@ -25,6 +27,21 @@ def _albumentations():
     import albumentations as A
 
     return A
+
+
+def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """uint8 ``[H,W,3]`` -> ``[h,w,3]``, bicubic (cv2, as the training transforms)."""
+    if image.shape[:2] == tuple(hw):
+        return np.ascontiguousarray(image)
+    return cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_CUBIC)
+
+
+def resize_map(values: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Label or instance map ``[H,W]`` -> ``[h,w]``, nearest, values kept (int64 out)."""
+    if values.shape[:2] == tuple(hw):
+        return values.astype(np.int64, copy=False)
+    out = cv2.resize(values.astype(np.int32), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+    return out.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -39,11 +56,11 @@ class Geometry:
 
     @property
     def crop_hw(self) -> tuple[int, int]:
-        return max(1, round(self.crop_size / self.aspect_ratio)), self.crop_size
+        return size_hw(self.crop_size, self.aspect_ratio)
 
     @property
     def load_hw(self) -> tuple[int, int]:
-        return max(1, round(self.load_size / self.aspect_ratio)), self.load_size
+        return size_hw(self.load_size, self.aspect_ratio)
 
 
 class PairTransform:
@@ -76,7 +93,7 @@ class PairTransform:
         instance = sample.get("instance")
         if self.use_instance:
             if instance is None:
-                raise ValueError(f"sample {sample.get('id')!r} has no instance map but the model uses instances")
+                raise InputError(f"sample {sample.get('id')!r} has no instance map but the model uses instances")
             inputs["instance"] = instance.astype(np.int32)
         out = self.compose(**inputs)
         image = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).float().div_(127.5).sub_(1.0)

@@ -8,21 +8,46 @@ never uses) is not built.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn as nn
 
+from gaugan.errors import CheckpointError, MissingFileError
+
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
 VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
 # torchvision's configuration "E" (VGG19): conv widths, "M" = 2x2 max-pool
-_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+_LAYOUT: tuple[int | str, ...] = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+)
 # features indices right after relu1_1, relu2_1, relu3_1, relu4_1, relu5_1
 SLICE_ENDS = (2, 7, 12, 21, 30)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class VGGWeightsMissing(FileNotFoundError):
+class VGGWeightsMissing(MissingFileError):
     """The VGG19 weights file is not where the loss looks for it."""
 
 
@@ -55,8 +80,9 @@ def vgg19_features(upto: int = SLICE_ENDS[-1]) -> nn.Sequential:
         if item == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
-            layers += [nn.Conv2d(channels, item, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
-            channels = item
+            width = cast(int, item)  # every entry but "M" is a conv width
+            layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = width
     return nn.Sequential(*layers[:upto])
 
 
@@ -64,13 +90,16 @@ class VGG19Features(nn.Module):
     """Frozen VGG19; ``forward(x)`` with x in [-1, 1] (ImageNet-normalised inside) returns the
     relu1_1 .. relu5_1 feature maps."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, weights: str | Path | None = None):
         super().__init__()
         path = resolve_vgg_weights(weights)
         features = vgg19_features()
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
-            raise ValueError(f"{path}: not a VGG19 state_dict (got {type(state).__name__})")
+            raise CheckpointError(f"{path}: not a VGG19 state_dict (got {type(state).__name__})")
         own = features.state_dict()
         picked, problems = {}, []
         for key, value in own.items():
@@ -82,10 +111,12 @@ class VGG19Features(nn.Module):
             else:
                 picked[key] = stored
         if problems:
-            raise ValueError(f"{path} is not torchvision's VGG19 state_dict ({VGG19_FILE}): " + "; ".join(problems[:4]))
+            raise CheckpointError(
+                f"{path} is not torchvision's VGG19 state_dict ({VGG19_FILE}): " + "; ".join(problems[:4])
+            )
         features.load_state_dict(picked, strict=True)
         starts = (0,) + SLICE_ENDS[:-1]
-        self.slices = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in zip(starts, SLICE_ENDS))
+        self.slices = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in zip(starts, SLICE_ENDS, strict=True))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.weights_file = str(path)

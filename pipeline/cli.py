@@ -1,12 +1,15 @@
 """``gaugan-pipeline``: one command per stage, plus the demo, synthesis and scheduling.
 
-Every stage reads ``params.yaml`` (``--params``) into validated settings first. Heavy libraries
-(torch, mlflow, prefect, albumentations) are imported inside the commands so ``--help`` is fast.
+The stage commands (run by ``dvc.yaml``) read ``params.yaml`` (``--params``) and call their stage's
+entry point in ``pipeline/stages/``. A problem the user can fix (any :class:`gaugan.GauGANError`,
+which every pipeline error derives from) is one red line naming the command, exit code 1; any
+other exception is a bug and keeps its traceback, as every error does with ``--debug``. Heavy
+libraries (torch, mlflow, prefect, albumentations) are imported inside the commands so ``--help``
+is fast.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,65 +31,65 @@ flow_app = typer.Typer(help="Prefect flows that run the DVC stages.", no_args_is
 app.add_typer(flow_app, name="flow")
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="parameters file")
+_debug = {"on": False}
 
 
-def _fail(err: BaseException, stage: str) -> None:
-    typer.secho(f"error in {stage}: {err}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=1)
+@app.callback()
+def main_options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="debug lines of the project too"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings and errors only"),
+    debug: bool = typer.Option(False, "--debug", help="show the traceback of every error"),
+) -> None:
+    from pipeline.logs import configure_logging
+
+    _debug["on"] = debug
+    configure_logging(-1 if quiet else 1 if verbose else 0)
 
 
 @contextmanager
-def _reported(stage: str, *more: type[BaseException]) -> Iterator[None]:
-    """The usual user errors (missing file, bad value, failed step) become one red line and exit 1."""
+def _reported(command: str) -> Iterator[None]:
+    """A user's mistake becomes one red line naming the command, exit code 1; a bug keeps its traceback."""
+    from gaugan.errors import GauGANError
+
     try:
         yield
-    except (FileNotFoundError, ValueError, RuntimeError, *more) as err:
-        _fail(err, stage)
+    except GauGANError as err:
+        if _debug["on"]:
+            raise
+        typer.secho(f"error in {command}: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from None
 
 
-def _params(path: Path):
-    from pipeline.params import ParamsError, load_params
+def _params(path: Path, overrides: dict | None = None):
+    from pipeline.params import load_params, override
 
-    try:
-        return load_params(path)
-    except ParamsError as err:
-        _fail(err, "params")
+    with _reported("params"):
+        params = load_params(path)
+        return override(params, overrides, "the command's options") if overrides else params
 
 
 @app.command()
 def ingest(
     params: Path = PARAMS_OPTION,
-    format: str | None = typer.Option(
-        None, "--format", help="demo|coco-stuff|ade20k|ade20k-full|spade|folder (default: data.format)"
-    ),
+    format: str | None = typer.Option(None, "--format", help="demo|coco-stuff|ade20k|ade20k-full|spade|folder"),
     source: Path | None = typer.Option(None, "--source", help="raw dataset folder (default: data.source)"),
     out: Path | None = typer.Option(None, "--out", help="prepared dataset folder (default: data.out)"),
     workers: int | None = typer.Option(None, "--workers", min=1, help="processes (default: data.workers)"),
     on_error: str | None = typer.Option(None, "--on-error", help="fail|skip (default: data.on_error)"),
 ) -> None:
     """Parse a raw dataset into the prepared format (labels, instances, edges, manifest)."""
-    from pipeline.ingest import IngestError, run_ingest
-    from pipeline.params import DataSettings
+    from pipeline.stages import ingest as stage
 
-    if params.is_file():
-        data = _params(params).data
-    elif format is None or out is None:
-        _fail(FileNotFoundError(f"{params} not found; pass --format, --source and --out, or --params PATH"), "ingest")
-    else:
-        data = DataSettings()
-    if on_error not in (None, "fail", "skip"):
-        _fail(ValueError(f"--on-error must be 'fail' or 'skip', got {on_error!r}"), "ingest")
-    try:
-        stats = run_ingest(
-            format or data.format,
-            Path(source or data.source),
-            Path(out or data.out),
-            workers=workers or data.workers,
-            on_error=on_error or data.on_error,
-            settings=data,
-        )
-    except (IngestError, FileNotFoundError, ValueError) as err:
-        _fail(err, "ingest")
+    overrides = {
+        "data.format": format,
+        "data.source": source and str(source),
+        "data.out": out and str(out),
+        "data.workers": workers,
+        "data.on_error": on_error,
+    }
+    p = _params(params, overrides)
+    with _reported("ingest"):
+        stats = stage.run(p)
     counts = ", ".join(f"{k}: {v}" for k, v in stats.get("num_samples", {}).items())
     typer.echo(f"prepared {counts}; skipped {len(stats.get('skipped', []))}")
 
@@ -97,65 +100,57 @@ def demo_data(
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Write the procedurally generated demo dataset as a plain folder source (images, labels, instances)."""
-    from pipeline.ingest.demo import write_demo_source
+    from pipeline.datasets.demo import write_demo_source
 
-    p = _params(params)
-    write_demo_source(out, p.data.demo)
+    write_demo_source(out, _params(params).data.demo)
     typer.echo(f"demo source written to {out}")
 
 
 @app.command()
 def train(
     params: Path = PARAMS_OPTION,
-    resume: str = typer.Option(
-        "auto", "--resume", help="auto: continue from the last matching checkpoint; never: start over"
-    ),
+    resume: str = typer.Option("auto", "--resume", help="auto: continue from a matching checkpoint; never: start over"),
 ) -> None:
     """Train the generator (launch with torchrun for several processes or machines)."""
-    from pipeline.train import TrainError, run_train
+    from pipeline.stages import train as stage
 
     p = _params(params)
-    try:
-        metrics = run_train(p, Path("."), resume=resume)
-    except (TrainError, FileNotFoundError, ValueError) as err:
-        _fail(err, "train")
+    with _reported("train"):
+        metrics = stage.run(p, resume=resume)
     typer.echo(f"trained {metrics['steps']} steps")
 
 
 @app.command("train-segmenter")
 def train_segmenter(params: Path = PARAMS_OPTION) -> None:
     """Train (or load) the segmentation network that scores mIoU."""
-    from pipeline.evaluation.segmenter import run_train_segmenter
+    from pipeline.stages import train_segmenter as stage
 
     p = _params(params)
     with _reported("train-segmenter"):
-        path = run_train_segmenter(p, Path("."))
+        path = stage.run(p)
     typer.echo(f"segmenter written to {path}")
 
 
 @app.command()
 def evaluate(params: Path = PARAMS_OPTION) -> None:
     """Synthesize the validation split and score it: FID, KID, mIoU, pixel accuracy."""
-    from pipeline.evaluation.stage import run_evaluate
+    from pipeline.stages import evaluate as stage
 
     p = _params(params)
     with _reported("evaluate"):
-        metrics = run_evaluate(p, Path("."))
-    typer.echo(
-        ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
-    )
+        metrics = stage.run(p)
+    numbers = (f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    typer.echo(", ".join(numbers))
 
 
 @app.command()
 def register(params: Path = PARAMS_OPTION) -> None:
     """Log the generator as an MLflow model, register it, and promote it if it beats the champion."""
-    from mlflow.exceptions import MlflowException
-
-    from pipeline.registry import run_register
+    from pipeline.stages import register as stage
 
     p = _params(params)
-    with _reported("register", MlflowException):
-        result = run_register(p, Path("."))
+    with _reported("register"):
+        result = stage.run(p)
     verdict = "promoted to champion" if result.get("promoted") else "kept as challenger"
     typer.echo(f"{result['name']} version {result['version']}: {verdict}")
 
@@ -163,7 +158,7 @@ def register(params: Path = PARAMS_OPTION) -> None:
 @app.command()
 def synthesize(
     model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, or a generator .pt file"),
-    label: Path = typer.Option(..., "--label", help="label map PNG (class indices)"),
+    label: Path = typer.Option(..., "--label", help="label map PNG: class indices, or the model's class colours"),
     out: Path = typer.Option(..., "--out", help="output image PNG"),
     instance: Path | None = typer.Option(
         None, "--instance", help="instance map PNG, for models trained with instances"
@@ -192,16 +187,17 @@ def model_info(
 
     names = [setting] if setting else ["coco-stuff", "ade20k", "cityscapes"]
     table = Table("setting", "G", "D", "E")
-    for name in names:
-        counts = parameter_counts(reference_setting(name, use_vae=vae))
-        table.add_row(name + (" +vae" if vae else ""), *(f"{counts.get(k, 0):,}" for k in ("G", "D", "E")))
-    if params is not None:
-        from gaugan.data import load_class_table
-        from pipeline.train import model_config
+    with _reported("model-info"):
+        configs = [(name + (" +vae" if vae else ""), reference_setting(name, use_vae=vae)) for name in names]
+        if params is not None:
+            from gaugan.classes import ClassTable
+            from pipeline.training.settings import model_config
 
-        p = _params(params)
-        counts = parameter_counts(model_config(p, load_class_table(Path(p.data.out))))
-        table.add_row(f"{params}", *(f"{counts.get(k, 0):,}" for k in ("G", "D", "E")))
+            p = _params(params)
+            configs.append((str(params), model_config(p, ClassTable.load(Path(p.data.out)))))
+    for label, config in configs:
+        counts = parameter_counts(config)
+        table.add_row(label, *(f"{counts.get(k, 0):,}" for k in ("G", "D", "E")))
     Console().print(table)
 
 
@@ -234,7 +230,8 @@ def schedule(
         4200, "--port", help="port of the local Prefect server started when PREFECT_API_URL is unset"
     ),
 ) -> None:
-    """Serve the retraining flow on a schedule and on the new-data event (a local Prefect server unless PREFECT_API_URL is set)."""
+    """Serve the retraining flow on a schedule and on the new-data event (a local Prefect server unless
+    PREFECT_API_URL is set)."""
     from pipeline.flows import serve_schedule
 
     with _reported("schedule"):
@@ -255,10 +252,8 @@ def demo(params: Path = PARAMS_OPTION) -> None:
     """Run the whole pipeline on the demo dataset with `dvc repro` and print where everything is."""
     from pipeline.demo import run_demo
 
-    try:
+    with _reported("demo"):
         run_demo(params)
-    except (RuntimeError, FileNotFoundError) as err:
-        _fail(err, "demo")
 
 
 def main() -> None:
@@ -266,4 +261,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()  # typer's app() ends with sys.exit itself

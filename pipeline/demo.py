@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from pipeline.errors import PipelineError
 from pipeline.params import load_params
-from pipeline.tracking import resolve_tracking_uri
-
-
-def tool_env(root: Path) -> dict:
-    """The environment for DVC and the stages: this interpreter's bin first, an absolute MLflow store."""
-    env = dict(os.environ)
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    env.setdefault("MLFLOW_TRACKING_URI", resolve_tracking_uri(None, root))
-    return env
+from pipeline.tools import tool_env
 
 
 def ensure_demo_source(params_path: Path, root: Path) -> None:
-    from pipeline.ingest.demo import write_demo_source
+    from pipeline.datasets.demo import write_demo_source
 
     params = load_params(params_path)
     source = root / params.data.source
@@ -35,7 +26,7 @@ def ensure_demo_source(params_path: Path, root: Path) -> None:
 def run_demo(params_path: Path = Path("params.yaml"), root: Path = Path(".")) -> None:
     root = root.resolve()
     if not (root / "dvc.yaml").is_file():
-        raise FileNotFoundError(f"{root / 'dvc.yaml'} not found: run the demo from the project root")
+        raise PipelineError(f"{root / 'dvc.yaml'} not found: run the demo from the project root")
     started = time.perf_counter()
     ensure_demo_source(params_path, root)
     env = tool_env(root)
@@ -43,7 +34,7 @@ def run_demo(params_path: Path = Path("params.yaml"), root: Path = Path(".")) ->
         subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, env=env, check=True)
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env)
     if proc.returncode != 0:
-        raise RuntimeError("dvc repro failed; the failing stage and its error are printed above")
+        raise PipelineError("dvc repro failed; the failing stage and its error are printed above")
     print_summary(params_path, root, env["MLFLOW_TRACKING_URI"], time.perf_counter() - started)
 
 

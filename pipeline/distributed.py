@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
+
+from pipeline.errors import ParamsError
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class DistContext:
 def pick_device(preference: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
     """auto|cpu|cuda -> a device; ``key`` names the params.yaml setting in the error."""
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"{key} is 'cuda' but no CUDA device is visible; set {key}: auto or cpu")
+        raise ParamsError(f"{key} is 'cuda' but no CUDA device is visible; set {key}: auto or cpu")
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     return torch.device("cpu")
@@ -60,23 +65,10 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def broadcast_object(ctx: DistContext, obj: object) -> object:
+def broadcast_object(ctx: DistContext, obj: _T) -> _T:
     """Rank 0's object (e.g. the resume checkpoint it loaded), sent to every rank."""
     if not ctx.distributed:
         return obj
-    holder = [obj if ctx.is_main else None]
+    holder: list[_T | None] = [obj if ctx.is_main else None]
     dist.broadcast_object_list(holder, src=0, device=ctx.device if ctx.backend == "nccl" else None)
-    value = holder[0]
-    if ctx.device.type == "cuda" and value is not None:
-        value = _to_device(value, ctx.device)
-    return value
-
-
-def _to_device(value: object, device: torch.device) -> object:
-    if torch.is_tensor(value):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
+    return cast(_T, holder[0])  # tensors arrive where rank 0 had them (the CPU); their users place them

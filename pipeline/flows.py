@@ -38,7 +38,6 @@ so ``prefect concurrency-limit create dvc-workspace 1`` serializes them across f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -57,7 +56,9 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from pipeline.io import atomic_write_json  # noqa: E402
+from pipeline.errors import MissingInputError, PipelineError, StageFailed  # noqa: E402
+from pipeline.io import atomic_write_json, digest, sha256_file  # noqa: E402
+from pipeline.tools import tool_env  # noqa: E402
 
 NEW_DATA_EVENT = "gaugan.dataset.updated"
 SNAPSHOT = Path(".gaugan") / "source_snapshot.json"
@@ -67,24 +68,8 @@ TAIL_LINES = 40
 log = logging.getLogger(__name__)
 
 
-class StageFailed(RuntimeError):
-    """A DVC stage exited non-zero; the message names it and ends with the tail of its output."""
-
-
 # ------------------------------------------------------------------------------------------------
 # DVC
-
-
-def tool_env(repo: Path) -> dict[str, str]:
-    """This interpreter's tools first on PATH, an absolute MLflow store, unbuffered child output."""
-    from pipeline.offline import OFFLINE_ENV
-    from pipeline.tracking import resolve_tracking_uri
-
-    env = {**OFFLINE_ENV, **os.environ}
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(None, repo)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def dvc_stages(repo: Path | str) -> list[str]:
@@ -177,7 +162,7 @@ def pipeline_flow(
     if stages:
         unknown = [s for s in stages if s not in order]
         if unknown:
-            raise ValueError(f"unknown stages {unknown}; {root / 'dvc.yaml'} has {order}")
+            raise PipelineError(f"unknown stages {unknown}; {root / 'dvc.yaml'} has {order}")
         order = [s for s in order if s in stages]
     run_stage = dvc_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
     outcomes: dict[str, str] = {}
@@ -189,14 +174,6 @@ def pipeline_flow(
 
 # ------------------------------------------------------------------------------------------------
 # new data
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def source_dir(repo: Path) -> tuple[Path, str]:
@@ -213,14 +190,14 @@ def scan_source(source: Path, previous: dict[str, dict]) -> tuple[dict[str, dict
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         rel = path.relative_to(source).as_posix()
         st = path.stat()
-        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": None}
+        entry: dict[str, int | str | None] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": None}
         old = previous.get(rel)
         if old is None:
             added.append(rel)
         elif old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
             entry["sha256"] = old.get("sha256")
         else:
-            entry["sha256"] = _sha256(path)
+            entry["sha256"] = sha256_file(path)
             if old.get("size") != st.st_size or old.get("sha256") != entry["sha256"]:
                 changed.append(rel)
         snapshot[rel] = entry
@@ -247,7 +224,7 @@ def detect_new_data(repo: str) -> dict:
     root = Path(repo)
     source, configured = source_dir(root)
     if not source.is_dir():
-        raise FileNotFoundError(f"data.source {source} is not a folder (params.yaml); nothing to watch")
+        raise MissingInputError(f"data.source {source} is not a folder (params.yaml); nothing to watch")
     snapshot, changes = scan_source(source, read_snapshot(root, configured))
     return {
         "source": configured,
@@ -284,9 +261,9 @@ def retrain_flow(repo: str = ".", force: bool = False, retries: int = 1) -> dict
 def dataset_resource_id(repo: Path | str) -> str:
     """``gaugan.dataset.<folder>-<hash of its absolute path>``: one id per checkout."""
     root = Path(repo).resolve()
-    digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    short = digest(str(root), 8)
     slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in root.name) or "repo"
-    return f"gaugan.dataset.{slug}-{digest}"
+    return f"gaugan.dataset.{slug}-{short}"
 
 
 def build_deployment(repo: Path | str = ".", cron: str | None = "0 3 * * *", name: str = DEPLOYMENT, retries: int = 1):
@@ -354,7 +331,7 @@ def local_prefect_server(port: int = 4200, startup_timeout: float = 180.0) -> It
         while not _api_healthy(url):
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(
+                raise PipelineError(
                     f"the local Prefect server on port {port} did not start (log: {log_path}); "
                     "free the port, or set PREFECT_API_URL to a running server"
                 )
@@ -415,14 +392,17 @@ def notify_new_data(repo: Path | str = ".", detail: dict | None = None) -> str:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        raise RuntimeError(
+        raise PipelineError(
             "PREFECT_API_URL is not set: there is no Prefect server to tell; set it to the server "
             "that `gaugan-pipeline schedule` serves on (e.g. http://127.0.0.1:4200/api)"
         )
     root = Path(repo).resolve()
     event = Event(
         event=NEW_DATA_EVENT,
-        resource={"prefect.resource.id": dataset_resource_id(root), "prefect.resource.name": root.name},
+        resource={  # type: ignore[arg-type]  # a plain dict: pydantic validates it into prefect's Resource model
+            "prefect.resource.id": dataset_resource_id(root),
+            "prefect.resource.name": root.name,
+        },
         payload={"repo": str(root), **(detail or {})},
     )
 

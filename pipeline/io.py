@@ -1,8 +1,10 @@
-"""Atomic file and folder writes: nothing half-written is ever left at a final path."""
+"""Files: atomic writes (nothing half-written is ever left at a final path) and content hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import shutil
 import threading
@@ -53,3 +55,29 @@ def _remove(p: Path) -> None:
         shutil.rmtree(p)
     elif p.exists() or p.is_symlink():
         p.unlink()
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    """The sha256 hex digest of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def digest(obj: object, length: int = 16) -> str:
+    """A short sha256 of a JSON-able value (keys sorted): the same value, the same digest."""
+    payload = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+def json_safe(value):
+    """NaN and infinities become None (JSON has no such numbers), inside dicts and lists too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value

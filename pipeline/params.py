@@ -1,110 +1,104 @@
-"""Typed, validated view of ``params.yaml``.
+"""Typed, validated view of ``params.yaml``: the one place settings come from.
 
-Every stage calls :func:`load_params` first, so an unknown key or a bad value fails at start-up
+The models below state types and bounds only; every value, default included, is written once, in
+``params.yaml`` (with a comment). A missing key, an unknown key or a bad value fails at start-up
 with the key's dotted path, never an hour into training.
+
+Each stage reads only the keys its ``dvc.yaml`` entry lists: :func:`scoped` gives it a view of the
+settings that refuses any other key (:class:`~pipeline.errors.UndeclaredParamError`), so DVC reruns
+a stage exactly when a setting it reads has changed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.errors import ParamsError, UndeclaredParamError
 
-class ParamsError(ValueError):
-    """A problem with params.yaml: the message names the file, the key and the fix."""
+DatasetFormat = Literal["demo", "coco-stuff", "ade20k", "ade20k-full", "spade", "folder"]
+Device = Literal["auto", "cpu", "cuda"]
+SegmenterArch = Literal[
+    "unet-small", "fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"
+]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-DatasetFormat = Literal["demo", "coco-stuff", "ade20k", "ade20k-full", "spade", "folder"]
-
-
 class DemoDataSettings(_Section):
-    """Size of the procedurally generated landscape dataset."""
-
-    num_train: int = Field(240, ge=1)
-    num_val: int = Field(48, ge=1)
-    width: int = Field(64, ge=16)
-    height: int = Field(64, ge=16)
-    seed: int = 0
+    num_train: int = Field(ge=1)
+    num_val: int = Field(ge=1)
+    width: int = Field(ge=16)
+    height: int = Field(ge=16)
+    seed: int
 
 
 class DataSettings(_Section):
-    format: DatasetFormat = "demo"
-    source: str = "data/raw"
-    out: str = "data/prepared"
-    workers: int = Field(1, ge=1)
-    on_error: Literal["fail", "skip"] = "fail"
-    demo: DemoDataSettings = DemoDataSettings()
-    # COCO-Stuff: what crowd annotations become in the instance map ("ignore": no instance id,
-    # as the reference implementation does; "instance": they get an id like any other annotation).
-    coco_crowd: Literal["ignore", "instance"] = "ignore"
-    # ADE20K-full: resize so the short side is this many pixels (only ever down, NEAREST for maps).
-    ade20k_short_side: int = Field(512, ge=16)
-    # COCO-Stuff / ADE20K instance maps: pixels outside every object get one id per label value
-    # ("per_class", so edges also mark stuff boundaries, as the reference's COCO maps do) or stay 0.
-    instance_background: Literal["per_class", "none"] = "per_class"
+    format: DatasetFormat
+    source: str
+    out: str
+    workers: int = Field(ge=1)
+    on_error: Literal["fail", "skip"]
+    coco_crowd: Literal["ignore", "instance"]
+    ade20k_short_side: int = Field(ge=16)
+    instance_background: Literal["per_class", "none"]
+    demo: DemoDataSettings
 
 
 class ModelSettings(_Section):
-    """Architecture; the names follow the reference implementation's options."""
-
-    ngf: int = Field(64, ge=1)
-    ndf: int = Field(64, ge=1)
-    nef: int = Field(64, ge=1)
-    z_dim: int = Field(256, ge=1)
-    spade_hidden: int = Field(128, ge=1)
-    use_vae: bool = False
-    use_instance: bool = True
-    num_upsampling_layers: Literal["normal", "more", "most"] = "normal"
-    norm_G: str = "spectralspadesyncbatch3x3"
-    norm_D: str = "spectralinstance"
-    norm_E: str = "spectralinstance"
-    num_D: int = Field(2, ge=1)
-    n_layers_D: int = Field(4, ge=1)
-    label_nc: int | None = Field(None, ge=1, description="null: taken from classes.json")
+    ngf: int = Field(ge=1)
+    ndf: int = Field(ge=1)
+    nef: int = Field(ge=1)
+    z_dim: int = Field(ge=1)
+    spade_hidden: int = Field(ge=1)
+    use_vae: bool
+    use_instance: bool
+    num_upsampling_layers: Literal["normal", "more", "most"]
+    norm_G: str
+    norm_D: str
+    norm_E: str
+    num_D: int = Field(ge=1)
+    n_layers_D: int = Field(ge=1)
+    label_nc: int | None = Field(ge=1)
 
 
 class TrainSettings(_Section):
-    nproc: int = Field(1, ge=1, description="processes per machine for torchrun")
-    batch_size: int = Field(8, ge=1, description="global batch, split over all processes")
-    max_steps: int = Field(1000, ge=1)
-    decay_start_step: int | None = Field(
-        None, ge=0, description="linear lr decay from here to max_steps; null: no decay"
-    )
-    lr: float = Field(0.0002, gt=0)
-    beta1: float = Field(0.0, ge=0, lt=1)
-    beta2: float = Field(0.9, ge=0, lt=1)
-    ttur: bool = True
-    gan_mode: Literal["hinge"] = "hinge"
-    lambda_feat: float = Field(10.0, ge=0)
-    lambda_vgg: float = Field(10.0, ge=0)
-    lambda_kld: float = Field(0.05, ge=0)
-    vgg_weights: str | None = Field(
-        None, description="path to torchvision vgg19 weights; null: standard torch hub cache"
-    )
-    load_size: int = Field(72, ge=8)
-    crop_size: int = Field(64, ge=8)
-    aspect_ratio: float = Field(1.0, gt=0)
-    flip: bool = True
-    ema: bool = True
-    ema_decay: float = Field(0.999, gt=0, lt=1)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: Literal["auto", "on", "off"] = "auto"
-    compile: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: int = Field(2, ge=0)
-    checkpoint_every: int = Field(200, ge=1)
-    log_every: int = Field(10, ge=1)
-    sample_every: int = Field(200, ge=1)
-    checkpoint_dir: str = "runs/train"
-    out_dir: str = "outputs/train"
-    model_out: str = "models/generator.pt"
+    nproc: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    max_steps: int = Field(ge=1)
+    decay_start_step: int | None = Field(ge=0)
+    lr: float = Field(gt=0)
+    beta1: float = Field(ge=0, lt=1)
+    beta2: float = Field(ge=0, lt=1)
+    ttur: bool
+    gan_mode: Literal["hinge"]
+    lambda_feat: float = Field(ge=0)
+    lambda_vgg: float = Field(ge=0)
+    lambda_kld: float = Field(ge=0)
+    vgg_weights: str | None
+    load_size: int = Field(ge=8)
+    crop_size: int = Field(ge=8)
+    aspect_ratio: float = Field(gt=0)
+    flip: bool
+    ema: bool
+    ema_decay: float = Field(gt=0, lt=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    channels_last: Literal["auto", "on", "off"]
+    compile: bool
+    device: Device
+    num_workers: int = Field(ge=0)
+    checkpoint_every: int = Field(ge=1)
+    log_every: int = Field(ge=1)
+    sample_every: int = Field(ge=1)
+    checkpoint_dir: str
+    out_dir: str
+    model_out: str
 
     @model_validator(mode="after")
     def _crop_fits(self) -> TrainSettings:
@@ -117,59 +111,34 @@ class TrainSettings(_Section):
 
 
 class SegmenterSettings(_Section):
-    """The segmentation network that scores generated images (mIoU, pixel accuracy)."""
-
-    arch: Literal[
-        "unet-small", "fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"
-    ] = "unet-small"
-    weights: str | None = Field(
-        None,
-        description="weights file to start from (torchvision state dict or segmenter file); required for the torchvision "
-        "archs; null: unet-small is trained from scratch",
-    )
-    width: int = Field(
-        16, ge=4, description="unet-small channels at full resolution (16: ~0.3 s/step at 64 px, batch 16, 2 CPU cores)"
-    )
-    steps: int = Field(600, ge=0, description="training (or fine-tuning) steps; 0: only package segmenter.weights")
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(0.001, gt=0)
-    num_workers: int = Field(0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    out: str = "models/segmenter.pt"
-    metrics: str = Field("outputs/segmenter/metrics.json", description="train loss and real-validation mIoU")
+    arch: SegmenterArch
+    weights: str | None
+    width: int = Field(ge=4)
+    steps: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    num_workers: int = Field(ge=0)
+    device: Device
+    out: str
+    metrics: str
 
 
 class EvaluateSettings(_Section):
-    feature_extractor: Literal["inception", "tiny"] = Field(
-        "inception",
-        description="inception: paper-comparable FID (needs the weights file); tiny: seeded small CNN, offline",
-    )
-    inception_weights: str | None = Field(
-        None,
-        description="weights-inception-2015-12-05-6726825d.pth / pt_inception-2015-12-05-6726825d.pth; "
-        "null: $TORCH_HOME/hub/checkpoints/",
-    )
-    allow_download: bool = Field(
-        False, description="download the Inception weights into the torch hub cache when missing"
-    )
-    inception_feature_dim: Literal[64, 192, 768, 2048] = Field(2048, description="2048 for FID as published")
-    tiny_feature_dim: int = Field(256, ge=8)
-    kid_subset_size: int = Field(50, ge=2, description="capped at the number of images")
-    kid_subsets: int = Field(100, ge=1)
-    batch_size: int = Field(16, ge=1)
-    max_images: int | None = Field(None, ge=1, description="null: the whole validation split")
-    ignore_classes: list[int] | None = Field(
-        None,
-        description="classes left out of mIoU/accuracy; null: classes.json 'ignore', else the dataset's standard (ADE20K: [0])",
-    )
-    vae_style: Literal["real", "random"] = Field(
-        "real",
-        description="models with a style encoder: encode the real image (reference protocol) or draw z at random",
-    )
-    num_samples: int = Field(8, ge=1, description="rows in samples.png")
-    stats_cache: str | None = Field(".cache/evaluate", description="cache of real-image features; null: off")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    out_dir: str = "outputs/evaluate"
+    feature_extractor: Literal["inception", "tiny"]
+    inception_weights: str | None
+    allow_download: bool
+    inception_feature_dim: Literal[64, 192, 768, 2048]
+    tiny_feature_dim: int = Field(ge=8)
+    kid_subset_size: int = Field(ge=2)
+    kid_subsets: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    max_images: int | None = Field(ge=1)
+    ignore_classes: list[int] | None
+    vae_style: Literal["real", "random"]
+    num_samples: int = Field(ge=1)
+    stats_cache: str | None
+    device: Device
+    out_dir: str
 
     @model_validator(mode="after")
     def _tiny_dim_even(self) -> EvaluateSettings:
@@ -181,55 +150,58 @@ class EvaluateSettings(_Section):
 
 
 class RegisterSettings(_Section):
-    model_name: str | None = Field(None, description="null: gaugan-<dataset>")
-    metric: str = "fid"
-    greater_is_better: bool = False
-    promote: Literal["if_better", "always", "never"] = Field(
-        "if_better",
-        description="if_better: @champion moves only to a version that beats it on `metric` (FID/KID computed with "
-        "another backbone or resolution do not compare: the champion stays); always / never: regardless",
-    )
-    out: str = "outputs/register/registration.json"
+    model_name: str | None
+    metric: str
+    greater_is_better: bool
+    promote: Literal["if_better", "always", "never"]
+    out: str
 
 
 class MlflowSettings(_Section):
-    tracking_uri: str | None = Field(None, description="null: MLFLOW_TRACKING_URI, else sqlite at <repo>/mlflow.db")
-    experiment: str | None = Field(None, description="null: gaugan-<dataset>")
+    tracking_uri: str | None
+    experiment: str | None
 
 
 class Params(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    seed: int = 0
-    data: DataSettings = DataSettings()
-    model: ModelSettings = ModelSettings()
-    train: TrainSettings = TrainSettings()
-    segmenter: SegmenterSettings = SegmenterSettings()
-    evaluate: EvaluateSettings = EvaluateSettings()
-    # "register" would shadow a BaseModel attribute, so the field is named registry in code.
-    registry: RegisterSettings = Field(RegisterSettings(), alias="register")
-    mlflow: MlflowSettings = MlflowSettings()
+    seed: int
+    data: DataSettings
+    model: ModelSettings
+    train: TrainSettings
+    segmenter: SegmenterSettings
+    evaluate: EvaluateSettings
+    # "register" would shadow ABCMeta.register on the model class, so the field is named registry in code.
+    registry: RegisterSettings = Field(alias="register")
+    mlflow: MlflowSettings
+
+
+# ------------------------------------------------------------------------------------------------
+# reading
 
 
 def _format_errors(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid parameters"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in e["loc"]).replace("registry", "register") or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  - {key}: unknown key; remove it or check its spelling")
+        elif e["type"] == "missing":
+            lines.append(f"  - {key}: missing; add it (the project's params.yaml lists every key with a comment)")
         else:
             lines.append(f"  - {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 
-def parse_params(raw: dict, source: Path | str = "params.yaml") -> Params:
+def parse_params(raw: dict | None, source: Path | str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw or {})
     except ValidationError as err:
         raise ParamsError(_format_errors(Path(source), err)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def read_params_file(path: str | Path = "params.yaml") -> dict:
+    """The raw mapping in a params file, with clear errors for a missing or malformed file."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: file not found; run from the project root or pass --params PATH")
@@ -237,6 +209,66 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    if raw is not None and not isinstance(raw, dict):
+    if not isinstance(raw, dict):
         raise ParamsError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    return parse_params(raw, path)
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    return parse_params(read_params_file(path), path)
+
+
+def override(params: Params, updates: dict[str, Any], source: str = "the command line") -> Params:
+    """``params`` with dotted keys replaced (``{"data.workers": 4}``; None values are skipped), validated."""
+    raw = params.model_dump(by_alias=True)
+    for key, value in updates.items():
+        if value is None:
+            continue
+        *sections, leaf = key.split(".")
+        target = raw
+        for section in sections:
+            target = target[section]
+        if leaf not in target:
+            raise ParamsError(f"{source}: {key} is not a setting")
+        target[leaf] = value
+    return parse_params(raw, source)
+
+
+# ------------------------------------------------------------------------------------------------
+# what a stage may read
+
+_ALIASES = {"registry": "register"}  # attribute name -> key in params.yaml / dvc.yaml
+
+
+class _ScopedView:
+    """Attribute access on a settings object, allowed only for the declared dotted keys."""
+
+    __slots__ = ("_target", "_allowed", "_prefix", "_stage")
+
+    def __init__(self, target: BaseModel, allowed: frozenset[str], prefix: str, stage: str):
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "_allowed", allowed)
+        object.__setattr__(self, "_prefix", prefix)
+        object.__setattr__(self, "_stage", stage)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = getattr(self._target, name)
+        key = self._prefix + _ALIASES.get(name, name)
+        if any(key == a or key.startswith(a + ".") for a in self._allowed):
+            return value
+        if any(a.startswith(key + ".") for a in self._allowed):
+            return _ScopedView(value, self._allowed, key + ".", self._stage)
+        raise UndeclaredParamError(
+            f"the {self._stage} stage read {key}, which its dvc.yaml entry does not list under params; "
+            "add it there and to the stage's PARAMS"
+        )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("settings are read-only")
+
+
+def scoped(params: Params, keys: Iterable[str], stage: str) -> Params:
+    """A read-only view of ``params`` that allows only ``keys`` (dotted: ``train``, ``data.out``)."""
+    return cast(Params, _ScopedView(params, frozenset(keys), "", stage))

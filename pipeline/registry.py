@@ -1,38 +1,29 @@
-"""The register stage: log the generator as an MLflow model, register it, promote it if it is better.
+"""The MLflow model registry: registering a generator, deciding promotion, and finding models again.
 
-Reads ``train.model_out`` (the generator file), ``<evaluate.out_dir>/metrics.json`` and
-``<train.out_dir>/run.json`` (the training run), then:
+One registered model per dataset (``register.model_name`` or ``gaugan-<dataset>``). Each new
+version gets the alias ``challenger``; ``champion`` moves to it when ``register.promote`` says so:
+by default when it beats the current champion on ``register.metric`` (lower is better unless
+``register.greater_is_better``), or when there is no champion yet. FID/KID values computed with
+another feature extractor or at another resolution are not compared: the champion stays, and the
+reason is written down. Registry changes are undone when anything after the version's creation
+fails (aliases restored, version deleted, a registered model created by that call deleted).
 
-1. logs the pyfunc model (:mod:`pipeline.serving`) into the training run as ``generator``, and the
-   raw generator file as the plain artifact ``checkpoint/<file>``;
-2. creates a new version of the registered model (one per dataset: ``register.model_name`` or
-   ``gaugan-<dataset>``) with tags: git commit, data version (hash of the prepared manifest, and the
-   ``dvc.lock`` md5 of ``data.out`` when there is one), every number in metrics.json as
-   ``metric.<key>``, the FID backbone and evaluation resolution, the generator's sha256;
-3. points the alias ``challenger`` at it, and ``champion`` too when ``register.promote`` says so:
-   by default when it beats the current champion on ``register.metric`` (lower is better unless
-   ``register.greater_is_better``), or when there is no champion yet. FID/KID values computed with
-   another feature extractor or at another resolution are not compared: the champion stays, and the
-   reason is written down;
-4. writes ``register.out`` (JSON: name, version, aliases, promoted, metric, value,
-   champion_value_before, champion_version_before, reason, model_uri, run_id).
-
-Registry changes are undone when anything after the version's creation fails (aliases restored,
-version deleted, a registered model created by this call deleted), so a failed stage leaves the
-registry as it was.
+Lookups (:func:`load_synthesizer`) accept ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, any
+other MLflow model URI, or a local generator file, and say what exists when a name, alias or
+version does not.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.io import atomic_write_json
-from pipeline.params import Params
-from pipeline.tracking import git_commit
+from pipeline.errors import MissingInputError, ModelNotFoundError, RegistryError
+from pipeline.io import atomic_write_json, sha256_file
+from pipeline.tracking import RunRef, git_commit, mlflow_errors, resolve_tracking_uri, resume_run
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +34,13 @@ BACKBONE_METRICS = ("fid", "kid_mean", "kid_std")
 COMPARABILITY_TAGS = ("fid_backbone", "eval_resolution")
 
 
-class RegistryError(RuntimeError):
-    pass
-
-
 # ------------------------------------------------------------------------------------------------
-# inputs
+# registering
 
 
 def read_metric(metrics_path: Path, metric: str) -> tuple[dict, float]:
     if not metrics_path.is_file():
-        raise FileNotFoundError(f"{metrics_path}: no metrics; run the evaluate stage first")
+        raise MissingInputError(f"{metrics_path}: no metrics; run the evaluate stage first")
     metrics = json.loads(metrics_path.read_text())
     numbers = sorted(k for k, v in metrics.items() if _is_number(v))
     if metric not in metrics:
@@ -71,14 +58,15 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def version_tags(metrics: dict, meta: dict, generator: Path, root: Path, data_out: str) -> dict[str, str]:
+def version_tags(metrics: dict, meta: dict, dataset: str, generator: Path, root: Path) -> dict[str, str]:
+    """Provenance (commit, dataset and its id, the file's sha256, steps) and every number of metrics.json."""
     backbone = metrics.get("backbone")
     backbone_name = backbone.get("name") if isinstance(backbone, dict) else backbone
     tags = {
         "git_commit": meta.get("git_commit") or git_commit(root) or "",
-        "data_version": meta.get("data_version") or "",
-        "data_dvc_md5": dvc_lock_md5(root, data_out) or "",
-        "generator_sha256": sha256(generator),
+        "dataset": dataset,
+        "dataset_id": meta.get("dataset_id") or "",
+        "generator_sha256": sha256_file(generator),
         "training_steps": str(meta.get("steps", "")),
     }
     if backbone_name:
@@ -91,37 +79,6 @@ def version_tags(metrics: dict, meta: dict, generator: Path, root: Path, data_ou
     return {k: v for k, v in tags.items() if v != ""}
 
 
-def dvc_lock_md5(root: Path, data_out: str) -> str | None:
-    """The md5 that ``dvc.lock`` records for the prepared dataset (an output of any stage)."""
-    import yaml
-
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return None
-    try:
-        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    except yaml.YAMLError:
-        return None
-    want = Path(data_out).as_posix().rstrip("/")
-    for stage in stages.values():
-        for out in (stage or {}).get("outs", []) or []:
-            if str(out.get("path", "")).rstrip("/") == want:
-                return out.get("md5")
-    return None
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# ------------------------------------------------------------------------------------------------
-# the decision
-
-
 def decide(
     value: float, tags: dict[str, str], champion, metric: str, greater_is_better: bool, policy: str = "if_better"
 ) -> tuple[bool, float | None, str]:
@@ -130,10 +87,8 @@ def decide(
         return policy != "never", None, "no champion yet" if policy != "never" else "register.promote is 'never'"
     raw = champion.tags.get(f"metric.{metric}")
     champion_value = float(raw) if raw is not None else None
-    if policy == "always":
-        return True, champion_value, "register.promote is 'always'"
-    if policy == "never":
-        return False, champion_value, "register.promote is 'never'"
+    if policy in ("always", "never"):
+        return policy == "always", champion_value, f"register.promote is {policy!r}"
     if champion_value is None or math.isnan(champion_value):
         return True, None, f"the champion (version {champion.version}) has no {metric!r} to compare with"
     if metric in BACKBONE_METRICS:
@@ -149,76 +104,60 @@ def decide(
                     ),
                 )
     better = value > champion_value if greater_is_better else value < champion_value
-    word = "better" if better else "not better"
+    direction = "higher" if greater_is_better else "lower"
     return (
         better,
         champion_value,
-        f"{metric} {value:.6g} is {word} than the champion's {champion_value:.6g} "
-        f"(version {champion.version}, {'higher' if greater_is_better else 'lower'} is better)",
+        (
+            f"{metric} {value:.6g} is {'better' if better else 'not better'} than the champion's {champion_value:.6g} "
+            f"(version {champion.version}, {direction} is better)"
+        ),
     )
 
 
-# ------------------------------------------------------------------------------------------------
-# the stage
+def log_model(ref: RunRef, model_path: Path, config):
+    """The pyfunc model and the raw generator file into the training run; -> mlflow's ModelInfo."""
+    import mlflow
+
+    from pipeline.serving import log_generator_model
+
+    with resume_run(ref):
+        info = log_generator_model(model_path, config)
+        mlflow.log_artifact(str(model_path), artifact_path="checkpoint")
+    return info
 
 
-def run_register(params: Params, root: Path | str = Path(".")) -> dict:
+def register_version(ref: RunRef, name: str, info, tags: dict, value: float, settings, out: Path) -> dict:
+    """A new version of ``name`` with its aliases, and ``out`` (registration.json); undone on failure."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from gaugan.checkpoint import load_generator
-    from pipeline.serving import log_generator_model
-    from pipeline.tracking import read_run_ref, resume_run
-
-    root = Path(root)
-    settings = params.registry
-    model_path = root / params.train.model_out
-    metrics_path = root / params.evaluate.out_dir / "metrics.json"
-    ref = read_run_ref(root / params.train.out_dir / "run.json")
-    metrics, value = read_metric(metrics_path, settings.metric)
-    loaded = load_generator(model_path, "cpu")
-    dataset = loaded.classes.get("dataset") or "model"
-    name = settings.model_name or f"gaugan-{dataset}"
-    tags = version_tags(metrics, loaded.meta, model_path, root, params.data.out)
-    tags["dataset"] = str(dataset)
-    if loaded.meta.get("run_id") and loaded.meta["run_id"] != ref.run_id:
-        log.warning(
-            "%s was trained in run %s but %s names run %s; registering into the latter",
-            model_path,
-            loaded.meta["run_id"],
-            params.train.out_dir,
-            ref.run_id,
-        )
-
-    # 1. the model into the training run (artifacts only: the registry is not touched yet)
-    with resume_run(ref):
-        info = log_generator_model(model_path, loaded.config)
-        mlflow.log_artifact(str(model_path), artifact_path="checkpoint")
-
-    # 2-4. the registry, undone on failure
     client = mlflow.MlflowClient(ref.tracking_uri)
-    created_model = False
-    try:
-        registered = client.get_registered_model(name)
-    except MlflowException:
-        registered = client.create_registered_model(
-            name, tags={"dataset": str(dataset)}, description=f"GauGAN generator for the {dataset} dataset"
-        )
-        created_model = True
+    with mlflow_errors(ref.tracking_uri, f"reading the registered model {name!r}"):
+        try:
+            registered, created = client.get_registered_model(name), False
+        except MlflowException:
+            registered, created = (
+                client.create_registered_model(
+                    name,
+                    tags={"dataset": tags["dataset"]},
+                    description=f"GauGAN generator for the {tags['dataset']} dataset",
+                ),
+                True,
+            )
     before = dict(registered.aliases or {})
     champion = client.get_model_version(name, before[CHAMPION]) if CHAMPION in before else None
     promoted, champion_value, reason = decide(
         value, tags, champion, settings.metric, settings.greater_is_better, settings.promote
     )
-    tags["validation_status"] = CHAMPION if promoted else CHALLENGER
     version = None
     try:
         version = client.create_model_version(
             name,
             source=info.model_uri,
             run_id=ref.run_id,
-            tags=tags,
             model_id=info.model_id,
+            tags={**tags, "validation_status": CHAMPION if promoted else CHALLENGER},
             description=f"{settings.metric} = {value:.6g}; {reason}",
         )
         client.set_registered_model_alias(name, CHALLENGER, version.version)
@@ -227,8 +166,8 @@ def run_register(params: Params, root: Path | str = Path(".")) -> dict:
         result = {
             "name": name,
             "version": int(version.version),
-            "aliases": [CHALLENGER, CHAMPION] if promoted else [CHALLENGER],
             "promoted": promoted,
+            "aliases": [CHALLENGER, CHAMPION] if promoted else [CHALLENGER],
             "metric": settings.metric,
             "greater_is_better": settings.greater_is_better,
             "value": value,
@@ -240,29 +179,16 @@ def run_register(params: Params, root: Path | str = Path(".")) -> dict:
             "run_id": ref.run_id,
             "tracking_uri": ref.tracking_uri,
         }
-        atomic_write_json(root / settings.out, result)
+        atomic_write_json(out, result)
     except BaseException as err:
-        _rollback(client, name, version, before, created_model)
+        _rollback(client, name, version, before, created)
         raise RegistryError(f"registering {name!r} failed and the registry was restored: {err}") from err
-
-    try:
-        with resume_run(ref):
-            mlflow.set_tags(
-                {
-                    "registered_model": name,
-                    "registered_version": str(version.version),
-                    "registered_as": CHAMPION if promoted else CHALLENGER,
-                }
-            )
-    except MlflowException as err:  # the registration itself is complete and consistent
-        log.warning("could not tag run %s with the registration: %s", ref.run_id, err)
-    log.info("%s version %s: %s", name, version.version, reason)
     return result
 
 
 def _rollback(client, name: str, version, aliases_before: dict, created_model: bool) -> None:
     """Put aliases back, delete the new version (and the registered model if this call made it)."""
-    steps = []
+    steps: list[Callable[..., object]] = []
     if version is not None:
         for alias in (CHAMPION, CHALLENGER):
             if alias in aliases_before:
@@ -275,3 +201,105 @@ def _rollback(client, name: str, version, aliases_before: dict, created_model: b
             step()
         except Exception as err:  # noqa: BLE001 - keep undoing what can be undone
             log.error("rollback of %s: %s", name, err)
+
+
+def tag_run(ref: RunRef, result: dict) -> None:
+    """Name the registration on the training run (best effort: the registration is already complete)."""
+    import mlflow
+
+    from pipeline.errors import TrackingError
+
+    try:
+        with resume_run(ref):
+            mlflow.set_tags(
+                {
+                    "registered_model": result["name"],
+                    "registered_version": str(result["version"]),
+                    "registered_as": CHAMPION if result["promoted"] else CHALLENGER,
+                }
+            )
+    except TrackingError as err:
+        log.warning("could not tag run %s with the registration: %s", ref.run_id, err)
+
+
+# ------------------------------------------------------------------------------------------------
+# finding models
+
+
+def is_mlflow_uri(model: str) -> bool:
+    return str(model).startswith(("models:/", "runs:/"))
+
+
+def parse_registered(model: str) -> tuple[str, str | None, str | None] | None:
+    """``models:/NAME@ALIAS`` -> (NAME, ALIAS, None); ``models:/NAME/VERSION`` -> (NAME, None, VERSION).
+
+    None for other URIs (``models:/m-<id>`` logged models, ``runs:/``).
+    """
+    if not model.startswith("models:/"):
+        return None
+    rest = model[len("models:/") :].strip("/")
+    if "@" in rest:
+        name, alias = rest.rsplit("@", 1)
+        return name, alias, None
+    if "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        return name, None, version
+    return None
+
+
+def check_registered(model: str, client) -> None:
+    """Clear errors for a registered model, alias or version that does not exist, listing what does."""
+    from mlflow.exceptions import MlflowException
+
+    parsed = parse_registered(model)
+    if parsed is None:
+        return
+    name, alias, version = parsed
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in client.search_registered_models())
+        raise ModelNotFoundError(
+            f"{model}: no registered model {name!r} in {client.tracking_uri}; registered models: "
+            f"{', '.join(names) if names else 'none (run the register stage)'}"
+        ) from None
+    aliases = dict(registered.aliases or {})
+    listing = ", ".join(f"@{a} (version {v})" for a, v in sorted(aliases.items())) or "none"
+    if alias is not None and alias not in aliases:
+        raise ModelNotFoundError(f"{model}: {name!r} has no alias {alias!r}; its aliases: {listing}")
+    if version is not None:
+        try:
+            client.get_model_version(name, version)
+        except MlflowException:
+            versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+            raise ModelNotFoundError(
+                f"{model}: {name!r} has no version {version!r}; versions: {versions or 'none'}; aliases: {listing}"
+            ) from None
+
+
+def load_pyfunc(model: str, tracking_uri: str | None = None):
+    """Load an MLflow model URI through its pyfunc, with clear errors for what does not exist."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    with mlflow_errors(uri, f"looking up {model}"):
+        check_registered(model, mlflow.MlflowClient(uri))
+    try:
+        return mlflow.pyfunc.load_model(model)
+    except MlflowException as err:
+        raise ModelNotFoundError(f"cannot load {model} from {uri}: {err.message}") from None
+
+
+def load_synthesizer(model: str, tracking_uri: str | None = None, device: str = "auto"):
+    """A :class:`gaugan.synthesizer.Synthesizer` from an MLflow model URI or a local generator file."""
+    from gaugan.synthesizer import Synthesizer
+
+    if is_mlflow_uri(model):
+        return load_pyfunc(model, tracking_uri).unwrap_python_model().synth
+    if not Path(model).is_file():
+        raise ModelNotFoundError(
+            f"{model}: not a generator file, and not an MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION)"
+        )
+    return Synthesizer.from_checkpoint(model, device=device)

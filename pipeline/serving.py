@@ -8,7 +8,7 @@ Input (tensor-based signature, a dict of numpy arrays):
 
 Params: ``seed`` (long, default -1 = random; the style noise of models with a style encoder),
 ``batch_size`` (long, default 8). Output: uint8 [B, H, W, 3], the same H and W as the input
-(see :func:`pipeline.synthesize.generate`).
+(:meth:`gaugan.synthesizer.Synthesizer.synthesize` does the work; this is a thin adapter).
 
 The artifact is the generator file itself (``artifacts={"generator": ...}``). The model is logged
 as code (a three-line file that imports :class:`GauGANPyfunc`), not pickled, so loading needs this
@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 from mlflow.pyfunc import PythonModel
+
+from gaugan.config import size_hw
+from gaugan.errors import InputError
 
 ARTIFACT = "generator"
 
@@ -54,33 +57,25 @@ class GauGANPyfunc(PythonModel):
         self.synth = Synthesizer.from_checkpoint(context.artifacts[ARTIFACT], device=device)
 
     def predict(self, context, model_input, params=None):
-        from pipeline.synthesize import SynthesizeError, generate
-
         if isinstance(model_input, dict):
             if "label" not in model_input:
-                raise SynthesizeError(f"the input needs a 'label' array; got keys {sorted(model_input)}")
-            label = np.asarray(model_input["label"])
-            instance = model_input.get("instance")
+                raise InputError(f"the input needs a 'label' array; got keys {sorted(model_input)}")
+            label, instance = np.asarray(model_input["label"]), model_input.get("instance")
         else:
             label, instance = np.asarray(model_input), None
         params = params or {}
         seed = params.get("seed")
         seed = None if seed is None or int(seed) < 0 else int(seed)
-        return generate(
-            self.synth,
-            label,
-            None if instance is None else np.asarray(instance),
-            seed=seed,
-            batch_size=int(params.get("batch_size") or 8),
-        )
+        instance = None if instance is None else np.asarray(instance)
+        return self.synth.synthesize(label, instance, seed=seed, batch_size=int(params.get("batch_size") or 8))
 
 
 def signature_for(config):
     """Tensor signature: named int64 inputs of any batch and size, uint8 images out, seed/batch_size params."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-    inputs = [TensorSpec(np.dtype("int64"), (-1, -1, -1), "label")]
+    inputs: list[ColSpec | TensorSpec] = [TensorSpec(np.dtype("int64"), (-1, -1, -1), "label")]
     if config.use_instance:
         inputs.append(TensorSpec(np.dtype("int64"), (-1, -1, -1), "instance"))
     return ModelSignature(
@@ -92,17 +87,11 @@ def signature_for(config):
 
 def input_example_for(config) -> dict:
     """One all-zeros label map (class 0) at the training crop size; instance map all one instance."""
-    from pipeline.synthesize import model_size
-
-    h, w = model_size(config, *_crop_hw(config))
+    h, w = size_hw(config.crop_size, config.aspect_ratio)
     example = {"label": np.zeros((1, h, w), dtype=np.int64)}
     if config.use_instance:
         example["instance"] = np.zeros((1, h, w), dtype=np.int64)
     return example
-
-
-def _crop_hw(config) -> tuple[int, int]:
-    return max(1, round(config.crop_size / config.aspect_ratio)), config.crop_size
 
 
 def pinned_requirements() -> list[str]:

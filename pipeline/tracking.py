@@ -1,13 +1,17 @@
 """MLflow plumbing shared by the stages: where the store is, and the one run per trained model.
 
-The train stage opens the run and writes a small ``run.json`` into its outputs; evaluate and
-register read that file and log into the same run, so one row in the MLflow UI is one model.
-mlflow is imported lazily: it costs seconds, and ranks other than 0 never need it.
+The train stage opens the run (:class:`Tracker`) and writes a small ``run.json`` into its outputs;
+evaluate and register read that file and log into the same run (:func:`log_to_run`), so one row in
+the MLflow UI is one model. mlflow is imported lazily: it costs seconds, and ranks other than 0
+never need it. MLflow failures (a server that is down, a refused request) become
+:class:`~pipeline.errors.TrackingError` naming the tracking URI.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +19,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.errors import MissingInputError, TrackingError
 from pipeline.io import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,15 +53,27 @@ def artifact_root_for(tracking_uri: str) -> str | None:
     return None
 
 
+@contextmanager
+def mlflow_errors(tracking_uri: str, what: str) -> Iterator[None]:
+    """MLflow's exceptions inside the block become a TrackingError naming ``what`` and the URI."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        raise TrackingError(f"{what} failed at the MLflow tracking URI {tracking_uri}: {err.message}") from err
+
+
 def ensure_experiment(name: str, tracking_uri: str) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root_for(tracking_uri))
+    with mlflow_errors(tracking_uri, f"opening the experiment {name!r}"):
+        client = mlflow.MlflowClient(tracking_uri)
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        return client.create_experiment(name, artifact_location=artifact_root_for(tracking_uri))
 
 
 def write_run_ref(path: Path | str, ref: RunRef) -> None:
@@ -64,7 +83,7 @@ def write_run_ref(path: Path | str, ref: RunRef) -> None:
 def read_run_ref(path: Path | str) -> RunRef:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no MLflow run reference; run the train stage first")
+        raise MissingInputError(f"{path}: no MLflow run reference; run the train stage first")
     data = json.loads(path.read_text())
     return RunRef(run_id=data["run_id"], tracking_uri=data["tracking_uri"], experiment=data["experiment"])
 
@@ -75,8 +94,35 @@ def resume_run(ref: RunRef) -> Iterator[object]:
     import mlflow
 
     mlflow.set_tracking_uri(ref.tracking_uri)
-    with mlflow.start_run(run_id=ref.run_id) as run:
+    with mlflow_errors(ref.tracking_uri, f"logging into run {ref.run_id}"), mlflow.start_run(run_id=ref.run_id) as run:
         yield run
+
+
+def finite_numbers(values: dict) -> dict[str, float]:
+    """The entries that MLflow can take as metrics: finite ints and floats (not bools)."""
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def log_to_run(run_json: Path, metrics: dict, tags: dict, files: list[Path], folder: str) -> str | None:
+    """Metrics, tags and files into the training run named by ``run_json``; None when there is none."""
+    if not run_json.is_file():
+        log.warning(
+            "%s not found: nothing was logged to MLflow (the files in the output folder are complete)", run_json
+        )
+        return None
+    import mlflow
+
+    ref = read_run_ref(run_json)
+    with resume_run(ref):
+        mlflow.log_metrics(finite_numbers(metrics))
+        mlflow.set_tags(tags)
+        for f in files:
+            mlflow.log_artifact(str(f), artifact_path=folder)
+    return ref.run_id
 
 
 def git_commit(root: Path | str) -> str | None:
@@ -86,3 +132,52 @@ def git_commit(root: Path | str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _flatten(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else k, v, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+class Tracker:
+    """The training run of one model: opened (or re-opened, on resume) by rank 0 of the train stage."""
+
+    def __init__(self, tracking_uri: str, experiment: str):
+        import mlflow
+
+        self.mlflow = mlflow
+        self.uri = tracking_uri
+        self.experiment = experiment
+        self.experiment_id = ensure_experiment(experiment, tracking_uri)
+        self.run: mlflow.ActiveRun | None = None
+
+    def start(self, run_id: str | None, settings: dict, tags: dict) -> str:
+        """Re-open ``run_id``, or start a run logging ``settings`` (nested dicts, flattened) as params."""
+        mlflow = self.mlflow
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow_errors(self.uri, "starting the training run"):
+            if run_id is not None:
+                self.run = mlflow.start_run(run_id=run_id)
+            else:
+                self.run = mlflow.start_run(experiment_id=self.experiment_id)
+                items = list(_flatten("", settings, {}).items())
+                for i in range(0, len(items), 100):
+                    mlflow.log_params({k: ("null" if v is None else v) for k, v in items[i : i + 100]})
+            mlflow.set_tags({k: v for k, v in tags.items() if v is not None})
+        assert self.run is not None  # start_run always returns the active run
+        return self.run.info.run_id
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.mlflow.log_metrics(finite_numbers(metrics), step=step)
+
+    def log_artifact(self, path: Path, folder: str) -> None:
+        self.mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def end(self, status: str) -> None:
+        if self.run is not None:
+            self.mlflow.end_run(status=status)
+            self.run = None

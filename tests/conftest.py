@@ -1,16 +1,27 @@
-"""Shared test set-up: offline environment, paths to the real fixtures, tiny settings."""
+"""Shared test set-up: offline environment, paths to the real fixtures, and the builders tests share.
+
+Builders (import them with ``from conftest import ...``):
+
+- :func:`params_dict` / :func:`make_params`: the project's ``params.yaml`` with overrides, as a raw
+  mapping (to write into a test project) or validated; the settings have no defaults in code;
+- :func:`tiny_config`: a few-channel GauGAN architecture for fast model tests;
+- :func:`toy_classes`, :func:`write_toy_prepared`: a small prepared dataset written directly in the
+  prepared format; :func:`write_tiny_generator`: a random generator file as the train stage writes it.
+"""
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 from pipeline.offline import set_offline_env
 
 set_offline_env()
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,3 +39,124 @@ def real_fixtures() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+# ------------------------------------------------------------------------------------------------
+# settings
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def params_dict(override: dict | None = None) -> dict:
+    """The project's params.yaml with ``override`` merged in (nested mappings merge key by key)."""
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    return deep_merge(raw, override or {})
+
+
+def make_params(override: dict | None = None):
+    from pipeline.params import parse_params
+
+    return parse_params(params_dict(override))
+
+
+def write_project_params(root: Path, override: dict | None = None) -> Path:
+    path = Path(root) / "params.yaml"
+    path.write_text(yaml.safe_dump(params_dict(override), sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# models and data
+
+
+def tiny_config(**kw):
+    """A few-channel GauGAN: 4 classes, widths 4, 64 px, two-layer discriminators."""
+    from gaugan.config import GauGANConfig
+
+    base = dict(label_nc=4, ngf=4, ndf=4, nef=4, z_dim=8, spade_hidden=8, n_layers_D=2, crop_size=64)
+    return GauGANConfig(**{**base, **kw})
+
+
+TOY_SIZE = 32
+TOY_COLORS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (220, 220, 40)]
+TOY_NAMES = ("sky", "grass", "water", "sand")
+
+
+def toy_classes(names=TOY_NAMES, dataset: str = "toy", has_instances: bool = True):
+    from gaugan.classes import ClassTable
+
+    colors = tuple(TOY_COLORS[i % len(TOY_COLORS)] for i in range(len(names)))
+    return ClassTable(dataset=dataset, names=tuple(names), colors=colors, has_instances=has_instances)
+
+
+def write_toy_prepared(root: Path, n_train: int = 16, n_val: int = 6, seed: int = 0, names=TOY_NAMES) -> Path:
+    """A prepared dataset written directly in the format of gaugan.data: manifest, classes.json, PNGs.
+
+    Images are class colours plus noise, so a small segmenter can learn them; each label map has a
+    row of dontcare (255) pixels; instance ids are the class + 1.
+    """
+    import pandas as pd
+    from PIL import Image
+
+    from pipeline.io import atomic_write_json
+
+    rng = np.random.default_rng(seed)
+    label_nc = len(names)
+    rows = []
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            label = np.full((TOY_SIZE, TOY_SIZE), rng.integers(0, label_nc), np.uint8)
+            for _ in range(3):
+                y, x = rng.integers(0, TOY_SIZE - 8, 2)
+                h, w = rng.integers(6, TOY_SIZE // 2, 2)
+                label[y : y + h, x : x + w] = rng.integers(0, label_nc)
+            label[rng.integers(0, TOY_SIZE), :] = 255
+            colors = np.asarray(TOY_COLORS, np.float64)[np.minimum(label, label_nc - 1) % len(TOY_COLORS)]
+            image = colors + rng.normal(0, 20, (TOY_SIZE, TOY_SIZE, 3))
+            instance = ((label.astype(np.int32) + 1) * (label != 255)).astype(np.uint16)
+            sid = f"{split}-{i:03d}"
+            rel = {k: f"{k}s/{split}/{sid}.png" for k in ("image", "label", "instance")}
+            arrays = {"image": np.clip(image, 0, 255).astype(np.uint8), "label": label, "instance": instance}
+            for key, arr in arrays.items():
+                (root / rel[key]).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(root / rel[key])
+            rows.append({"id": sid, "split": split, **rel, "edge": None, "width": TOY_SIZE, "height": TOY_SIZE,
+                         "source": "test", "source_hash": f"{seed}-{sid}"})  # fmt: skip
+    columns = ["id", "split", "image", "label", "instance", "edge", "width", "height", "source", "source_hash"]
+    pd.DataFrame(rows, columns=columns).to_parquet(root / "manifest.parquet", index=False)
+    atomic_write_json(root / "classes.json", toy_classes(names).to_dict())
+    return root
+
+
+def write_tiny_generator(path: Path, classes, seed: int = 0, crop_size: int = TOY_SIZE, meta: dict | None = None,
+                         **model) -> Path:  # fmt: skip
+    """A randomly initialised SPADE generator (and encoder, with use_vae) saved as the train stage saves it."""
+    import torch
+
+    from gaugan.checkpoint import save_generator
+    from gaugan.config import GauGANConfig
+    from gaugan.encoder import ConvEncoder
+    from gaugan.generator import SPADEGenerator
+
+    settings = dict(ngf=4, z_dim=8, spade_hidden=8, use_instance=True)  # batch-norm SPADE: eval uses running stats
+    settings.update(model)
+    config = GauGANConfig(label_nc=classes.label_nc, crop_size=crop_size, **settings)
+    torch.manual_seed(seed)
+    netG = SPADEGenerator(config)
+    netE = ConvEncoder(config) if config.use_vae else None
+    save_generator(path, netG, netE, config, classes, meta if meta is not None else {"steps": 0})
+    return path
+
+
+def ingest_dataset(fmt: str, source: Path, out: Path, **data) -> dict:
+    """Prepare ``source`` (format ``fmt``) into ``out`` with the project's data settings and ``data``
+    overrides (e.g. ``workers=2``, ``on_error="skip"``, ``demo={...}``); returns the stats."""
+    from pipeline.datasets import prepare
+
+    settings = make_params({"data": {"format": fmt, **data}}).data
+    return prepare(settings, Path(source), Path(out), progress=False)

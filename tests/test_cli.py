@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.distributed import pick_device
+from pipeline.errors import ParamsError
 
 runner = CliRunner()
 
@@ -51,6 +52,6 @@ def test_model_info_counts_the_reference_generators():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 @pytest.mark.parametrize("key", ["train.device", "evaluate.device", "segmenter.device"])
 def test_asking_for_cuda_without_a_gpu_names_the_setting(key):
-    with pytest.raises(RuntimeError, match=rf"{key} is 'cuda' but no CUDA device is visible; set {key}: auto or cpu"):
+    with pytest.raises(ParamsError, match=rf"{key} is 'cuda' but no CUDA device is visible; set {key}: auto or cpu"):
         pick_device("cuda", key=key)
     assert pick_device("auto", key=key).type == "cpu"

@@ -8,18 +8,18 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ingest_dataset, toy_classes
 from PIL import Image
 
-from gaugan.data import ClassTable, PreparedDataset, colorize, load_class_table
-from pipeline.ingest import run_ingest
-from pipeline.params import parse_params
+from gaugan.classes import ClassTable
+from gaugan.data import PreparedDataset, dataset_id
+from gaugan.errors import UnknownColorError
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("data") / "prepared"
-    settings = parse_params({"data": {"demo": {"num_train": 3, "num_val": 2, "width": 40, "height": 32}}}).data
-    run_ingest("demo", root, root, settings=settings, progress=False)
+    ingest_dataset("demo", root, root, demo={"num_train": 3, "num_val": 2, "width": 40, "height": 32, "seed": 0})
     return root
 
 
@@ -43,16 +43,51 @@ def test_items_have_the_documented_types_and_match_the_files(prepared):
 
 
 def test_class_table_and_colorize(prepared):
-    table = load_class_table(prepared)
+    table = ClassTable.load(prepared)
     assert isinstance(table, ClassTable) and table.has_instances and table.contain_dontcare_label
     assert len(table.names) == len(table.colors) == table.label_nc
     label = np.array([[0, 5], [255, 11]])
-    rgb = colorize(label, table)
+    rgb = table.colorize(label)
     assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
     assert rgb[0, 0].tolist() == list(table.colors[0]) and rgb[1, 1].tolist() == list(table.colors[11])
     assert rgb[1, 0].tolist() == [0, 0, 0]  # dontcare is black
-    assert colorize(np.array([[-1, 12]]), table).tolist() == [[[0, 0, 0], [0, 0, 0]]]
+    assert table.colorize(np.array([[-1, 12]])).tolist() == [[[0, 0, 0], [0, 0, 0]]]
     assert table.to_dict()["classes"][5]["name"] == "grass"
+    assert ClassTable.from_dict(table.to_dict()) == table
+
+
+def test_colour_coded_maps_read_back_exactly_and_unknown_colours_are_named():
+    table = toy_classes()  # sky (200,40,40), grass (40,200,40), water (40,40,200), sand (220,220,40)
+    labels = np.array([[0, 1, 2], [3, 255, 0]])
+    np.testing.assert_array_equal(table.indices_from_colors(table.colorize(labels)), labels)
+    painted = table.colorize(labels)
+    painted[0, 0] = (198, 41, 40)  # antialiased sky
+    painted[1, 2] = (198, 41, 40)
+    with pytest.raises(UnknownColorError, match=r"\(198, 41, 40\) on 2 pixels \(nearest class: 0 'sky'"):
+        table.indices_from_colors(painted)
+
+
+def test_ignored_classes_follow_override_then_table_then_dataset_standard():
+    assert toy_classes().ignored() == []
+    assert toy_classes().ignored([2, 1]) == [1, 2]
+    assert toy_classes(dataset="ade20k").ignored() == [0]
+    with pytest.raises(ValueError, match=r"ignored classes \[7\] are outside 0..3"):
+        toy_classes().ignored([7])
+
+
+def test_dataset_id_changes_with_the_samples_and_the_classes(prepared, tmp_path):
+    root = tmp_path / "p"
+    shutil.copytree(prepared, root)
+    first = dataset_id(root)
+    assert len(first) == 16 and dataset_id(prepared) == first  # a copy is the same dataset
+    frame = pd.read_parquet(root / "manifest.parquet")
+    frame.loc[0, "source_hash"] = "changed"
+    frame.to_parquet(root / "manifest.parquet", index=False)
+    second = dataset_id(root)
+    classes = json.loads((root / "classes.json").read_text())
+    classes["classes"][0]["name"] = "heaven"
+    (root / "classes.json").write_text(json.dumps(classes))
+    assert len({first, second, dataset_id(root)}) == 3
 
 
 def test_null_instances_from_a_dataset_without_them(tmp_path, prepared):
@@ -81,14 +116,14 @@ def test_errors_name_the_file(tmp_path, prepared):
     classes = json.loads((root / "classes.json").read_text())
     classes["label_nc"] = 13
     (root / "classes.json").write_text(json.dumps(classes))
-    with pytest.raises(ValueError, match="classes.json: label_nc is 13 but 12 classes"):
-        load_class_table(root)
+    with pytest.raises(ValueError, match=r"classes.json: malformed class table \(label_nc is 13 but 12 classes"):
+        ClassTable.load(root)
     (root / "classes.json").write_text("{oops")
     with pytest.raises(ValueError, match="classes.json: not valid JSON"):
         PreparedDataset(root, "train")
     (root / "classes.json").unlink()
     with pytest.raises(FileNotFoundError, match="classes.json"):
-        load_class_table(root)
+        ClassTable.load(root)
     (root / "manifest.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="manifest.parquet"):
         PreparedDataset(root, "train")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.errors import FeatureWeightsError
 from pipeline.evaluation.features import (
     INCEPTION_FILENAMES,
-    FeatureWeightsError,
     build_backbone,
     inception_backbone,
     resolve_inception_weights,

@@ -42,7 +42,7 @@ IOU4 = 2 / (4 + 3 - 2)
 
 def test_confusion_matrix_matches_hand_count_over_the_split():
     acc = ConfusionAccumulator(5, ignore=[0])
-    for pred, gt in zip(PRED, GT):  # one image at a time: the matrix accumulates over the split
+    for pred, gt in zip(PRED, GT, strict=True):  # one image at a time: the matrix accumulates over the split
         acc.update(torch.from_numpy(pred), torch.from_numpy(gt))
     np.testing.assert_array_equal(acc.matrix, EXPECTED_CM)
 
@@ -59,7 +59,7 @@ def test_confusion_matrix_matches_hand_count_over_the_split():
 
 def test_split_level_miou_is_not_the_mean_of_per_image_mious():
     per_image = []
-    for pred, gt in zip(PRED, GT):
+    for pred, gt in zip(PRED, GT, strict=True):
         acc = ConfusionAccumulator(5, ignore=[0])
         acc.update(pred, gt)
         per_image.append(acc.scores().miou)

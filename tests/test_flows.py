@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_project_params
 
 if "PREFECT_HOME" not in os.environ:  # before prefect is first imported: keep ~/.prefect out of the tests
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
@@ -40,7 +41,7 @@ def make_repo(root: Path, stages: str) -> Path:
     (root / "data/raw").mkdir(parents=True)
     (root / "out").mkdir()
     (root / "data/raw/a.txt").write_text("a")
-    (root / "params.yaml").write_text("data:\n  source: data/raw\n")
+    write_project_params(root, {"data": {"source": "data/raw"}})
     (root / "dvc.yaml").write_text(textwrap.dedent(stages))
     (root / "fail.py").write_text(FAIL)
     _run(root, "git", "init", "-q")
@@ -118,7 +119,8 @@ def test_retrain_runs_on_new_files_only(prefect_server, toy_repo):
 
 
 def test_a_failing_stage_raises_with_its_name_and_output(prefect_server, tmp_path):
-    from pipeline.flows import StageFailed, pipeline_flow
+    from pipeline.errors import PipelineError, StageFailed
+    from pipeline.flows import pipeline_flow
 
     repo = make_repo(
         tmp_path / "failing",
@@ -134,12 +136,13 @@ def test_a_failing_stage_raises_with_its_name_and_output(prefect_server, tmp_pat
         pipeline_flow(repo=str(repo), retries=0)
     message = str(err.value)
     assert "'prepare'" in message and "exit code" in message and "boom: the stage broke" in message
-    with pytest.raises(ValueError, match="unknown stages"):
+    with pytest.raises(PipelineError, match="unknown stages"):
         pipeline_flow(repo=str(repo), stages=["nope"])
 
 
 def test_failed_retrain_keeps_the_old_snapshot(prefect_server, tmp_path):
-    from pipeline.flows import SNAPSHOT, StageFailed, retrain_flow
+    from pipeline.errors import StageFailed
+    from pipeline.flows import SNAPSHOT, retrain_flow
 
     repo = make_repo(
         tmp_path / "failing",

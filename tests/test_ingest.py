@@ -9,22 +9,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ingest_dataset
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from gaugan.data import PreparedDataset, load_class_table
+from gaugan.classes import ClassTable
+from gaugan.data import PreparedDataset
 from gaugan.edges import instance_edges
-from pipeline.ingest import IngestError, run_ingest
-from pipeline.ingest.ade20k import instance_from_rgb, read_object_info
-from pipeline.ingest.ade20k_full import convert_seg, read_map_from_ade, target_size
-from pipeline.ingest.coco_stuff import (
+from pipeline.datasets.ade20k import instance_from_rgb, read_object_info
+from pipeline.datasets.ade20k_full import convert_seg, read_map_from_ade, target_size
+from pipeline.datasets.coco_stuff import (
     paint_runs,
     rasterize_instances,
     rasterize_stuff,
     read_labels_txt,
     rle_string_counts,
 )
-from pipeline.params import DataSettings
+from pipeline.errors import IngestError
 
 SPADE = "cocostuff/spade_coco_stuff"
 # pycocotools.mask.decode (used here as the reference) trips a NumPy 2 deprecation warning
@@ -73,9 +74,9 @@ def spade_source(tmp_path, real_fixtures) -> Path:
 
 def test_spade_dataroot_labels_identical_instances_same_regions(spade_source, tmp_path):
     out = tmp_path / "prepared"
-    stats = run_ingest("spade", spade_source, out, workers=2, progress=False)
+    stats = ingest_dataset("spade", spade_source, out, workers=2)
     assert stats["num_samples"] == {"train": 13, "val": 8} and stats["skipped"] == []
-    classes = load_class_table(out)
+    classes = ClassTable.load(out)
     assert (classes.dataset, classes.label_nc, classes.has_instances) == ("coco-stuff", 182, True)
     assert classes.names[0] == "person" and classes.names[181] == "wood" and classes.names[91] == "banner"
     manifest = pd.read_parquet(out / "manifest.parquet")
@@ -209,7 +210,7 @@ def test_coco_stuff_from_json_end_to_end(tmp_path, real_fixtures, rikai):
     data, names = rikai
     src = _coco_source(tmp_path, real_fixtures, rikai)
     out = tmp_path / "prepared"
-    stats = run_ingest("coco-stuff", src, out, workers=2, progress=False)
+    stats = ingest_dataset("coco-stuff", src, out, workers=2)
     assert stats["num_samples"] == {"train": 6, "val": 0}
     ds = PreparedDataset(out, "train")
     for image in data["images"][:6]:
@@ -233,8 +234,8 @@ def test_coco_stuff_from_json_end_to_end(tmp_path, real_fixtures, rikai):
 
 def test_crowd_policy_changes_the_output_and_the_hash(tmp_path, real_fixtures, rikai):
     src = _coco_source(tmp_path, real_fixtures, rikai)
-    a = run_ingest("coco-stuff", src, tmp_path / "a", settings=DataSettings(coco_crowd="ignore"), progress=False)
-    b = run_ingest("coco-stuff", src, tmp_path / "b", settings=DataSettings(coco_crowd="instance"), progress=False)
+    a = ingest_dataset("coco-stuff", src, tmp_path / "a", coco_crowd="ignore")
+    b = ingest_dataset("coco-stuff", src, tmp_path / "b", coco_crowd="instance")
     ma, mb = (pd.read_parquet(tmp_path / p / "manifest.parquet").set_index("id") for p in ("a", "b"))
     crowd_images = {
         Path(im["file_name"]).stem
@@ -260,7 +261,7 @@ def test_coco_stuff_stuffthingmaps_with_instances_json(tmp_path, real_fixtures):
     _link(src / "annotations/instances_val2017.json", real_fixtures / "coco/val2017_partial_139_285_detectron2.json")
     shutil.copy(real_fixtures / "cocostuff/labels.txt", src)
     out = tmp_path / "prepared"
-    run_ingest("coco-stuff", src, out, settings=DataSettings(instance_background="none"), progress=False)
+    ingest_dataset("coco-stuff", src, out, instance_background="none")
     sample = PreparedDataset(out, "val")[0]
     label = sample["label"]
     np.testing.assert_array_equal(label, _read(real_fixtures / SPADE / "val_label/000000000139.png"))
@@ -279,14 +280,14 @@ def test_coco_stuff_bad_layouts(tmp_path, real_fixtures):
     (src / "val2017").mkdir(parents=True)
     _link(src / "val2017/000000000139.jpg", real_fixtures / SPADE / "val_img/000000000139.jpg")
     with pytest.raises(IngestError, match="labels.txt: missing class file"):
-        run_ingest("coco-stuff", src, tmp_path / "out", progress=False)
+        ingest_dataset("coco-stuff", src, tmp_path / "out")
     shutil.copy(real_fixtures / "cocostuff/labels.txt", src)
     with pytest.raises(IngestError, match="no labels for val2017"):
-        run_ingest("coco-stuff", src, tmp_path / "out", progress=False)
+        ingest_dataset("coco-stuff", src, tmp_path / "out")
     (src / "annotations").mkdir()
     (src / "annotations/stuff_val2017.json").write_text('{"images": [')
     with pytest.raises(IngestError, match="stuff_val2017.json: malformed JSON"):
-        run_ingest("coco-stuff", src, tmp_path / "out", progress=False)
+        ingest_dataset("coco-stuff", src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -311,7 +312,7 @@ def test_ade20k_scene_parsing_labels_identical(tmp_path, real_fixtures):
     _link(src / "annotations", real_fixtures / "ade20k/sceneparsing/ADEChallengeData2016/annotations")
     shutil.copy(real_fixtures / "ade20k/sceneparsing/objectInfo150.csv", src)
     out = tmp_path / "prepared"
-    stats = run_ingest("ade20k", src, out, progress=False)
+    stats = ingest_dataset("ade20k", src, out)
     assert stats["num_samples"] == {"train": 0, "val": 3}
     classes = json.loads((out / "classes.json").read_text())
     assert classes["label_nc"] == 151 and classes["ignore"] == [0] and "other" in classes["notes"]
@@ -341,7 +342,7 @@ def test_ade20k_instance_pngs(tmp_path, real_fixtures):
         rgb[100:120, 5:25] = (3, 2, 0)  # the same G as object 2 but another class: a third object
         Image.fromarray(rgb).save(src / f"annotations_instance/validation/{name}.png")
     out = tmp_path / "prepared"
-    run_ingest("ade20k", src, out, settings=DataSettings(instance_background="none"), progress=False)
+    ingest_dataset("ade20k", src, out, instance_background="none")
     inst = PreparedDataset(out, "val")[0]["instance"]
     assert set(np.unique(inst)) == {0, 1, 2, 3}
     assert inst[20, 20] == 1 and inst[50, 60] == 3 and inst[110, 10] == 2 and inst[5, 5] == 0
@@ -397,8 +398,8 @@ def test_full_ade_2021_end_to_end(tmp_path, real_fixtures):
     shutil.copy(real_fixtures / "ade20k/sceneparsing/objectInfo150.csv", src)
     out = tmp_path / "prepared"
     with pytest.raises(IngestError, match=r"ADE_train_00016869_seg.png: label without its image"):
-        run_ingest("ade20k-full", src, out, progress=False)
-    stats = run_ingest("ade20k-full", src, out, on_error="skip", progress=False)
+        ingest_dataset("ade20k-full", src, out)
+    stats = ingest_dataset("ade20k-full", src, out, on_error="skip")
     assert stats["num_samples"]["train"] == 1 and len(stats["skipped"]) == 2  # two .jpg were not copied
     ds = PreparedDataset(out, "train")
     sample = ds[0]

@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ingest_dataset, make_params
 from PIL import Image
 
 from gaugan.data import PreparedDataset
 from gaugan.edges import instance_edges
-from pipeline.ingest import IngestError, run_ingest
-from pipeline.ingest.demo import CLASSES, generate_sample, write_demo_source
-from pipeline.ingest.writer import MANIFEST_COLUMNS
-from pipeline.params import DataSettings, DemoDataSettings
+from pipeline.datasets.demo import CLASSES, generate_sample, write_demo_source
+from pipeline.datasets.writer import MANIFEST_COLUMNS
+from pipeline.errors import IngestError, ParamsError
 
-SMALL = DemoDataSettings(num_train=4, num_val=2, width=32, height=24, seed=3)
+SMALL = make_params({"data": {"demo": {"num_train": 4, "num_val": 2, "width": 32, "height": 24, "seed": 3}}}).data.demo
 
 
 def _read(path: Path) -> np.ndarray:
@@ -37,7 +37,7 @@ def source(tmp_path) -> Path:
 
 def test_demo_is_deterministic_from_its_seed_and_varied():
     a, b = generate_sample(7, 3, 48, 32), generate_sample(7, 3, 48, 32)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
     image, label, inst = a
     assert (
@@ -60,8 +60,8 @@ def test_demo_is_deterministic_from_its_seed_and_varied():
 
 
 def test_demo_format_and_its_folder_source_give_the_same_dataset(tmp_path, source):
-    run_ingest("demo", tmp_path, tmp_path / "a", settings=DataSettings(demo=SMALL), progress=False)
-    stats = run_ingest("folder", source, tmp_path / "b", progress=False)
+    ingest_dataset("demo", tmp_path, tmp_path / "a", demo=SMALL.model_dump())
+    stats = ingest_dataset("folder", source, tmp_path / "b")
     assert stats["num_samples"] == {"train": 4, "val": 2}
     fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
     pngs = [k for k in fa if k.endswith(".png")]
@@ -86,7 +86,7 @@ def test_folder_with_classes_txt_and_written_files(tmp_path):
     palette.save(src / "labels/train/a.png")
     Image.fromarray(label).save(src / "labels/val/b.png")
     out = tmp_path / "out"
-    stats = run_ingest("folder", src, out, progress=False)
+    stats = ingest_dataset("folder", src, out)
     classes = json.loads((out / "classes.json").read_text())
     assert [c["name"] for c in classes["classes"]] == ["road", "car", "person"]
     assert classes["classes"][0]["color"] == [128, 64, 128] and classes["has_instances"] is False
@@ -105,7 +105,7 @@ def test_folder_with_classes_txt_and_written_files(tmp_path):
 
 def test_incremental_rerun_processes_only_new_and_changed(tmp_path, source):
     out = tmp_path / "prepared"
-    first = run_ingest("folder", source, out, progress=False)
+    first = ingest_dataset("folder", source, out)
     assert (first["processed_this_run"], first["reused"]) == (6, 0)
     before = _files(out)
     inodes = {p.relative_to(out).as_posix(): p.stat().st_ino for p in out.rglob("*.png")}
@@ -119,7 +119,7 @@ def test_incremental_rerun_processes_only_new_and_changed(tmp_path, source):
     Image.fromarray(lab).save(changed)
     for sub in ("images", "labels", "instances"):
         (source / sub / "val" / "demo_val_000001.png").unlink()
-    second = run_ingest("folder", source, out, workers=2, progress=False)
+    second = ingest_dataset("folder", source, out, workers=2)
     assert (second["processed_this_run"], second["reused"]) == (2, 4)
     assert second["num_samples"] == {"train": 5, "val": 1}
     after = _files(out)
@@ -141,16 +141,16 @@ def test_incremental_rerun_processes_only_new_and_changed(tmp_path, source):
             "demo_val_000000",
         ]
     )
-    third = run_ingest("folder", source, out, progress=False)
+    third = ingest_dataset("folder", source, out)
     assert (third["processed_this_run"], third["reused"]) == (0, 6)
     assert third["class_pixel_frequency"] == second["class_pixel_frequency"]  # counted again from the labels
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".prepared")]
 
 
 def test_two_workers_write_the_same_dataset(tmp_path):
-    settings = DataSettings(demo=DemoDataSettings(num_train=6, num_val=3, width=32, height=32))
-    one = run_ingest("demo", tmp_path, tmp_path / "one", workers=1, settings=settings, progress=False)
-    two = run_ingest("demo", tmp_path, tmp_path / "two", workers=2, settings=settings, progress=False)
+    demo = {"num_train": 6, "num_val": 3, "width": 32, "height": 32, "seed": 0}
+    one = ingest_dataset("demo", tmp_path, tmp_path / "one", workers=1, demo=demo)
+    two = ingest_dataset("demo", tmp_path, tmp_path / "two", workers=2, demo=demo)
     assert one == two
     fa, fb = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert fa.keys() == fb.keys() and len(fa) == 9 * 4 + 3
@@ -185,10 +185,10 @@ def test_bad_input_fails_cleanly_or_is_skipped(tmp_path, source, problem, messag
         Image.fromarray(np.zeros((8, 8), np.uint16)).save(source / f"instances/train/{bad}.png")
     out = tmp_path / "prepared"
     with pytest.raises(IngestError, match=message) as err:
-        run_ingest("folder", source, out, on_error="fail", workers=2, progress=False)
+        ingest_dataset("folder", source, out, on_error="fail", workers=2)
     assert bad in str(err.value)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".prepared")]
-    stats = run_ingest("folder", source, out, on_error="skip", workers=2, progress=False)
+    stats = ingest_dataset("folder", source, out, on_error="skip", workers=2)
     assert stats["num_samples"] == {"train": 3, "val": 2}
     assert len(stats["skipped"]) == 1 and bad in stats["skipped"][0]["file"]
     assert message.split(": ")[-1] in stats["skipped"][0]["error"]
@@ -199,47 +199,47 @@ def test_bad_input_fails_cleanly_or_is_skipped(tmp_path, source, problem, messag
 def test_missing_or_malformed_class_file(tmp_path, source):
     (source / "classes.json").write_text("{not json")
     with pytest.raises(IngestError, match="classes.json: malformed class file"):
-        run_ingest("folder", source, tmp_path / "out", progress=False)
+        ingest_dataset("folder", source, tmp_path / "out")
     (source / "classes.json").unlink()
     with pytest.raises(IngestError, match="no class file"):
-        run_ingest("folder", source, tmp_path / "out", progress=False)
+        ingest_dataset("folder", source, tmp_path / "out")
     (source / "classes.txt").write_text("sky\nsea,1,2\n")
     with pytest.raises(IngestError, match=r"classes.txt:2: malformed class line"):
-        run_ingest("folder", source, tmp_path / "out", progress=False)
+        ingest_dataset("folder", source, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_failed_or_interrupted_rerun_keeps_the_previous_output(tmp_path, source, monkeypatch):
     out = tmp_path / "prepared"
-    run_ingest("folder", source, out, progress=False)
+    ingest_dataset("folder", source, out)
     before = _files(out)
     Image.fromarray(np.full((24, 32), 99, np.uint8)).save(source / "labels/train/demo_train_000003.png")
     with pytest.raises(IngestError):
-        run_ingest("folder", source, out, progress=False)
+        ingest_dataset("folder", source, out)
     assert _files(out) == before
 
-    import pipeline.ingest.writer as writer
+    import pipeline.datasets.writer as writer
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(writer, "_stats", interrupted)  # dies after every sample was written
     with pytest.raises(KeyboardInterrupt):
-        run_ingest("folder", source, out, on_error="skip", progress=False)
+        ingest_dataset("folder", source, out, on_error="skip")
     assert _files(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["prepared", "src"]
     # a run killed between the two renames of the swap left the output parked: the next run restores it
     os.replace(out, tmp_path / ".prepared.old-12345")
     monkeypatch.undo()
-    stats = run_ingest("folder", source, out, on_error="skip", progress=False)
+    stats = ingest_dataset("folder", source, out, on_error="skip")
     assert stats["reused"] == 5 and stats["processed_this_run"] == 0 and len(stats["skipped"]) == 1
 
 
 def test_unknown_format_and_empty_source(tmp_path):
-    with pytest.raises(IngestError, match="unknown format 'cityscapes'"):
-        run_ingest("cityscapes", tmp_path, tmp_path / "out", progress=False)
+    with pytest.raises(ParamsError, match=r"data.format: Input should be 'demo', 'coco-stuff'.*got 'nuscenes'"):
+        ingest_dataset("nuscenes", tmp_path, tmp_path / "out")
     with pytest.raises(IngestError, match="source folder not found"):
-        run_ingest("folder", tmp_path / "nope", tmp_path / "out", progress=False)
+        ingest_dataset("folder", tmp_path / "nope", tmp_path / "out")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty/classes.txt").write_text("a\n")
     with pytest.raises(IngestError, match="no samples found"):
-        run_ingest("folder", tmp_path / "empty", tmp_path / "out", progress=False)
+        ingest_dataset("folder", tmp_path / "empty", tmp_path / "out")

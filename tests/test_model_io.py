@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config, toy_classes
 
 from gaugan.checkpoint import FORMAT, CheckpointError, load_generator, save_generator
 from gaugan.config import GauGANConfig
@@ -14,28 +15,11 @@ from gaugan.encoding import encode_labels
 from gaugan.generator import SPADEGenerator
 from gaugan.synthesizer import Synthesizer, to_uint8
 
-CLASSES = {
-    "dataset": "tiny",
-    "label_nc": 4,
-    "contain_dontcare_label": True,
-    "classes": [{"index": i, "name": f"c{i}", "color": [i * 60, 0, 0]} for i in range(4)],
-}
+CLASSES = toy_classes()
 
 
 def tiny(**kw) -> GauGANConfig:
-    base = dict(
-        label_nc=4,
-        ngf=4,
-        ndf=4,
-        nef=4,
-        z_dim=8,
-        spade_hidden=8,
-        n_layers_D=2,
-        crop_size=64,
-        norm_G="spectralspadeinstance3x3",
-    )
-    base.update(kw)
-    return GauGANConfig(**base)
+    return tiny_config(**{"norm_G": "spectralspadeinstance3x3", **kw})
 
 
 def saved(tmp_path, cfg: GauGANConfig, name: str = "g.pt", with_encoder: bool = True):
@@ -110,7 +94,7 @@ def test_synthesizer_matches_the_generator_and_uses_instance_edges(tmp_path):
         synth(labels)
     with pytest.raises(ValueError, match="differ in shape"):
         synth(labels, instances=instances[:, :32])
-    with pytest.raises(ValueError, match="label value 9"):
+    with pytest.raises(ValueError, match="label values 9 are outside the class table of 'toy': allowed 0..3 and 255"):
         synth(np.full((64, 64), 9), instances=instances[0])
     with pytest.raises(ValueError, match="no style encoder"):
         synth(labels, instances=instances, style_images=torch.zeros(3, 3, 64, 64))
@@ -141,6 +125,24 @@ def test_multimodal_synthesis_by_seed_and_by_style(tmp_path):
     no_encoder, _, _ = saved(tmp_path, cfg, "noenc.pt", with_encoder=False)
     with pytest.raises(ValueError, match="no style encoder"):
         Synthesizer.from_checkpoint(no_encoder, device="cpu")(labels, style_images=styles)
+
+
+def test_synthesize_takes_any_size_colours_and_no_instance_map(tmp_path, caplog):
+    cfg = tiny(use_instance=True)
+    path, _, _ = saved(tmp_path, cfg)
+    synth = Synthesizer.from_checkpoint(path, device="cpu")
+    labels, instances = labels_and_instances(n=2)
+    exact = synth.synthesize(labels, instances)
+    np.testing.assert_array_equal(exact, to_uint8(synth(labels, instances=instances)))  # the size fits: no resizing
+    odd = synth.synthesize(labels[:, :50, :45], instances[:, :50, :45])
+    assert odd.shape == (2, 50, 45, 3) and odd.dtype == np.uint8
+    assert synth.model_size(50, 45) == (64, 32)  # the nearest multiples of 32
+    painted = CLASSES.colorize(labels)
+    np.testing.assert_array_equal(synth.synthesize(synth.labels_from_colors(painted), instances), exact)
+    with caplog.at_level("WARNING"):
+        alone = synth.synthesize(labels)
+    assert "using the label map as one" in caplog.text
+    np.testing.assert_array_equal(alone, synth.synthesize(labels, labels))
 
 
 def test_to_uint8():

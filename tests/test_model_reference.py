@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from gaugan.checkpoint import CheckpointError, load_reference_checkpoint
-from gaugan.config import GauGANConfig, parameter_counts, reference_setting
+from gaugan.config import parameter_counts, reference_setting
 from gaugan.discriminator import MultiscaleDiscriminator
 from gaugan.encoder import ConvEncoder
 from gaugan.generator import SPADEGenerator
@@ -72,14 +73,8 @@ def test_parameter_counts_for_model_info():
     assert parameter_counts(reference_setting("ade20k", use_vae=True))["E"] == LAYOUTS[("ade20k-vae", "E")]["params"]
 
 
-def tiny(**kw) -> GauGANConfig:
-    base = dict(label_nc=4, ngf=4, ndf=4, nef=4, z_dim=8, spade_hidden=8, n_layers_D=2, crop_size=64)
-    base.update(kw)
-    return GauGANConfig(**base)
-
-
 def test_reference_style_files_load_strictly_and_mismatches_are_listed(tmp_path):
-    cfg = tiny(use_instance=True)
+    cfg = tiny_config(use_instance=True)
     torch.manual_seed(0)
     src = SPADEGenerator(cfg)
     src(torch.rand(2, cfg.semantic_nc, 64, 64))  # a training forward moves BN stats and spectral-norm vectors
@@ -97,7 +92,7 @@ def test_reference_style_files_load_strictly_and_mismatches_are_listed(tmp_path)
         r"0 unexpected keys; 1 shape mismatches \(conv_img\.weight",
     ):
         load_reference_checkpoint(
-            SPADEGenerator(tiny(use_instance=True, num_upsampling_layers="most", crop_size=128)), path
+            SPADEGenerator(tiny_config(use_instance=True, num_upsampling_layers="most", crop_size=128)), path
         )
     with pytest.raises(
         CheckpointError,
@@ -105,7 +100,7 @@ def test_reference_style_files_load_strictly_and_mismatches_are_listed(tmp_path)
         r"\(64, 6, 3, 3\) in the file, \(64, 5, 3, 3\) here",
     ):
         load_reference_checkpoint(
-            SPADEGenerator(tiny()), path
+            SPADEGenerator(tiny_config()), path
         )  # no edge channel: the input conv and 18 SPADE convs are narrower
     with pytest.raises(FileNotFoundError):
         load_reference_checkpoint(SPADEGenerator(cfg), tmp_path / "nope.pth")

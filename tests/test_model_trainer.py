@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import tiny_config
 
 import gaugan.trainer as trainer_module
 from gaugan.config import GauGANConfig
@@ -14,9 +15,7 @@ from gaugan.trainer import GauGANTrainer, NonFiniteLossError, TrainOptions
 
 
 def tiny(**kw) -> GauGANConfig:
-    base = dict(label_nc=5, ngf=4, ndf=4, nef=4, z_dim=8, spade_hidden=8, n_layers_D=2, crop_size=64)
-    base.update(kw)
-    return GauGANConfig(**base)
+    return tiny_config(**{"label_nc": 5, **kw})
 
 
 def make_batch(cfg: GauGANConfig, b: int = 2, seed: int = 0, size: tuple[int, int] = (64, 64)) -> dict:
@@ -79,6 +78,9 @@ def test_options_and_the_two_time_scale_rule():
     plain = GauGANTrainer(cfg, opts(lr=3e-4, ttur=False, beta1=0.5, beta2=0.999))
     assert plain.opt_G.param_groups[0]["lr"] == plain.opt_D.param_groups[0]["lr"] == pytest.approx(3e-4)
     assert plain.opt_G.param_groups[0]["betas"] == (0.5, 0.999)
+    # the betas apply with TTUR too, as in the reference (never silently replaced by (0, 0.9))
+    ttur_betas = GauGANTrainer(cfg, opts(beta1=0.5, beta2=0.99))
+    assert ttur_betas.opt_G.param_groups[0]["betas"] == (0.5, 0.99) == ttur_betas.opt_D.param_groups[0]["betas"]
     assert plain.vgg_loss is None  # lambda_vgg 0: no VGG, no weights file needed
     schedule = GauGANTrainer(cfg, opts(total_steps=10, decay_start_step=6))
     assert [schedule.lr_factor(s) for s in (0, 6, 7, 8, 10, 12)] == [1.0, 1.0, 0.75, 0.5, 0.0, 0.0]

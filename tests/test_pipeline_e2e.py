@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import write_project_params
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ["gaugan", "pipeline", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore"]
@@ -42,13 +43,6 @@ TINY = {
 }
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
-
-
 def _git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
@@ -63,8 +57,7 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
         else:
             shutil.copy2(src, root / name)
     shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_project_params(root, TINY)
     _git(root, "init", "-q")
     _git(root, "add", "-A")
     _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
@@ -133,6 +126,11 @@ def test_dvc_repro_end_to_end_then_noop_then_only_what_changed(project):
     assert not _ran(changed) & {"ingest", "train", "train-segmenter"}
     assert "evaluate.num_samples" in _dvc(project, "params", "diff")
 
+    # code is a dependency too: a change to the registry code reruns register, and only register
+    with (root / "pipeline/registry.py").open("a") as fh:
+        fh.write("\n# a change\n")
+    assert _ran(_dvc(project, "repro")) == {"register"}
+
 
 @pytest.mark.slow
 def test_a_failing_stage_leaves_outputs_and_registry_as_they_were(project):
@@ -182,7 +180,7 @@ def test_prefect_flows_run_the_same_pipeline_and_retrain_on_new_data(project):
     assert "running the pipeline" in first and "Finished in state Completed" in first
     assert "nothing to do" in cli("flow", "retrain")
     versions_before = json.loads((root / "outputs/register/registration.json").read_text())["version"]
-    from pipeline.ingest.demo import generate_sample
+    from pipeline.datasets.demo import generate_sample
 
     image, label, instance = generate_sample(123, 0, 64, 64)
     for sub, arr in (("images", image), ("labels", label), ("instances", instance)):

@@ -13,17 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_params
 from PIL import Image
 
+from gaugan.classes import ClassTable
+from pipeline.errors import ModelNotFoundError, RegistryError
+from pipeline.stages.register import run as run_register
+
 NAME = "gaugan-toy"
-CLASSES = {
-    "dataset": "toy",
-    "label_nc": 3,
-    "classes": [
-        {"index": i, "name": n, "color": c}
-        for i, (n, c) in enumerate([("sky", [0, 0, 255]), ("grass", [0, 255, 0]), ("rock", [128, 128, 128])])
-    ],
-}
+CLASSES = ClassTable(dataset="toy", names=("sky", "grass", "rock"), colors=((0, 0, 255), (0, 255, 0), (128, 128, 128)))
 
 
 def tiny_generator(path: Path, seed: int, **overrides) -> None:
@@ -43,14 +41,12 @@ def tiny_generator(path: Path, seed: int, **overrides) -> None:
         None,
         config,
         CLASSES,
-        {"data_version": f"data-{seed}", "steps": 3, "git_commit": f"{seed:040d}"},
+        {"dataset_id": f"data-{seed}", "steps": 3, "git_commit": f"{seed:040d}"},
     )
 
 
 def params(root: Path, **register):
-    from pipeline.params import parse_params
-
-    return parse_params({"register": register} if register else {})
+    return make_params({"register": register})
 
 
 def fake_training(root: Path, uri: str, seed: int, fid: float) -> str:
@@ -84,8 +80,6 @@ def fake_training(root: Path, uri: str, seed: int, fid: float) -> str:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Three registrations: FID 10 (first: champion), 8 (better: champion), 12 (worse: challenger)."""
-    from pipeline.registry import run_register
-
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     results, runs = [], []
@@ -129,7 +123,7 @@ def test_versions_carry_provenance_and_metrics(store):
     version = client.get_model_version(NAME, "3")
     assert version.run_id == runs[2]
     tags = version.tags
-    assert tags["git_commit"] == f"{3:040d}" and tags["data_version"] == "data-3"
+    assert tags["git_commit"] == f"{3:040d}" and tags["dataset_id"] == "data-3" and tags["dataset"] == "toy"
     assert float(tags["metric.fid"]) == 12.0 and float(tags["metric.miou"]) == 0.5
     assert "metric.paper_comparable" not in tags  # booleans are not metrics
     assert tags["fid_backbone"] == "tiny-cnn-seed0" and tags["eval_resolution"] == "64x64"
@@ -182,21 +176,22 @@ def test_champion_loads_through_pyfunc_and_synthesize(store, tmp_path):
 
 
 def test_unknown_alias_version_or_model_lists_what_exists(store, tmp_path):
-    from pipeline.synthesize import SynthesizeError, synthesize
+    from gaugan.errors import InputError
+    from pipeline.synthesize import synthesize
 
     root, uri, _, _ = store
     label_png = tmp_path / "map.png"
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(label_png)
     with pytest.raises(
-        SynthesizeError, match=r"no alias 'production'.*@challenger \(version 3\).*@champion \(version 2\)"
+        ModelNotFoundError, match=r"no alias 'production'.*@challenger \(version 3\).*@champion \(version 2\)"
     ):
         synthesize(f"models:/{NAME}@production", label_png, tmp_path / "x.png", tracking_uri=uri)
-    with pytest.raises(SynthesizeError, match=r"no version '7'; versions: \[1, 2, 3\]"):
+    with pytest.raises(ModelNotFoundError, match=r"no version '7'; versions: \[1, 2, 3\]"):
         synthesize(f"models:/{NAME}/7", label_png, tmp_path / "x.png", tracking_uri=uri)
-    with pytest.raises(SynthesizeError, match=r"no registered model 'gaugan-nope'.*registered models: gaugan-toy"):
+    with pytest.raises(ModelNotFoundError, match=r"no registered model 'gaugan-nope'.*registered models: gaugan-toy"):
         synthesize("models:/gaugan-nope@champion", label_png, tmp_path / "x.png", tracking_uri=uri)
     Image.fromarray(np.full((32, 32), 7, dtype=np.uint8)).save(label_png)
-    with pytest.raises(SynthesizeError, match=r"label values 7 are outside the class table of 'toy'"):
+    with pytest.raises(InputError, match=r"label values 7 are outside the class table of 'toy'"):
         synthesize(f"models:/{NAME}@champion", label_png, tmp_path / "x.png", tracking_uri=uri)
     assert not (tmp_path / "x.png").exists()
 
@@ -223,8 +218,8 @@ def test_a_failure_after_registration_leaves_the_registry_as_it_was(store, monke
 
     monkeypatch.setattr(mlflow.MlflowClient, "create_model_version", spy_create)
     monkeypatch.setattr(registry, "atomic_write_json", broken_write)
-    with pytest.raises(registry.RegistryError, match="restored: disk full"):
-        registry.run_register(params(root), root)
+    with pytest.raises(RegistryError, match="restored: disk full"):
+        run_register(params(root), root)
     assert [str(v) for v in created] == ["4"]  # it was created (and promoted) before the failure ...
     assert aliases(uri) == {"champion": "2", "challenger": "3"}  # ... and undone
     assert versions(uri) == [1, 2, 3]
@@ -239,14 +234,12 @@ def test_a_failed_first_registration_leaves_no_registered_model(store, monkeypat
     root, uri, _, _ = store
     fake_training(root, uri, seed=5, fid=3.0)
     monkeypatch.setattr(registry, "atomic_write_json", lambda path, obj: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(registry.RegistryError):
-        registry.run_register(params(root, model_name="gaugan-other"), root)
+    with pytest.raises(RegistryError):
+        run_register(params(root, model_name="gaugan-other"), root)
     assert [m.name for m in mlflow.MlflowClient(uri).search_registered_models()] == [NAME]
 
 
 def test_missing_or_non_numeric_metric_names_the_metric_and_file(store):
-    from pipeline.registry import RegistryError, run_register
-
     root, uri, _, _ = store
     with pytest.raises(RegistryError, match=r"'lpips' is not in .*metrics\.json; its metrics: accuracy, fid"):
         run_register(params(root, metric="lpips"), root)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import TOY_NAMES, make_params, toy_classes, write_toy_prepared
 
-from pipeline.evaluation.segmenter import (
-    SegmenterError,
-    UNetSmall,
-    _load_pretrained,
-    build_network,
-    load_segmenter,
-    save_segmenter,
-)
+from gaugan.data import dataset_id
+from pipeline.errors import SegmenterError
+from pipeline.evaluation.segmentation_nets import UNetSmall, build_network
+from pipeline.evaluation.segmenter import load_segmenter, save_segmenter
+from pipeline.evaluation.segmenter_training import load_pretrained
+from pipeline.stages.train_segmenter import run as run_train_segmenter
 
 
 def test_unet_small_any_size_and_file_round_trip(tmp_path):
@@ -21,11 +20,10 @@ def test_unet_small_any_size_and_file_round_trip(tmp_path):
     net = UNetSmall(num_classes=5, width=4).eval()
     for h, w in [(32, 32), (37, 50)]:  # not multiples of 8: padded inside, cropped back
         assert net(torch.randn(2, 3, h, w)).shape == (2, 5, h, w)
-    path = save_segmenter(
-        tmp_path / "seg.pt", net, "unet-small", 5, 4, {"dataset": {"label_nc": 5, "names": list("abcde")}}
-    )
+    classes = toy_classes(names="abcde")
+    path = save_segmenter(tmp_path / "seg.pt", net, "unet-small", 5, 4, {"classes": classes.to_dict()})
     seg = load_segmenter(path)
-    assert seg.arch == "unet-small" and seg.num_classes == 5 and seg.meta["dataset"]["names"] == list("abcde")
+    assert seg.arch == "unet-small" and seg.num_classes == 5 and seg.classes == classes
     images = np.random.default_rng(0).integers(0, 256, (3, 24, 40, 3), dtype=np.uint8)
     pred = seg.predict(images, batch_size=2)
     assert pred.shape == (3, 24, 40) and pred.dtype == torch.long
@@ -43,7 +41,7 @@ def test_torchvision_weights_load_checked_and_head_replaced(tmp_path):
     torch.save(src.state_dict(), path)
 
     net = build_network("lraspp_mobilenet_v3_large", 6)
-    fresh = _load_pretrained(net, "lraspp_mobilenet_v3_large", path, 6)
+    fresh = load_pretrained(net, "lraspp_mobilenet_v3_large", path, 6)
     assert sorted(fresh) == sorted(
         f"net.classifier.{k}_classifier.{p}" for k in ("low", "high") for p in ("weight", "bias")
     )
@@ -54,9 +52,9 @@ def test_torchvision_weights_load_checked_and_head_replaced(tmp_path):
 
     # another architecture's file is an error, never silently random weights
     with pytest.raises(SegmenterError, match="does not fit"):
-        _load_pretrained(build_network("unet-small", 6, 4), "unet-small", path, 6)
+        load_pretrained(build_network("unet-small", 6, 4), "unet-small", path, 6)
     with pytest.raises(SegmenterError, match="does not exist"):
-        _load_pretrained(net, "lraspp_mobilenet_v3_large", tmp_path / "nope.pth", 6)
+        load_pretrained(net, "lraspp_mobilenet_v3_large", tmp_path / "nope.pth", 6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,27 +62,21 @@ def test_torchvision_weights_load_checked_and_head_replaced(tmp_path):
 
 
 def _params(**segmenter):
-    from pipeline.params import parse_params
-
     base = {"width": 8, "steps": 30, "batch_size": 8, "lr": 0.003, "device": "cpu"}
-    return parse_params({"seed": 2, "train": {"crop_size": 32, "load_size": 32}, "segmenter": {**base, **segmenter}})
+    return make_params({"seed": 2, "train": {"crop_size": 32, "load_size": 32}, "segmenter": {**base, **segmenter}})
 
 
 def test_train_segmenter_writes_file_and_metrics_and_is_seeded(tmp_path):
     import json
 
-    from test_eval_stage import NAMES, write_prepared
-
-    from pipeline.evaluation.dataset import dataset_fingerprint
-    from pipeline.evaluation.segmenter import run_train_segmenter
-
     params = _params()
-    data = write_prepared(tmp_path / params.data.out, n_train=12, n_val=4)
+    data = write_toy_prepared(tmp_path / params.data.out, n_train=12, n_val=4)
     out = run_train_segmenter(params, tmp_path)
     assert out == tmp_path / params.segmenter.out
     raw = torch.load(out, map_location="cpu", weights_only=True)
     assert raw["arch"] == "unet-small" and raw["num_classes"] == 4 and raw["width"] == 8
-    assert raw["dataset"] == {"name": "toy", "label_nc": 4, "names": NAMES, "fingerprint": dataset_fingerprint(data)}
+    assert raw["classes"]["dataset"] == "toy" and [c["name"] for c in raw["classes"]["classes"]] == list(TOY_NAMES)
+    assert raw["dataset_id"] == dataset_id(data)
     assert raw["input_hw"] == [32, 32]
     metrics = json.loads((tmp_path / params.segmenter.metrics).read_text())
     assert metrics["steps"] == 30 and metrics["num_train_images"] == 12 and metrics["num_val_images"] == 4
@@ -109,30 +101,22 @@ def test_train_segmenter_writes_file_and_metrics_and_is_seeded(tmp_path):
 
 
 def test_train_segmenter_refuses_torchvision_arch_without_weights_and_empty_train(tmp_path):
-    from test_eval_stage import write_prepared
-
-    from pipeline.evaluation.segmenter import run_train_segmenter
-
     params = _params(arch="deeplabv3_mobilenet_v3_large")
-    write_prepared(tmp_path / params.data.out, n_train=2, n_val=2)
+    write_toy_prepared(tmp_path / params.data.out, n_train=2, n_val=2)
     with pytest.raises(SegmenterError, match="segmenter.weights is null.*unet-small"):
         run_train_segmenter(params, tmp_path)
 
     empty = tmp_path / "empty"
-    write_prepared(empty / params.data.out, n_train=0, n_val=2)
+    write_toy_prepared(empty / params.data.out, n_train=0, n_val=2)
     with pytest.raises(SegmenterError, match="train split is empty"):
         run_train_segmenter(_params(), empty)
 
 
 def test_train_segmenter_fine_tunes_torchvision_weights_with_another_head(tmp_path):
-    from test_eval_stage import write_prepared
-
-    from pipeline.evaluation.segmenter import run_train_segmenter
-
     weights = tmp_path / "lraspp-21.pth"
     torch.save(build_network("lraspp_mobilenet_v3_large", 21).net.state_dict(), weights)
     params = _params(arch="lraspp_mobilenet_v3_large", weights=str(weights), steps=0)
-    write_prepared(tmp_path / params.data.out, n_train=4, n_val=2)
+    write_toy_prepared(tmp_path / params.data.out, n_train=4, n_val=2)
     with pytest.raises(SegmenterError, match="segmenter.steps > 0"):
         run_train_segmenter(params, tmp_path)
     out = run_train_segmenter(

@@ -9,30 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_tiny_generator
 from PIL import Image
 
-CLASSES = {
-    "dataset": "toy",
-    "label_nc": 4,
-    "classes": [{"index": i, "name": f"c{i}", "color": [60 * i, 0, 0]} for i in range(4)],
-}
+from gaugan.classes import ClassTable
+from gaugan.errors import InputError, UnknownColorError
+from pipeline.errors import ModelNotFoundError
+
+CLASSES = ClassTable(dataset="toy", names=("c0", "c1", "c2", "c3"), colors=tuple((60 * i, 0, 0) for i in range(4)))
 
 
 def tiny_generator(path: Path, seed: int = 0, **overrides) -> Path:
-    import torch
-
-    from gaugan.checkpoint import save_generator
-    from gaugan.config import GauGANConfig
-    from gaugan.encoder import ConvEncoder
-    from gaugan.generator import SPADEGenerator
-
-    settings = dict(label_nc=4, use_instance=False, ngf=4, nef=4, z_dim=8, spade_hidden=8, crop_size=64)
-    settings.update(overrides)
-    config = GauGANConfig(**settings)
-    torch.manual_seed(seed)
-    netE = ConvEncoder(config) if config.use_vae else None
-    save_generator(path, SPADEGenerator(config), netE, config, CLASSES, {"steps": 0})
-    return path
+    settings = {"use_instance": False, "nef": 4, **overrides}
+    return write_tiny_generator(path, CLASSES, seed=seed, crop_size=64, **settings)
 
 
 def label_png(path: Path, h: int, w: int, palette: bool = False) -> Path:
@@ -64,12 +53,12 @@ def test_output_has_the_label_maps_size(plain, tmp_path, h, w):
 
 
 def test_palette_png_is_read_as_raw_indices(plain, tmp_path):
-    from pipeline.synthesize import read_map, synthesize
+    from pipeline.synthesize import read_png, synthesize
 
     pal = label_png(tmp_path / "p.png", 64, 64, palette=True)
     gray = label_png(tmp_path / "g.png", 64, 64)
     assert Image.open(pal).mode == "P"
-    np.testing.assert_array_equal(read_map(pal), read_map(gray))
+    np.testing.assert_array_equal(read_png(pal, "label map"), read_png(gray, "label map"))
     a = np.array(Image.open(synthesize(str(plain), pal, tmp_path / "a.png")))
     b = np.array(Image.open(synthesize(str(plain), gray, tmp_path / "b.png")))
     np.testing.assert_array_equal(a, b)
@@ -103,34 +92,53 @@ def test_seed_fixes_the_style_of_a_multimodal_model(tmp_path):
     assert not np.array_equal(images[0], images[2])
 
 
+def test_a_map_painted_in_the_class_colours_gives_the_same_image(plain, tmp_path):
+    from pipeline.synthesize import synthesize
+
+    labels = np.array(Image.open(label_png(tmp_path / "g.png", 48, 80)))
+    labels[labels == 255] = 0  # class 0 is black here, the colour of dontcare: the palette cannot tell them apart
+    gray, painted = tmp_path / "g.png", tmp_path / "painted.png"
+    Image.fromarray(labels).save(gray)
+    Image.fromarray(CLASSES.colorize(labels)).save(painted)
+    a = np.array(Image.open(synthesize(str(plain), gray, tmp_path / "a.png")))
+    b = np.array(Image.open(synthesize(str(plain), painted, tmp_path / "b.png")))
+    np.testing.assert_array_equal(a, b)
+    smudged = np.array(Image.open(painted))
+    smudged[10, 10:14] = (185, 3, 0)  # antialiasing: not a class colour
+    Image.fromarray(smudged).save(painted)
+    with pytest.raises(UnknownColorError, match=r"\(185, 3, 0\) on 4 pixels \(nearest class: 3 'c3' \(180, 0, 0\)\)"):
+        synthesize(str(plain), painted, tmp_path / "c.png")
+    assert not (tmp_path / "c.png").exists()
+
+
 def test_clear_errors(plain, tmp_path):
-    from pipeline.synthesize import SynthesizeError, synthesize
+    from pipeline.synthesize import synthesize
 
     bad = np.zeros((32, 32), dtype=np.uint8)
     bad[0, :3] = [4, 9, 254]
     Image.fromarray(bad).save(tmp_path / "bad.png")
     with pytest.raises(
-        SynthesizeError,
+        InputError,
         match=r"label values 4, 9, 254 are outside the class table of 'toy': "
         r"allowed 0\.\.3 and 255 \(dontcare\)",
     ):
         synthesize(str(plain), tmp_path / "bad.png", tmp_path / "o.png")
-    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
-    with pytest.raises(SynthesizeError, match="one channel of indices"):
-        synthesize(str(plain), tmp_path / "rgb.png", tmp_path / "o.png")
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(InputError, match="text.png: not a readable image"):
+        synthesize(str(plain), tmp_path / "text.png", tmp_path / "o.png")
     with pytest.raises(FileNotFoundError, match="label map not found"):
         synthesize(str(plain), tmp_path / "missing.png", tmp_path / "o.png")
     ok = label_png(tmp_path / "ok.png", 32, 32)
-    with pytest.raises(SynthesizeError, match="not a generator file, and not an MLflow model URI"):
+    with pytest.raises(ModelNotFoundError, match="not a generator file, and not an MLflow model URI"):
         synthesize(str(tmp_path / "nope.pt"), ok, tmp_path / "o.png")
     label_png(tmp_path / "small.png", 16, 16)
-    with pytest.raises(SynthesizeError, match="differ in size"):
+    with pytest.raises(InputError, match="differ in size"):
         synthesize(str(plain), ok, tmp_path / "o.png", instance_path=tmp_path / "small.png")
     assert not (tmp_path / "o.png").exists()
 
 
 def test_parse_registered_uris():
-    from pipeline.synthesize import parse_registered
+    from pipeline.registry import parse_registered
 
     assert parse_registered("models:/gaugan-coco-stuff@champion") == ("gaugan-coco-stuff", "champion", None)
     assert parse_registered("models:/gaugan-ade20k/3") == ("gaugan-ade20k", None, "3")

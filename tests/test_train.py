@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from conftest import deep_merge, ingest_dataset, make_params, write_project_params
 
-from pipeline.params import ParamsError, parse_params
-from pipeline.train_data import StepBatchSampler
+from pipeline.errors import ParamsError, TrainError
+from pipeline.training.loader import StepBatchSampler
 
 TINY_PARAMS = {
     "seed": 3,
@@ -37,6 +37,7 @@ TINY_PARAMS = {
     "train": {
         "batch_size": 4,
         "max_steps": 4,
+        "decay_start_step": None,
         "lambda_vgg": 0.0,
         "load_size": 72,
         "crop_size": 64,
@@ -52,33 +53,23 @@ TINY_PARAMS = {
 }
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """A tiny prepared demo dataset, shared by the tests of this module (read-only)."""
-    from pipeline.ingest import run_ingest
-
     root = tmp_path_factory.mktemp("prepared")
-    settings = parse_params(TINY_PARAMS).data
-    run_ingest("demo", root / "unused", root / "data", workers=1, on_error="fail", settings=settings, progress=False)
+    ingest_dataset("demo", root / "unused", root / "data", workers=1, demo=TINY_PARAMS["data"]["demo"])
     return root / "data"
 
 
 def _project(tmp_path: Path, prepared: Path, **override) -> tuple[Path, dict]:
     """A working folder with params.yaml and a link to the shared prepared dataset."""
-    raw = _merge(TINY_PARAMS, override)
+    raw = deep_merge(TINY_PARAMS, override)
     (tmp_path / "data").mkdir(exist_ok=True)
     link = tmp_path / "data" / "prepared"
     if not link.exists():
         link.symlink_to(prepared, target_is_directory=True)
-    raw = _merge(raw, {"mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    raw = deep_merge(raw, {"mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    write_project_params(tmp_path, raw)
     return tmp_path, raw
 
 
@@ -106,27 +97,28 @@ def _assert_same_weights(a: dict, b: dict, atol: float) -> None:
 
 def test_crop_larger_than_load_is_rejected_naming_the_keys():
     with pytest.raises(ParamsError, match=r"train.*crop_size \(80\) is larger than train.load_size \(72\)"):
-        parse_params({"train": {"crop_size": 80, "load_size": 72}})
+        make_params({"train": {"crop_size": 80, "load_size": 72}})
 
 
 def test_unknown_key_is_rejected_naming_it():
     with pytest.raises(ParamsError, match=r"train\.max_step: unknown key"):
-        parse_params({"train": {"max_step": 10}})
+        make_params({"train": {"max_step": 10}})
 
 
 def test_bad_settings_fail_before_training(prepared, tmp_path):
-    from gaugan.data import load_class_table
-    from pipeline.train import TrainError, check_settings
+    from gaugan.classes import ClassTable
+    from pipeline.errors import TrainError
+    from pipeline.training.settings import check_settings
 
-    classes = load_class_table(prepared)
-    params = parse_params(_merge(TINY_PARAMS, {"model": {"label_nc": classes.label_nc + 1}}))
+    classes = ClassTable.load(prepared)
+    params = make_params(deep_merge(TINY_PARAMS, {"model": {"label_nc": classes.label_nc + 1}}))
     with pytest.raises(TrainError, match=r"model\.label_nc is 13 but .*classes\.json has label_nc 12"):
         check_settings(params, classes, 1, prepared)
-    params = parse_params(_merge(TINY_PARAMS, {"train": {"batch_size": 3}}))
+    params = make_params(deep_merge(TINY_PARAMS, {"train": {"batch_size": 3}}))
     with pytest.raises(TrainError, match=r"train\.batch_size \(3\) does not divide over 2 processes"):
         check_settings(params, classes, 2, prepared)
     no_instances = type(classes)(**{**classes.__dict__, "has_instances": False})
-    params = parse_params(TINY_PARAMS)
+    params = make_params(TINY_PARAMS)
     with pytest.raises(TrainError, match=r"model\.use_instance is true but the dataset .* has no instance maps"):
         check_settings(params, no_instances, 1, prepared)
 
@@ -139,7 +131,7 @@ def test_bad_settings_fail_before_training(prepared, tmp_path):
 def test_ranks_split_the_same_global_batches():
     single = StepBatchSampler(20, 4, rank=0, world_size=1, seed=1, start_step=0, max_steps=12)
     ranks = [StepBatchSampler(20, 4, rank=r, world_size=2, seed=1, start_step=0, max_steps=12) for r in range(2)]
-    for whole, half0, half1 in zip(single, *ranks):
+    for whole, half0, half1 in zip(single, *ranks, strict=True):
         assert whole == half0 + half1
     batches = list(single)
     assert len(batches) == 12
@@ -152,7 +144,7 @@ def test_ranks_split_the_same_global_batches():
 
 
 def test_sampler_refuses_a_split_smaller_than_the_batch():
-    with pytest.raises(ValueError, match="fewer than train.batch_size=8"):
+    with pytest.raises(TrainError, match="fewer than train.batch_size=8"):
         StepBatchSampler(5, 8, 0, 1, 0, 0, 1)
 
 
@@ -193,16 +185,16 @@ def test_two_gloo_processes_match_one_process(prepared, tmp_path):
     # Compare the trained networks as functions. Raw weights are not comparable: a conv bias in
     # front of an instance norm has a zero true gradient, so Adam turns float noise of either
     # sign into a full +-lr step there, with no effect on any output.
-    from gaugan.data import load_class_table
+    from gaugan.classes import ClassTable
     from gaugan.discriminator import MultiscaleDiscriminator
     from gaugan.encoding import encode_labels
     from gaugan.generator import SPADEGenerator
     from gaugan.trainer import GauGANTrainer
     from pipeline.params import load_params
-    from pipeline.train import model_config, train_options
+    from pipeline.training.settings import model_config, train_options
 
     params = load_params(one / "params.yaml")
-    config = model_config(params, load_class_table(prepared))
+    config = model_config(params, ClassTable.load(prepared))
     torch.manual_seed(11)
     labels = torch.randint(0, config.label_nc, (2, 64, 64))
     semantics = encode_labels(labels, config.label_nc, True, torch.zeros(2, 1, 64, 64))
@@ -229,7 +221,7 @@ def test_two_gloo_processes_match_one_process(prepared, tmp_path):
 def test_killed_run_resumes_to_the_same_weights(prepared, tmp_path, monkeypatch):
     from gaugan.trainer import GauGANTrainer
     from pipeline.params import load_params
-    from pipeline.train import run_train
+    from pipeline.stages.train import run as run_train
 
     straight = _fresh(tmp_path, "straight", prepared)
     crashed = _fresh(tmp_path, "crashed", prepared)
@@ -267,7 +259,7 @@ def test_killed_run_resumes_to_the_same_weights(prepared, tmp_path, monkeypatch)
 
 def test_outputs_and_tracking(prepared, tmp_path):
     from pipeline.params import load_params
-    from pipeline.train import run_train
+    from pipeline.stages.train import run as run_train
 
     project, _ = _project(tmp_path, prepared)
     metrics = run_train(load_params(project / "params.yaml"), project)
@@ -280,20 +272,21 @@ def test_outputs_and_tracking(prepared, tmp_path):
     from PIL import Image
 
     grid = Image.open(project / "outputs/train/samples.png")
-    assert grid.size == (3 * 64, 4 * 64)  # label | generated | real, one row per validation sample
+    assert grid.size == (3 * 64 + 2 * 2, 4 * 64 + 3 * 2)  # label | generated | real per validation sample, 2 px gaps
     import mlflow
 
     ref = json.loads((project / "outputs/train/run.json").read_text())
     run = mlflow.MlflowClient(ref["tracking_uri"]).get_run(ref["run_id"])
     assert run.data.params["train.batch_size"] == "4"
-    assert run.data.tags["data_version"] and run.data.tags["settings_fingerprint"]
+    assert run.data.tags["dataset_id"] and run.data.tags["settings_fingerprint"]
     assert "images_per_sec" in run.data.metrics
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(prepared, tmp_path, monkeypatch):
     from gaugan.trainer import GauGANTrainer, NonFiniteLossError
+    from pipeline.errors import TrainError
     from pipeline.params import load_params
-    from pipeline.train import TrainError, run_train
+    from pipeline.stages.train import run as run_train
 
     project, _ = _project(tmp_path, prepared)
     original = GauGANTrainer.train_step

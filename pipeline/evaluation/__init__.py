@@ -1,12 +1,13 @@
-"""Evaluation of trained generators: FID/KID, segmentation scores (mIoU, pixel accuracy), sample grids.
+"""Evaluation of trained generators: the evaluate and train-segmenter stages' helpers.
 
-- ``features``: FID/KID feature extractors (the FID Inception from a weights file, or a seeded tiny CNN);
+- ``inputs``: the validation split, generator, segmenter and feature extractor, loaded and checked;
+- ``scoring``: one pass over the split (synthesis, features, segmentation, sample rows);
+- ``report``: metrics.json, per_class_iou.csv, samples.png and the MLflow tags;
+- ``features``: FID/KID feature extractors (the FID Inception from a weights file, or a seeded tiny
+  CNN) and the cache of real-image features;
 - ``metrics``: FID/KID from features (torchmetrics), dataset-level confusion matrix and mIoU;
-- ``segmenter``: segmentation networks and the train-segmenter stage (``run_train_segmenter``);
-- ``grids``: label | generated | real sample grids;
-- ``dataset``: evaluation size, resizing, ignore lists and fingerprints of a prepared dataset;
-- ``stage``: the evaluate stage (``run_evaluate``).
+- ``segmentation_nets``: the segmentation architectures; ``segmenter``: the segmenter and its file;
+  ``segmenter_training``: its starting weights, training images and loop.
 
-Submodules are imported explicitly (``from pipeline.evaluation.stage import run_evaluate``): this
-package imports nothing itself, so the CLI stays fast.
+Submodules are imported explicitly: this package imports nothing itself, so the CLI stays fast.
 """

@@ -20,13 +20,19 @@ computed with it: its sha256 differs from the real file's and is recorded with e
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.errors import FeatureWeightsError
+from pipeline.io import atomic_path, digest, sha256_file
 
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -44,10 +50,6 @@ INCEPTION_SHA256_PREFIX = "6726825d"
 INCEPTION_FEATURE_DIMS = (64, 192, 768, 2048)
 TINY_SEED = 20190318  # SPADE's arXiv date; any fixed value would do, but it must never change
 TINY_INPUT_SIZE = 64
-
-
-class FeatureWeightsError(FileNotFoundError):
-    """The weights a feature extractor needs are missing or are not what they claim to be."""
 
 
 @dataclass
@@ -75,14 +77,6 @@ class FeatureBackbone:
         return self.module(x).float().reshape(x.shape[0], -1).cpu()
 
 
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------------------------
 # tiny
 
@@ -104,13 +98,15 @@ class TinyFeatureExtractor(nn.Module):
         chans = [3, 32, 64, 128, 256, dim // 2]
         strides = [2, 2, 2, 1, 1]
         self.convs = nn.ModuleList(
-            nn.Conv2d(cin, cout, 3, stride=s, padding=1) for cin, cout, s in zip(chans[:-1], chans[1:], strides)
+            nn.Conv2d(cin, cout, 3, stride=s, padding=1)
+            for cin, cout, s in zip(chans[:-1], chans[1:], strides, strict=True)
         )
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for conv in self.convs:
+            for conv in cast(Iterable[nn.Conv2d], self.convs):  # ModuleList of Conv2d, built above
                 fan_in = conv.in_channels * 9
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * math.sqrt(2.0 / fan_in))
+                assert conv.bias is not None  # built with the default bias=True
                 conv.bias.copy_(torch.randn(conv.bias.shape, generator=gen) * 0.1)
         self.requires_grad_(False)
         self.eval()
@@ -221,7 +217,8 @@ def check_inception_state_dict(path: Path) -> None:
     for key, shape in _INCEPTION_PROBE_KEYS.items():
         if key not in state or tuple(state[key].shape) != shape:
             raise FeatureWeightsError(
-                f"{path}: not the FID Inception (TF 2015-12-05 port) state dict: key {key} with shape {shape} is missing. "
+                f"{path}: not the FID Inception (TF 2015-12-05 port) state dict: key {key} with shape {shape} "
+                "is missing. "
                 f"Expected {INCEPTION_FILENAMES[0]} or {INCEPTION_FILENAMES[1]}."
             )
 
@@ -305,8 +302,6 @@ def write_surrogate_inception_weights(path: Path | str, seed: int = 0, calibrati
     from torchmetrics.image.fid import NoTrainInceptionV3
     from torchvision.models import inception_v3
 
-    from pipeline.io import atomic_path
-
     path = Path(path)
     gen = torch.Generator().manual_seed(seed)
     template = inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
@@ -347,3 +342,33 @@ def write_surrogate_inception_weights(path: Path | str, seed: int = 0, calibrati
         state.update({k: calibrated[k] for k in state if k in calibrated})
         torch.save(state, tmp)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# cache of real-image features
+
+
+class RealFeatureCache:
+    """Real-image features of a split, keyed by what determines them: dataset id, backbone, size, image count."""
+
+    def __init__(self, directory: Path | None, key_parts: dict):
+        self.key_parts = json.loads(json.dumps(key_parts))  # as it reads back from the file
+        self.path = directory / f"real-features-{digest(key_parts, 24)}.pt" if directory is not None else None
+
+    def load(self, ids: list[str]) -> torch.Tensor | None:
+        """The cached features of exactly these image ids, or None."""
+        if self.path is None or not self.path.is_file():
+            return None
+        try:
+            obj = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a broken cache entry is recomputed
+            return None
+        if obj.get("key") != self.key_parts or list(obj["ids"]) != ids:
+            return None
+        return obj["features"]
+
+    def save(self, ids: list[str], features: torch.Tensor) -> None:
+        if self.path is None:
+            return
+        with atomic_path(self.path) as tmp:
+            torch.save({"ids": ids, "key": self.key_parts, "features": features.contiguous()}, tmp)

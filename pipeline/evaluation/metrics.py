@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-DONTCARE = 255
+from gaugan.classes import DONTCARE
+from pipeline.errors import EvaluationError
 
 
 class _Passthrough(nn.Module):
@@ -109,7 +110,9 @@ def scores_from_confusion(confusion: np.ndarray, ignore: Sequence[int] = ()) -> 
         raise ValueError(f"confusion matrix must be square, got shape {cm.shape}")
     total = int(cm.sum())
     if total == 0:
-        raise ValueError("no scored pixels: every ground-truth pixel is dontcare or an ignored class")
+        raise EvaluationError(
+            "no scored pixels: every ground-truth pixel is dontcare or an ignored class (evaluate.ignore_classes)"
+        )
     tp = np.diag(cm).astype(np.float64)
     union = cm.sum(axis=0) + cm.sum(axis=1) - tp
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -148,7 +151,7 @@ class ConfusionAccumulator:
         keep = target != DONTCARE
         bad = keep & ((target < 0) | (target >= self.num_classes))
         if bad.any():
-            raise ValueError(
+            raise EvaluationError(
                 f"label values {sorted(set(target[bad].unique().tolist()))[:10]} are outside 0..{self.num_classes - 1} "
                 f"and are not the dontcare value {DONTCARE}"
             )

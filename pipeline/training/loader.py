@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gaugan.data import PreparedDataset
 from gaugan.transforms import Geometry, PairTransform
+from pipeline.errors import TrainError
 
 
 def sample_seed(run_seed: int, epoch: int, index: int) -> int:
@@ -40,7 +41,7 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} does not divide over {world_size} processes")
         if num_samples < global_batch:
-            raise ValueError(
+            raise TrainError(
                 f"the training split has {num_samples} samples, fewer than train.batch_size={global_batch}; "
                 "lower train.batch_size or add data"
             )

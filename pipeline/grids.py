@@ -1,4 +1,7 @@
-"""Sample grids: one row per validation sample, colourised label | generated | real."""
+"""Sample grids: one row per sample, colour-coded label | generated | real, written as PNG.
+
+The train stage draws them during training and the evaluate stage on the validation split.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-DONTCARE = 255
+from gaugan.classes import ClassTable
+from pipeline.io import atomic_path
 
 
-def palette(classes: dict) -> np.ndarray:
-    """``[256, 3]`` uint8 colours from classes.json (dontcare and unknown values are black)."""
-    table = np.zeros((max(256, int(classes.get("label_nc", 0)) + 1), 3), dtype=np.uint8)
-    for entry in classes.get("classes", []):
-        color = entry.get("color")
-        if color is not None:
-            table[int(entry["index"])] = np.asarray(color[:3], dtype=np.uint8)
-    table[DONTCARE] = 0
-    return table
-
-
-def colorize_labels(labels: np.ndarray, classes: dict) -> np.ndarray:
-    """Class-index map(s) ``[...,H,W]`` -> RGB ``[...,H,W,3]`` uint8."""
-    table = palette(classes)
-    idx = np.clip(np.asarray(labels, dtype=np.int64), 0, len(table) - 1)
-    return table[idx]
-
-
-def sample_grid(labels: np.ndarray, fakes: np.ndarray, reals: np.ndarray, classes: dict, gap: int = 2) -> np.ndarray:
+def sample_grid(
+    labels: np.ndarray, fakes: np.ndarray, reals: np.ndarray, classes: ClassTable, gap: int = 2
+) -> np.ndarray:
     """Rows of [label | generated | real] with white ``gap``-pixel separators.
 
     ``labels`` int ``[N,H,W]``; ``fakes``/``reals`` uint8 ``[N,H,W,3]``; returns uint8 ``[rows,cols,3]``.
@@ -40,7 +28,7 @@ def sample_grid(labels: np.ndarray, fakes: np.ndarray, reals: np.ndarray, classe
     if fakes.shape != reals.shape or fakes.shape[1:3] != labels.shape[1:3]:
         raise ValueError(f"shapes differ: labels {labels.shape}, generated {fakes.shape}, real {reals.shape}")
     n, h, w = labels.shape
-    colored = colorize_labels(labels, classes)
+    colored = classes.colorize(labels)
     grid = np.full((n * h + (n - 1) * gap, 3 * w + 2 * gap, 3), 255, dtype=np.uint8)
     for i in range(n):
         y = i * (h + gap)
@@ -51,9 +39,8 @@ def sample_grid(labels: np.ndarray, fakes: np.ndarray, reals: np.ndarray, classe
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:
+    """An RGB uint8 array as a PNG file, written atomically."""
     from PIL import Image
-
-    from pipeline.io import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

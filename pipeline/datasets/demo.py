@@ -19,10 +19,13 @@ real learning problem. Generation is vectorised NumPy: a few ms per 64x64 sample
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+
+from gaugan.classes import ClassTable
 
 CLASSES = [  # name, display colour (for label visualisation; the rendered textures vary around it)
     ("sky", (110, 170, 235)),
@@ -44,8 +47,8 @@ GENERATOR_VERSION = "landscape/2"  # part of every sample's hash: bump when the 
 VAL_OFFSET = 1_000_000  # val samples use indices from here, so the splits never share a scene
 
 
-def class_table() -> dict:
-    from pipeline.ingest.common import class_table as table
+def class_table() -> ClassTable:
+    from pipeline.datasets.common import class_table as table
 
     entries = [{"index": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(CLASSES)]
     return table("demo", entries, has_instances=True)
@@ -123,29 +126,58 @@ def _rgb(*v) -> np.ndarray:
     return np.asarray(v, np.float32)
 
 
+@dataclass(frozen=True)
+class _Light:
+    horizon: float  # the horizon's height, as a fraction of the image from the top
+    golden: float  # 0 = midday, 1 = golden hour
+    sun_x: float
+    sun_y: float
+    sun_dir: float  # light comes from the right (+1) or the left (-1)
+
+
 def generate_sample(seed: int, index: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image uint8 [H,W,3], label uint8 [H,W], instance uint16 [H,W]) of sample ``index``."""
+    """(image uint8 [H,W,3], label uint8 [H,W], instance uint16 [H,W]) of sample ``index``.
+
+    The layers are painted back to front; every random draw comes from one generator seeded with
+    (seed, index), in a fixed order, so a sample never changes.
+    """
+    from pipeline.datasets.common import background_segments
+
     rng = np.random.default_rng([seed & 0xFFFFFFFF, index & 0xFFFFFFFF, 0x5EED_DE30])
     s = _Scene(rng, height, width)
-    y, x, h, w = s.y, s.x, s.h, s.w
     horizon = rng.uniform(0.36, 0.6)
-    golden = rng.uniform(0, 1) ** 2  # 0 = midday, 1 = golden hour
+    golden = rng.uniform(0, 1) ** 2
     sun_x = rng.choice([rng.uniform(0.05, 0.35), rng.uniform(0.65, 0.95)])
     sun_y = horizon * rng.uniform(0.2, 0.8)
-    sun_dir = 1.0 if sun_x > 0.5 else -1.0  # light comes from the right (+1) or the left
+    light = _Light(horizon, golden, sun_x, sun_y, 1.0 if sun_x > 0.5 else -1.0)
+    sky = _paint_sky(s, light)
+    _paint_clouds(s, rng, light)
+    _paint_mountains(s, rng, light, sky)
+    grass, depth, shore = _paint_ground(s, rng, light)
+    _paint_flowers(s, rng, grass)
+    _paint_road(s, rng, light, depth, shore)
+    _paint_objects(s, rng, light)
+    return _finish(s, rng, light), s.label, background_segments(s.things, s.label)
 
-    # sky: zenith to horizon gradient, warmer near the horizon at golden hour, a glow around the sun
-    t = np.clip(y / horizon, 0, 1)[..., None]
+
+def _paint_sky(s: _Scene, light: _Light) -> np.ndarray:
+    """Zenith to horizon gradient, warmer near the horizon at golden hour, a glow around the sun."""
+    y, x, golden = s.y, s.x, light.golden
+    t = np.clip(y / light.horizon, 0, 1)[..., None]
     zenith = _rgb(55, 110, 205) * (1 - golden) + _rgb(70, 95, 170) * golden
     low = _rgb(170, 205, 240) * (1 - golden) + _rgb(250, 190, 140) * golden
     sky = zenith * (1 - t**1.5) + low * t**1.5
-    glow = np.exp(-((x - sun_x) ** 2 + ((y - sun_y) * 1.6) ** 2) / 0.02)[..., None]
+    glow = np.exp(-((x - light.sun_x) ** 2 + ((y - light.sun_y) * 1.6) ** 2) / 0.02)[..., None]
     sky = sky + glow * (_rgb(255, 240, 200) - sky) * 0.6
-    s.img[:] = np.broadcast_to(sky, (h, w, 3))
+    s.img[:] = np.broadcast_to(sky, (s.h, s.w, 3))
+    return sky
 
-    # clouds: unions of a few ellipses, lit from above
+
+def _paint_clouds(s: _Scene, rng: np.random.Generator, light: _Light) -> None:
+    """Unions of a few ellipses, lit from above."""
+    y, x, h, w, golden = s.y, s.x, s.h, s.w, light.golden
     for _ in range(rng.integers(0, 4)):
-        cx, cy = rng.uniform(-0.05, 1.05), rng.uniform(0.05, max(0.08, horizon - 0.15))
+        cx, cy = rng.uniform(-0.05, 1.05), rng.uniform(0.05, max(0.08, light.horizon - 0.15))
         blob = np.zeros((h, w), bool)
         span = rng.uniform(0.1, 0.25)
         for _ in range(rng.integers(3, 6)):
@@ -158,34 +190,41 @@ def generate_sample(seed: int, index: int, width: int, height: int) -> tuple[np.
         tint = _rgb(250, 250, 252) * (1 - golden) + _rgb(255, 215, 185) * golden
         s.paint(blob, "cloud", np.broadcast_to(tint * shade, (h, w, 3)))
 
-    # mountain ranges, far (hazy, bluish) then near; facet shading from the ridge slope; snow caps
-    if rng.random() < 0.85:
-        ranges = 1 + int(rng.random() < 0.55)
-        snow_line = horizon - rng.uniform(0.16, 0.3)
-        for k in range(ranges):
-            near = k == ranges - 1
-            top, bottom = (
-                (horizon - rng.uniform(0.12, 0.3), horizon - rng.uniform(0.02, 0.08))
-                if near
-                else (horizon - rng.uniform(0.2, 0.38), horizon - rng.uniform(0.05, 0.12))
-            )
-            ridge = _profile(rng, x[0], int(rng.integers(4, 9)), top, bottom)[None, :]
-            ridge = ridge + 0.012 * (s.mid[:1, :] - 0.5)
-            body = (y >= ridge) & (y < horizon)
-            slope = np.gradient(ridge[0], x[0])[None, :]
-            facet = np.clip(1.0 - 0.12 * sun_dir * np.sign(slope) * np.minimum(np.abs(slope), 3) / 3 * 2.5, 0.6, 1.3)
-            base = _rgb(118, 100, 90) if near else _rgb(130, 135, 160)
-            rock = base * (0.8 + 0.4 * s.coarse[..., None]) * (0.9 + 0.2 * s.fine[..., None]) * facet[..., None]
-            depth = np.clip((y - ridge) / max(1e-3, horizon - float(ridge.min())), 0, 1)[..., None]
-            rock = rock * (1.0 - 0.25 * depth)  # darker towards the foot
-            if not near:
-                rock = rock * 0.6 + sky * 0.4  # haze
-            s.paint(body, "mountain", rock)
-            snow = body & (y < snow_line + 0.03 * (s.mid - 0.5)) & (y < ridge + rng.uniform(0.04, 0.09))
-            snow_col = _rgb(238, 242, 250) * facet[..., None] * (0.93 + 0.07 * s.fine[..., None])
-            s.paint(snow, "snow", np.broadcast_to(snow_col, (h, w, 3)), thing=False)  # stuff: one id for all snow
 
-    # ground: grass everywhere below the horizon, then a lake with its shore
+def _paint_mountains(s: _Scene, rng: np.random.Generator, light: _Light, sky: np.ndarray) -> None:
+    """Ranges far (hazy, bluish) then near; facet shading from the ridge slope; snow caps."""
+    if rng.random() >= 0.85:
+        return
+    y, x, h, w, horizon = s.y, s.x, s.h, s.w, light.horizon
+    ranges = 1 + int(rng.random() < 0.55)
+    snow_line = horizon - rng.uniform(0.16, 0.3)
+    for k in range(ranges):
+        near = k == ranges - 1
+        top, bottom = (
+            (horizon - rng.uniform(0.12, 0.3), horizon - rng.uniform(0.02, 0.08))
+            if near
+            else (horizon - rng.uniform(0.2, 0.38), horizon - rng.uniform(0.05, 0.12))
+        )
+        ridge = _profile(rng, x[0], int(rng.integers(4, 9)), top, bottom)[None, :]
+        ridge = ridge + 0.012 * (s.mid[:1, :] - 0.5)
+        body = (y >= ridge) & (y < horizon)
+        slope = np.gradient(ridge[0], x[0])[None, :]
+        facet = np.clip(1.0 - 0.12 * light.sun_dir * np.sign(slope) * np.minimum(np.abs(slope), 3) / 3 * 2.5, 0.6, 1.3)
+        base = _rgb(118, 100, 90) if near else _rgb(130, 135, 160)
+        rock = base * (0.8 + 0.4 * s.coarse[..., None]) * (0.9 + 0.2 * s.fine[..., None]) * facet[..., None]
+        depth = np.clip((y - ridge) / max(1e-3, horizon - float(ridge.min())), 0, 1)[..., None]
+        rock = rock * (1.0 - 0.25 * depth)  # darker towards the foot
+        if not near:
+            rock = rock * 0.6 + sky * 0.4  # haze
+        s.paint(body, "mountain", rock)
+        snow = body & (y < snow_line + 0.03 * (s.mid - 0.5)) & (y < ridge + rng.uniform(0.04, 0.09))
+        snow_col = _rgb(238, 242, 250) * facet[..., None] * (0.93 + 0.07 * s.fine[..., None])
+        s.paint(snow, "snow", np.broadcast_to(snow_col, (h, w, 3)), thing=False)  # stuff: one id for all snow
+
+
+def _paint_ground(s: _Scene, rng: np.random.Generator, light: _Light):
+    """Grass everywhere below the horizon, then a lake with its shore; -> (grass colours, depth, shore)."""
+    y, x, h, w, horizon, golden = s.y, s.x, s.h, s.w, light.horizon, light.golden
     ground = np.broadcast_to(y >= horizon, (h, w))
     depth = np.clip((y - horizon) / (1 - horizon), 0, 1)  # 0 at the horizon, 1 at the bottom
     grass_base = _rgb(70, 145, 50) * (1 - golden * 0.3) + _rgb(120, 140, 40) * golden * 0.3
@@ -210,32 +249,38 @@ def generate_sample(seed: int, index: int, width: int, height: int) -> tuple[np.
             refl = refl * (0.92 + 0.1 * ripple[..., None])
             s.paint(water, "water", refl, thing=False)
             beach = ground & (y >= shore) & (y < shore + rng.uniform(0.025, 0.06)) & (shore > horizon + 0.01)
-            s.paint(
-                beach,
-                "sand",
-                _rgb(220, 198, 145) * (0.85 + 0.2 * s.fine[..., None] + 0.1 * s.mid[..., None]),
-                thing=False,
-            )
-    dry = ground & (s.label != IDX["water"])
+            sand = _rgb(220, 198, 145) * (0.85 + 0.2 * s.fine[..., None] + 0.1 * s.mid[..., None])
+            s.paint(beach, "sand", sand, thing=False)
+    return grass, depth, shore
 
-    # flowers: patches on the grass, dotted pink and yellow
+
+def _paint_flowers(s: _Scene, rng: np.random.Generator, grass: np.ndarray) -> None:
+    """Patches on the grass, dotted pink and yellow."""
     patches = (s.coarse * 0.6 + s.mid * 0.4 > rng.uniform(0.62, 0.75)) & (s.label == IDX["grass"])
     dots = np.where((s.fine > 0.55)[..., None], _rgb(235, 95, 165), _rgb(245, 215, 70))
     flowers = np.where((s.fine > 0.35)[..., None] | (s.fine < 0.2)[..., None], dots, grass * 0.9)
     s.paint(patches, "flowers", flowers, thing=False)
 
-    # a road winding towards the horizon, wider when nearer
-    if rng.random() < 0.5:
-        start = horizon + (0.03 if shore is None else float(np.max(shore)) - horizon + 0.05)
-        centre = rng.uniform(0.3, 0.7) + rng.uniform(0.08, 0.18) * np.sin(y * rng.uniform(4, 9) + rng.uniform(0, 6))
-        half = 0.01 + 0.13 * np.clip((y - start) / max(1e-3, 1 - start), 0, 1)
-        road = dry & (np.abs(x - centre) < half) & (y > start)
-        asphalt = _rgb(95, 92, 90) * (0.85 + 0.15 * s.fine[..., None]) * (0.85 + 0.2 * depth[..., None])
-        dash = (np.abs(x - centre) < half * 0.06) & (np.sin(y * 70) > 0.2)
-        asphalt = np.where(dash[..., None], _rgb(225, 220, 200), asphalt)
-        s.paint(road, "road", asphalt, thing=False)
 
-    # objects on the ground, painted far to near, each with its cast shadow on the ground
+def _paint_road(s: _Scene, rng: np.random.Generator, light: _Light, depth: np.ndarray, shore) -> None:
+    """A road winding towards the horizon, wider when nearer, on dry ground."""
+    if rng.random() >= 0.5:
+        return
+    y, x, horizon = s.y, s.x, light.horizon
+    dry = (y >= horizon) & (s.label != IDX["water"])
+    start = horizon + (0.03 if shore is None else float(np.max(shore)) - horizon + 0.05)
+    centre = rng.uniform(0.3, 0.7) + rng.uniform(0.08, 0.18) * np.sin(y * rng.uniform(4, 9) + rng.uniform(0, 6))
+    half = 0.01 + 0.13 * np.clip((y - start) / max(1e-3, 1 - start), 0, 1)
+    road = dry & (np.abs(x - centre) < half) & (y > start)
+    asphalt = _rgb(95, 92, 90) * (0.85 + 0.15 * s.fine[..., None]) * (0.85 + 0.2 * depth[..., None])
+    dash = (np.abs(x - centre) < half * 0.06) & (np.sin(y * 70) > 0.2)
+    asphalt = np.where(dash[..., None], _rgb(225, 220, 200), asphalt)
+    s.paint(road, "road", asphalt, thing=False)
+
+
+def _paint_objects(s: _Scene, rng: np.random.Generator, light: _Light) -> None:
+    """Houses, trees and rocks on the ground, painted far to near, each with its cast shadow."""
+    horizon = light.horizon
     objects = [
         ("house", rng.uniform(horizon + 0.08, 0.9)) for _ in range(rng.integers(0, 3) if rng.random() < 0.45 else 0)
     ]
@@ -246,23 +291,22 @@ def generate_sample(seed: int, index: int, width: int, height: int) -> tuple[np.
         scale = 0.35 + 0.9 * (base - horizon) / (1 - horizon)  # perspective
         cx = rng.uniform(0.0, 1.0)
         if kind == "tree":
-            _tree(s, rng, cx, base, scale, sun_dir, golden)
+            _tree(s, rng, cx, base, scale, light.sun_dir, light.golden)
         elif kind == "rock":
-            _rock(s, rng, cx, base, scale, sun_dir)
+            _rock(s, rng, cx, base, scale, light.sun_dir)
         else:
-            _house(s, rng, cx, base, scale, sun_dir)
+            _house(s, rng, cx, base, scale, light.sun_dir)
 
-    # global light: brightness, warmth, a touch of vignetting and sensor noise
+
+def _finish(s: _Scene, rng: np.random.Generator, light: _Light) -> np.ndarray:
+    """Global light: brightness, warmth, a touch of vignetting and sensor noise; -> uint8 image."""
     img = s.img * rng.uniform(0.82, 1.12)
-    warmth = 0.1 * golden + rng.uniform(-0.04, 0.04)
+    warmth = 0.1 * light.golden + rng.uniform(-0.04, 0.04)
     img[..., 0] *= 1 + warmth
     img[..., 2] *= 1 - warmth
-    img *= (1.0 - 0.18 * ((x - 0.5) ** 2 + (y - 0.5) ** 2))[..., None]
+    img *= (1.0 - 0.18 * ((s.x - 0.5) ** 2 + (s.y - 0.5) ** 2))[..., None]
     img += rng.normal(0.0, 2.0, img.shape).astype(np.float32)
-    image = np.clip(img, 0, 255).astype(np.uint8)
-    from pipeline.ingest.common import background_segments
-
-    return image, s.label, background_segments(s.things, s.label)
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def _shadow(s: _Scene, cx: float, base: float, rx: float, ry: float, sun_dir: float) -> None:
@@ -338,8 +382,8 @@ def _house(s: _Scene, rng, cx: float, base: float, scale: float, sun_dir: float)
 
 
 def _load_generated(seed: int, index: int, width: int, height: int):
-    from pipeline.ingest.common import ImageData, encode_png
-    from pipeline.ingest.writer import Loaded
+    from pipeline.datasets.common import ImageData, encode_png
+    from pipeline.datasets.writer import Loaded
 
     image, label, instance = generate_sample(seed, index, width, height)
     return Loaded(ImageData(encode_png(image), ".png", width, height), label, None, instance)
@@ -351,9 +395,9 @@ def _samples(demo):
             yield split, f"demo_{split}_{i:06d}", offset + i
 
 
-def demo_tasks(demo) -> tuple[list, dict]:
+def demo_tasks(demo) -> tuple[list, ClassTable]:
     """Writer tasks for the demo samples of ``demo`` (DemoDataSettings) and the class table."""
-    from pipeline.ingest.writer import SampleTask
+    from pipeline.datasets.writer import SampleTask
 
     tasks = []
     for split, name, index in _samples(demo):
@@ -376,7 +420,7 @@ def write_demo_source(out_dir: Path | str, settings) -> Path:
     ``images/``, ``labels/``, ``instances/`` per split and ``classes.json``. Ingesting it gives
     byte-identical files to the ``demo`` format (only the manifest's ``source`` differs). The folder
     is replaced as a whole (atomically); add your own samples after writing it."""
-    from pipeline.ingest.common import encode_png
+    from pipeline.datasets.common import encode_png
     from pipeline.io import atomic_path
 
     out = Path(out_dir)
@@ -389,8 +433,8 @@ def write_demo_source(out_dir: Path | str, settings) -> Path:
         table = class_table()
         doc = {
             "dataset": "demo",
-            "contain_dontcare_label": table["contain_dontcare_label"],
-            "classes": table["classes"],
+            "contain_dontcare_label": table.contain_dontcare_label,
+            "classes": table.to_dict()["classes"],
         }
         (tmp / "classes.json").write_text(json.dumps(doc, indent=2) + "\n")
     return out

@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gaugan.classes import ClassTable
+from pipeline.errors import IngestError
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
-DONTCARE = 255
-
-
-class IngestError(RuntimeError):
-    """Bad input: the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +32,11 @@ class ImageData:
     ext: str  # ".jpg" or ".png"
     width: int
     height: int
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The JPEG and PNG files directly in ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -95,8 +98,8 @@ def image_resized(path: Path | str, size: tuple[int, int], quality: int = 95) ->
     """Resize an image (bicubic) to ``size`` = (w, h); stored as JPEG q95 4:4:4 (documented loss)."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize(size, Image.BICUBIC)
+        with Image.open(path) as src:
+            im = src.convert("RGB").resize(size, Image.Resampling.BICUBIC)
     except FileNotFoundError:
         raise IngestError(f"{path}: image file not found") from None
     except (OSError, SyntaxError, ValueError) as err:
@@ -135,23 +138,28 @@ def default_color(i: int) -> list[int]:
 
 
 def class_table(
-    dataset: str, entries: list[dict], *, has_instances: bool, contain_dontcare_label: bool = True, **extra
-) -> dict:
-    """The classes.json document (``entries``: [{index, name, color}] for 0..label_nc-1)."""
+    dataset: str,
+    entries: list[dict],
+    *,
+    has_instances: bool,
+    contain_dontcare_label: bool = True,
+    ignore: list[int] | None = None,
+    notes: str | None = None,
+) -> ClassTable:
+    """The class table of a parsed dataset (``entries``: [{index, name, color}] for 0..label_nc-1)."""
     if [e["index"] for e in entries] != list(range(len(entries))):
         raise IngestError(f"{dataset}: class indices must run 0..{len(entries) - 1} without gaps")
     if len(entries) > 255:
         raise IngestError(f"{dataset}: {len(entries)} classes; at most 255 are supported (255 is the dontcare value)")
-    return {
-        "format_version": 1,
-        "dataset": dataset,
-        "label_nc": len(entries),
-        "dontcare": DONTCARE,
-        "contain_dontcare_label": contain_dontcare_label,
-        "has_instances": has_instances,
-        "classes": entries,
-        **extra,
-    }
+    return ClassTable(
+        dataset=dataset,
+        names=tuple(str(e["name"]) for e in entries),
+        colors=tuple((int(e["color"][0]), int(e["color"][1]), int(e["color"][2])) for e in entries),
+        contain_dontcare_label=contain_dontcare_label,
+        has_instances=has_instances,
+        ignore=tuple(ignore) if ignore is not None else None,
+        notes=notes,
+    )
 
 
 def read_class_file(root: Path) -> tuple[list[dict], dict]:

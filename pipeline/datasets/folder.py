@@ -29,16 +29,17 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from pipeline.ingest.common import (
-    IMAGE_EXTS,
-    IngestError,
+from gaugan.classes import ClassTable
+from pipeline.datasets.common import (
     class_table,
     compact_ids,
+    image_files,
     load_image,
     read_class_file,
     read_index_map,
 )
-from pipeline.ingest.writer import Loaded, SampleTask
+from pipeline.datasets.writer import Loaded, SampleTask
+from pipeline.errors import IngestError
 
 
 def load_pair(image: str, label: str, instance: str | None = None, instance_mode: str = "ids") -> Loaded:
@@ -63,7 +64,7 @@ def pair_tasks(
     if not image_dir.is_dir():
         return []
     tasks = []
-    for img in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()):
+    for img in image_files(image_dir):
         label = label_dir / f"{img.stem}.png"
         inst = inst_dir / f"{img.stem}.png" if inst_dir is not None else None
         files = tuple(str(p) for p in (img, label, inst) if p is not None)
@@ -80,7 +81,7 @@ def pair_tasks(
     return tasks
 
 
-def folder_tasks(source: Path, settings=None) -> tuple[list[SampleTask], dict]:
+def folder_tasks(source: Path, settings=None) -> tuple[list[SampleTask], ClassTable]:
     entries, options = read_class_file(source)
     has_inst = (source / "instances").is_dir()  # then every sample needs its instance map
     tasks = []
@@ -103,12 +104,12 @@ def folder_tasks(source: Path, settings=None) -> tuple[list[SampleTask], dict]:
     return tasks, classes
 
 
-def spade_tasks(source: Path, settings=None) -> tuple[list[SampleTask], dict]:
+def spade_tasks(source: Path, settings=None) -> tuple[list[SampleTask], ClassTable]:
     if (source / "classes.json").is_file() or (source / "classes.txt").is_file():
         entries, options = read_class_file(source)
         dataset = str(options.get("dataset", "spade"))
     elif (source / "labels.txt").is_file():
-        from pipeline.ingest.coco_stuff import read_labels_txt
+        from pipeline.datasets.coco_stuff import read_labels_txt
 
         entries, dataset = read_labels_txt(source / "labels.txt"), "coco-stuff"
     else:

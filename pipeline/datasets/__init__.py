@@ -1,4 +1,4 @@
-"""The ingest stage: a raw dataset in, the prepared dataset out.
+"""Dataset formats: parsers of raw datasets and the writer of the prepared format (the ingest stage's work).
 
 Prepared format (the contract with every later stage)::
 
@@ -17,80 +17,74 @@ Prepared format (the contract with every later stage)::
 
 Formats and their source layouts: ``demo`` (demo.py), ``folder`` and ``spade`` (folder.py),
 ``coco-stuff`` (coco_stuff.py), ``ade20k`` (ade20k.py), ``ade20k-full`` (ade20k_full.py).
-Writing (parallel, incremental, atomic): writer.py.
+Writing (parallel, incremental, atomic): writer.py. The stage itself: ``pipeline/stages/ingest.py``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any
 
-from pipeline.ingest.common import IngestError
-from pipeline.ingest.writer import write_prepared
+from pipeline.datasets.writer import write_prepared
+from pipeline.errors import IngestError
+from pipeline.params import DataSettings
 
 if TYPE_CHECKING:
-    from pipeline.params import DataSettings
-
-__all__ = ["IngestError", "run_ingest", "FORMATS"]
+    from gaugan.classes import ClassTable
+    from pipeline.datasets.writer import SampleTask
 
 FORMATS = ("demo", "folder", "spade", "coco-stuff", "ade20k", "ade20k-full")
 
 
-def _builder(format: str):
+def _builder(format: str) -> Callable[[Path, Any], tuple[list[SampleTask], ClassTable]]:
+    build: Callable[[Path, Any], tuple[list[SampleTask], ClassTable]]
     if format == "folder":
-        from pipeline.ingest.folder import folder_tasks as build
+        from pipeline.datasets.folder import folder_tasks as build
     elif format == "spade":
-        from pipeline.ingest.folder import spade_tasks as build
+        from pipeline.datasets.folder import spade_tasks as build
     elif format == "coco-stuff":
-        from pipeline.ingest.coco_stuff import coco_stuff_tasks as build
+        from pipeline.datasets.coco_stuff import coco_stuff_tasks as build
     elif format == "ade20k":
-        from pipeline.ingest.ade20k import ade20k_tasks as build
+        from pipeline.datasets.ade20k import ade20k_tasks as build
     elif format == "ade20k-full":
-        from pipeline.ingest.ade20k_full import ade20k_full_tasks as build
+        from pipeline.datasets.ade20k_full import ade20k_full_tasks as build
     else:
         raise IngestError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     return build
 
 
-def run_ingest(
-    format: str,
-    source: Path,
-    out: Path,
-    workers: int = 1,
-    on_error: Literal["fail", "skip"] = "fail",
-    settings: DataSettings | None = None,
-    progress: bool = True,
-) -> dict:
-    """Prepare ``source`` (a dataset of ``format``) into ``out``; returns the stats (as in stats.json).
+def prepare(settings: DataSettings, source: Path, out: Path, progress: bool = True) -> dict:
+    """Prepare ``source`` (a dataset of ``settings.format``) into ``out``; returns the stats (stats.json).
 
     Raises :class:`IngestError` naming the file and the problem on bad input (with
-    ``on_error='fail'``; with ``'skip'`` bad samples are listed in stats["skipped"]), or when
-    the source has no usable sample. ``out`` is replaced atomically, never left half-written.
+    ``on_error: fail``; with ``skip`` bad samples are listed in stats["skipped"]), or when the
+    source has no usable sample. ``out`` is replaced atomically, never left half-written.
     """
-    from pipeline.params import DataSettings
-
-    settings = settings or DataSettings()
     source, out = Path(source), Path(out)
-    if on_error not in ("fail", "skip"):
-        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if format == "demo":
-        from pipeline.ingest.demo import demo_tasks
+    if settings.format == "demo":
+        from pipeline.datasets.demo import demo_tasks
 
         tasks, classes = demo_tasks(settings.demo)
         source_name = f"generated:seed={settings.demo.seed}"
     else:
-        build = _builder(format)
+        build = _builder(settings.format)
         if not source.is_dir():
             raise IngestError(f"{source}: source folder not found (data.source / --source)")
         tasks, classes = build(source, settings)
         source_name = str(source)
     if not tasks:
         raise IngestError(
-            f"{source}: no samples found for format {format!r}; check the source layout "
-            f"(documented in pipeline/ingest/{format.replace('-', '_')}.py)"
+            f"{source}: no samples found for format {settings.format!r}; check the source layout "
+            f"(documented in pipeline/datasets/{settings.format.replace('-', '_')}.py)"
         )
     return write_prepared(
-        tasks, classes, out, workers=workers, on_error=on_error, progress=progress, fmt=format, source=source_name
+        tasks,
+        classes,
+        out,
+        workers=settings.workers,
+        on_error=settings.on_error,
+        progress=progress,
+        fmt=settings.format,
+        source=source_name,
     )

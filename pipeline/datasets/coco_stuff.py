@@ -37,16 +37,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.ingest.common import (
-    IMAGE_EXTS,
-    IngestError,
+from gaugan.classes import ClassTable
+from pipeline.datasets.common import (
     background_segments,
     class_table,
     default_color,
+    image_files,
     load_image,
     read_index_map,
 )
-from pipeline.ingest.writer import Loaded, SampleTask
+from pipeline.datasets.writer import Loaded, SampleTask
+from pipeline.errors import IngestError
 
 NUM_CLASSES = 182
 _LINE = re.compile(r"^\s*(\d+)\s*:\s*(.+?)\s*$")
@@ -167,6 +168,7 @@ def rasterize_instances(
             raise IngestError(f"annotation {ann.get('id')}: bad annotation ({type(err).__name__}: {err})") from None
         next_id += 1
     if label is not None:
+        assert label_t is not None  # made from label above
         label[...] = label_t.T
     return np.ascontiguousarray(inst_t.T)
 
@@ -260,70 +262,69 @@ def load_coco_sample(
     return Loaded(img, label, label_png, instance)
 
 
-def coco_stuff_tasks(source: Path, settings) -> tuple[list[SampleTask], dict]:
+def coco_stuff_tasks(source: Path, settings) -> tuple[list[SampleTask], ClassTable]:
     entries = read_labels_txt(source / "labels.txt")
-    crowd, background = settings.coco_crowd, settings.instance_background
     tasks: list[SampleTask] = []
     has_instances = []
     for split in ("train", "val"):
-        name = f"{split}2017"
-        image_dir = _first_dir(source / name, source / "images" / name)
-        map_dir = _first_dir(
-            source / "stuffthingmaps_trainval2017" / name,
-            source / "stuffthingmaps" / name,
-            source / "annotations" / name,
-        )
-        inst_json = source / "annotations" / f"instances_{name}.json"
-        stuff_json = source / "annotations" / f"stuff_{name}.json"
-        if image_dir is None:
-            continue
-        if map_dir is None and not stuff_json.is_file():
-            raise IngestError(
-                f"{source}: no labels for {name}: expected stuffthingmaps_trainval2017/{name}/ "
-                f"or annotations/stuff_{name}.json"
-            )
-        inst_images, inst_anns = _index(_read_json(inst_json), inst_json) if inst_json.is_file() else ({}, {})
-        has_instances.append(inst_json.is_file())
-        if map_dir is not None:
-            stuff_images, stuff_anns = {}, {}
-            images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-        else:
-            stuff_images, stuff_anns = _index(_read_json(stuff_json), stuff_json)
-            images = [image_dir / stuff_images[stem]["file_name"] for stem in sorted(stuff_images)]
-        tag = f"coco-stuff/1:crowd={crowd}:background={background}"
-        for img in images:
-            stem = img.stem
-            label = str(map_dir / f"{stem}.png") if map_dir is not None else None
-            meta, anns, stuff = None, None, None
-            if inst_json.is_file():
-                meta = inst_images.get(stem)
-                if meta is None:
-                    tasks.append(_bad_task(stem, split, img, source, f"{img}: not listed in {inst_json}"))
-                    continue
-                anns = inst_anns.get(meta["id"], [])
-            if map_dir is None:
-                smeta = stuff_images[stem]
-                stuff = stuff_anns.get(smeta["id"], [])
-                meta = meta or smeta
-            h, w = (int(meta["height"]), int(meta["width"])) if meta is not None else (None, None)
-            files = tuple(str(p) for p in (img, label) if p is not None)
-            tasks.append(
-                SampleTask(
-                    stem,
-                    split,
-                    img.relative_to(source).as_posix(),
-                    files,
-                    partial(load_coco_sample, str(img), label, h, w, anns, stuff, crowd, background),
-                    tag,
-                    [anns, stuff, h, w],
-                )
-            )
+        found = _split_tasks(source, split, settings.coco_crowd, settings.instance_background)
+        if found is not None:
+            tasks += found[0]
+            has_instances.append(found[1])
     if has_instances and any(has_instances) != all(has_instances):
         raise IngestError(
             f"{source / 'annotations'}: instances JSON for one split only; add the other's "
             "(instances_train2017.json / instances_val2017.json) or remove it"
         )
     return tasks, class_table("coco-stuff", entries, has_instances=any(has_instances))
+
+
+def _split_tasks(source: Path, split: str, crowd: str, background: str) -> tuple[list[SampleTask], bool] | None:
+    """The tasks of one split and whether it has an instances JSON; None when the split has no images."""
+    name = f"{split}2017"
+    image_dir = _first_dir(source / name, source / "images" / name)
+    map_dir = _first_dir(
+        source / "stuffthingmaps_trainval2017" / name,
+        source / "stuffthingmaps" / name,
+        source / "annotations" / name,
+    )
+    inst_json = source / "annotations" / f"instances_{name}.json"
+    stuff_json = source / "annotations" / f"stuff_{name}.json"
+    if image_dir is None:
+        return None
+    if map_dir is None and not stuff_json.is_file():
+        raise IngestError(
+            f"{source}: no labels for {name}: expected stuffthingmaps_trainval2017/{name}/ "
+            f"or annotations/stuff_{name}.json"
+        )
+    inst_images, inst_anns = _index(_read_json(inst_json), inst_json) if inst_json.is_file() else ({}, {})
+    if map_dir is None:  # the indexed branch first: it gives both names their (dict, dict) type
+        stuff_images, stuff_anns = _index(_read_json(stuff_json), stuff_json)
+        images = [image_dir / stuff_images[stem]["file_name"] for stem in sorted(stuff_images)]
+    else:
+        stuff_images, stuff_anns = {}, {}
+        images = image_files(image_dir)
+    tag = f"coco-stuff/1:crowd={crowd}:background={background}"
+    tasks = []
+    for img in images:
+        stem = img.stem
+        label = str(map_dir / f"{stem}.png") if map_dir is not None else None
+        meta, anns, stuff = None, None, None
+        if inst_json.is_file():
+            meta = inst_images.get(stem)
+            if meta is None:
+                tasks.append(_bad_task(stem, split, img, source, f"{img}: not listed in {inst_json}"))
+                continue
+            anns = inst_anns.get(meta["id"], [])
+        if map_dir is None:
+            smeta = stuff_images[stem]
+            stuff = stuff_anns.get(smeta["id"], [])
+            meta = meta or smeta
+        h, w = (int(meta["height"]), int(meta["width"])) if meta is not None else (None, None)
+        files = tuple(str(p) for p in (img, label) if p is not None)
+        load = partial(load_coco_sample, str(img), label, h, w, anns, stuff, crowd, background)
+        tasks.append(SampleTask(stem, split, img.relative_to(source).as_posix(), files, load, tag, [anns, stuff, h, w]))
+    return tasks, inst_json.is_file()
 
 
 def _fail(message: str) -> Loaded:

@@ -26,16 +26,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.ingest.common import (
-    IMAGE_EXTS,
-    IngestError,
+from gaugan.classes import ClassTable
+from pipeline.datasets.common import (
     background_segments,
     class_table,
     default_color,
+    image_files,
     load_image,
     read_index_map,
 )
-from pipeline.ingest.writer import Loaded, SampleTask
+from pipeline.datasets.writer import Loaded, SampleTask
+from pipeline.errors import IngestError
 
 SPLITS = (("train", "training"), ("val", "validation"))
 NOTES = (
@@ -57,7 +58,7 @@ def read_object_info(source: Path) -> list[dict]:
     path = txt_path if txt_path.is_file() else csv_path
     try:
         if txt_path.is_file():
-            lines = [l for l in txt_path.read_text().splitlines() if l.strip()]
+            lines = [row for row in txt_path.read_text().splitlines() if row.strip()]
             for line in lines[1:]:
                 parts = line.split("\t")
                 names[int(parts[0])] = parts[-1].split(",")[0].strip()
@@ -79,7 +80,7 @@ def read_object_info(source: Path) -> list[dict]:
     ]
 
 
-def ade20k_class_table(dataset: str, entries: list[dict], has_instances: bool) -> dict:
+def ade20k_class_table(dataset: str, entries: list[dict], has_instances: bool) -> ClassTable:
     return class_table(dataset, entries, has_instances=has_instances, ignore=[0], notes=NOTES)
 
 
@@ -112,7 +113,7 @@ def load_ade20k(image: str, label: str, instance: str | None, background: str) -
     return Loaded(img, lab, lab_png, inst)
 
 
-def ade20k_tasks(source: Path, settings) -> tuple[list[SampleTask], dict]:
+def ade20k_tasks(source: Path, settings) -> tuple[list[SampleTask], ClassTable]:
     entries = read_object_info(source)
     background = settings.instance_background
     has_inst = (source / "annotations_instance").is_dir()
@@ -121,7 +122,7 @@ def ade20k_tasks(source: Path, settings) -> tuple[list[SampleTask], dict]:
         image_dir = source / "images" / sub
         if not image_dir.is_dir():
             continue
-        for img in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()):
+        for img in image_files(image_dir):
             label = source / "annotations" / sub / f"{img.stem}.png"
             inst = source / "annotations_instance" / sub / f"{img.stem}.png" if has_inst else None
             files = tuple(str(p) for p in (img, label, inst) if p is not None)

@@ -12,21 +12,25 @@ sorted, so the output is the same whatever the number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from gaugan.classes import DONTCARE, ClassTable
 from gaugan.edges import instance_edges
-from pipeline.ingest.common import DONTCARE, ImageData, IngestError, encode_png
+from pipeline.datasets.common import ImageData, encode_png
+from pipeline.errors import IngestError
 from pipeline.io import atomic_path, atomic_write_json
 
 SPLITS = ("train", "val")
@@ -128,7 +132,9 @@ def _reuse(job: _Job, digest: str) -> tuple[dict, np.ndarray] | None:
             shutil.copy2(old / r, new / r)
     with Image.open(new / prev["label"]) as im:
         label = np.array(im)
-    row = {k: (None if _isnull(prev.get(k)) and k in ("instance", "edge") else prev.get(k)) for k in MANIFEST_COLUMNS}
+    row: dict[str, Any] = {
+        k: (None if _isnull(prev.get(k)) and k in ("instance", "edge") else prev.get(k)) for k in MANIFEST_COLUMNS
+    }
     row["width"], row["height"] = int(row["width"]), int(row["height"])
     row["source"], row["dataset"] = job.task.source, job.dataset  # the same bytes may have moved
     return row, _counts(label)
@@ -206,10 +212,10 @@ def _work(job: _Job):
     return "processed", row, counts, None
 
 
-def _results(jobs: list[_Job], workers: int, progress: bool) -> Iterable:
-    from tqdm import tqdm
+def _results(jobs: list[_Job], workers: int, progress: bool) -> Generator[Any, None, None]:
+    from pipeline.logs import Progress
 
-    bar = tqdm(total=len(jobs), desc="ingest", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = Progress(len(jobs), "ingest", every=max(1, len(jobs) // 10), unit="img", enabled=progress)
     try:
         if workers <= 1 or len(jobs) < 2:
             for job in jobs:
@@ -243,13 +249,11 @@ def _prewarm() -> None:
     from PIL import Image as _Image
 
     _Image.preinit()
-    try:
+    with contextlib.suppress(ImportError):  # only the COCO parser needs it
         from pycocotools import mask  # noqa: F401
-    except ImportError:  # only the COCO parser needs it
-        pass
 
 
-def _old_state(out: Path, classes: dict) -> dict:
+def _old_state(out: Path, classes: ClassTable) -> dict:
     """Rows of the existing output that may be reused: same dataset kind and class count."""
     manifest, table = out / "manifest.parquet", out / "classes.json"
     if not (manifest.is_file() and table.is_file()):
@@ -258,7 +262,7 @@ def _old_state(out: Path, classes: dict) -> dict:
         import pandas as pd
 
         old_classes = json.loads(table.read_text())
-        if (old_classes.get("dataset"), old_classes.get("label_nc")) != (classes["dataset"], classes["label_nc"]):
+        if (old_classes.get("dataset"), old_classes.get("label_nc")) != (classes.dataset, classes.label_nc):
             return {}
         frame = pd.read_parquet(manifest)
         if not set(MANIFEST_COLUMNS) <= set(frame.columns):
@@ -293,7 +297,7 @@ def _alive(pid: str) -> bool:
 
 def write_prepared(
     tasks: list[SampleTask],
-    classes: dict,
+    classes: ClassTable,
     out: Path,
     *,
     workers: int = 1,
@@ -318,7 +322,7 @@ def write_prepared(
         seen.add((t.split, t.id))
     recover(out)
     old_rows = _old_state(out, classes)
-    label_nc, dataset = int(classes["label_nc"]), str(classes["dataset"])
+    label_nc, dataset = classes.label_nc, classes.dataset
     rows, skipped, counts = [], [], {s: np.zeros(256, np.int64) for s in SPLITS}
     processed = reused = 0
     with atomic_path(out) as tmp:
@@ -344,7 +348,7 @@ def write_prepared(
         frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).sort_values(["split", "id"], kind="stable")
         frame = frame.astype({"width": "int64", "height": "int64"}).reset_index(drop=True)
         frame.to_parquet(tmp / "manifest.parquet", index=False)
-        atomic_write_json(tmp / "classes.json", classes)
+        atomic_write_json(tmp / "classes.json", classes.to_dict())
         atomic_write_json(tmp / "stats.json", stats)
     return stats
 

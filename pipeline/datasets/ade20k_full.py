@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.ingest.ade20k import ade20k_class_table, read_object_info
-from pipeline.ingest.common import IngestError, image_resized, load_image
-from pipeline.ingest.writer import Loaded, SampleTask
+from gaugan.classes import ClassTable
+from pipeline.datasets.ade20k import ade20k_class_table, read_object_info
+from pipeline.datasets.common import image_resized, load_image
+from pipeline.datasets.writer import Loaded, SampleTask
+from pipeline.errors import IngestError
 
 SPLITS = (("train", "training"), ("val", "validation"))
 
@@ -73,7 +75,7 @@ def convert_seg(seg_rgb: np.ndarray, lut: np.ndarray, short_side: int = 512) -> 
     h, w = seg_rgb.shape[:2]
     tw, th = target_size(w, h, short_side)
     if (tw, th) != (w, h):
-        seg_rgb = np.array(Image.fromarray(seg_rgb).resize((tw, th), Image.NEAREST))
+        seg_rgb = np.array(Image.fromarray(seg_rgb).resize((tw, th), Image.Resampling.NEAREST))
     r, g, b = (seg_rgb[..., i].astype(np.int64) for i in range(3))
     full = r // 10 * 256 + g
     label = np.where(full < lut.size, lut[np.minimum(full, lut.size - 1)], 0).astype(np.uint8)
@@ -103,7 +105,7 @@ def load_full(image: str, seg: str, lut_path: str, short_side: int) -> Loaded:
     return Loaded(load_image(image), label, None, inst)
 
 
-def ade20k_full_tasks(source: Path, settings) -> tuple[list[SampleTask], dict]:
+def ade20k_full_tasks(source: Path, settings) -> tuple[list[SampleTask], ClassTable]:
     short_side = settings.ade20k_short_side
     lut_path = source / "mapFromADE.txt"
     read_map_from_ade(lut_path)  # fail early, with the file's name

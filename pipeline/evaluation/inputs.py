@@ -1,0 +1,134 @@
+"""What the evaluate stage works with, loaded and checked before any image is synthesized.
+
+The validation split, the generator, the segmenter and the FID/KID feature extractor must agree:
+the same classes, at least two images. Anything that does not fits fails here, naming both sides.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gaugan.classes import ClassTable
+from gaugan.config import size_hw
+from gaugan.data import PreparedDataset, dataset_id, split_size
+from gaugan.synthesizer import Synthesizer
+from pipeline.distributed import pick_device
+from pipeline.errors import EvaluationError, MissingInputError
+from pipeline.evaluation.features import FeatureBackbone, build_backbone
+from pipeline.evaluation.segmenter import Segmenter, load_segmenter
+from pipeline.params import Params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationInputs:
+    classes: ClassTable
+    dataset_id: str
+    val: PreparedDataset
+    num_images: int
+    hw: tuple[int, int]  # the generator's output size: evaluation runs at it
+    ignore: list[int]
+    synth: Synthesizer
+    segmenter: Segmenter
+    backbone: FeatureBackbone
+    device: torch.device
+    generator_path: Path
+    segmenter_path: Path
+
+
+def load_inputs(params: Params, root: Path) -> EvaluationInputs:
+    e = params.evaluate
+    data_root = root / params.data.out
+    classes = ClassTable.load(data_root)
+    device = pick_device(e.device, key="evaluate.device")
+    n = count_images(data_root, e.max_images)
+    backbone = build_backbone(
+        e.feature_extractor,
+        inception_weights=_under(root, e.inception_weights),
+        allow_download=e.allow_download,
+        inception_feature_dim=e.inception_feature_dim,
+        tiny_dim=e.tiny_feature_dim,
+    )
+    backbone.module.to(device)
+    identity = dataset_id(data_root)
+    gen_path, seg_path = root / params.train.model_out, root / params.segmenter.out
+    synth = load_generator_checked(gen_path, classes, data_root, device)
+    segmenter = load_segmenter_checked(seg_path, classes, data_root, identity, device)
+    return EvaluationInputs(
+        classes=classes,
+        dataset_id=identity,
+        val=PreparedDataset(data_root, "val", load_instances=synth.config.use_instance),
+        num_images=n,
+        hw=size_hw(synth.config.crop_size, synth.config.aspect_ratio),
+        ignore=classes.ignored(e.ignore_classes),
+        synth=synth,
+        segmenter=segmenter,
+        backbone=backbone,
+        device=device,
+        generator_path=gen_path,
+        segmenter_path=seg_path,
+    )
+
+
+def _under(root: Path, path: str | None) -> str | None:
+    """A path from params.yaml: relative ones are relative to the project root."""
+    return str(root / path) if path and not Path(path).is_absolute() else path
+
+
+def count_images(data_root: Path, max_images: int | None) -> int:
+    """How many validation images to evaluate; FID and KID need at least two."""
+    available = split_size(data_root, "val")
+    n = available if max_images is None else min(available, max_images)
+    if n == 0:
+        raise EvaluationError(
+            f"{data_root}: the validation split is empty; there is nothing to evaluate. FID, KID and mIoU are "
+            "computed on the 'val' split: check the ingest stage's split (manifest.parquet)"
+        )
+    if n < 2:
+        raise EvaluationError(f"{data_root}: FID and KID need at least 2 validation images, the split has {n}")
+    return n
+
+
+def check_same_classes(
+    model: ClassTable | None, data: ClassTable, what: str, model_path: Path, data_root: Path
+) -> None:
+    """Refuse a model whose class table disagrees with the dataset's classes.json."""
+    if model is None:
+        raise EvaluationError(
+            f"{what} {model_path} records no class table; it cannot be checked against {data_root}/classes.json"
+        )
+    problems = model.differences(data)
+    if problems:
+        raise EvaluationError(
+            f"the {what} {model_path} was trained on other classes than the dataset at {data_root}: "
+            f"{problems[0]} ({what} vs dataset).\n  {what}: {model.describe()}\n  dataset: {data.describe()}\n"
+            "Evaluate it on the dataset it was trained on, or retrain it on this one."
+        )
+
+
+def load_generator_checked(path: Path, classes: ClassTable, data_root: Path, device: torch.device) -> Synthesizer:
+    if not path.is_file():
+        raise MissingInputError(f"{path}: no generator; run the train stage first (or set train.model_out)")
+    synth = Synthesizer.from_checkpoint(path, device=str(device))
+    check_same_classes(synth.classes, classes, "generator", path, data_root)
+    return synth
+
+
+def load_segmenter_checked(
+    path: Path, classes: ClassTable, data_root: Path, identity: str, device: torch.device
+) -> Segmenter:
+    segmenter = load_segmenter(path, device)
+    check_same_classes(segmenter.classes, classes, "segmenter", path, data_root)
+    if segmenter.meta.get("dataset_id") != identity:
+        log.warning(
+            "the segmenter %s was trained on another version of the dataset (%s, now %s)",
+            path,
+            segmenter.meta.get("dataset_id"),
+            identity,
+        )
+    return segmenter

@@ -1,0 +1,64 @@
+"""The evaluate stage: synthesize the validation split with the trained generator and score it.
+
+Outputs in ``evaluate.out_dir``: ``metrics.json`` (FID, KID, mIoU and pixel accuracy of generated
+images, the same for real images as the ceiling and for random images as the floor, and what
+produced them), ``per_class_iou.csv`` and ``samples.png`` (label | generated | real). The same
+numbers, tags and files go into the training's MLflow run when ``<train.out_dir>/run.json`` exists.
+
+Resolution: the generator's own output size, ``(round(crop_size / aspect_ratio), crop_size)`` from
+its config; label and instance maps are resized nearest, real images bicubic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from pipeline.evaluation.features import RealFeatureCache
+from pipeline.evaluation.inputs import load_inputs
+from pipeline.evaluation.report import metrics_record, mlflow_tags, write_report
+from pipeline.evaluation.scoring import score_split
+from pipeline.params import Params, scoped
+from pipeline.tracking import log_to_run
+
+PARAMS = ("seed", "evaluate", "data.out", "train.model_out", "train.out_dir", "segmenter.out")
+log = logging.getLogger(__name__)
+
+
+def run(params: Params, root: Path = Path(".")) -> dict:
+    """Score ``train.model_out`` on the validation split; returns metrics.json's content (+ the MLflow run id)."""
+    params = scoped(params, PARAMS, "evaluate")
+    e, root = params.evaluate, Path(root)
+    started = time.perf_counter()
+    inputs = load_inputs(params, root)  # everything that can fail cheaply fails before any synthesis
+    log.info(
+        "evaluate: %d validation images of dataset %s at %dx%d on %s; FID backbone %s; segmenter %s",
+        inputs.num_images,
+        inputs.dataset_id,
+        *inputs.hw,
+        inputs.device,
+        inputs.backbone.info["name"],
+        inputs.segmenter.arch,
+    )
+    cache_key = {
+        "dataset": inputs.dataset_id,
+        "backbone": inputs.backbone.key,
+        "hw": list(inputs.hw),
+        "n": inputs.num_images,
+    }
+    cache = RealFeatureCache(root / e.stats_cache if e.stats_cache else None, cache_key)
+    scores = score_split(inputs, e, params.seed, cache)
+    metrics = metrics_record(inputs, scores, e, params.seed, time.perf_counter() - started)
+    files = write_report(root / e.out_dir, metrics, inputs, scores)
+    run_json = root / params.train.out_dir / "run.json"
+    metrics["mlflow_run_id"] = log_to_run(run_json, metrics, mlflow_tags(inputs), files, "evaluate")
+    log.info(
+        "evaluate: FID %.4g, KID %.4g, mIoU %.3f (real images %.3f, random %.3f)",
+        metrics["fid"],
+        metrics["kid_mean"],
+        metrics["miou"],
+        metrics["miou_real"],
+        metrics["miou_random"],
+    )
+    return metrics

@@ -1,0 +1,54 @@
+"""The register stage: log the generator as an MLflow model, register it, promote it if it is better.
+
+Reads ``train.model_out`` (the generator file), ``<evaluate.out_dir>/metrics.json`` and
+``<train.out_dir>/run.json`` (the training run), then:
+
+1. logs the pyfunc model (``pipeline/serving.py``) into the training run as ``generator``, and the
+   raw generator file as the plain artifact ``checkpoint/<file>``;
+2. creates a new version of the registered model with tags: git commit, dataset and dataset id,
+   the generator's sha256, training steps, the FID backbone and evaluation resolution, and every
+   number in metrics.json as ``metric.<key>``;
+3. points ``challenger`` at it, and ``champion`` too when ``register.promote`` says so
+   (``pipeline/registry.py`` decides, and undoes everything if a later step fails);
+4. writes ``register.out`` (name, version, aliases, promoted, metric, value, the champion before,
+   the reason, the model URI, the run).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from gaugan.checkpoint import load_generator
+from pipeline.params import Params, scoped
+from pipeline.registry import log_model, read_metric, register_version, tag_run, version_tags
+from pipeline.tracking import read_run_ref
+
+PARAMS = ("register", "train.model_out", "train.out_dir", "evaluate.out_dir")
+log = logging.getLogger(__name__)
+
+
+def run(params: Params, root: Path = Path(".")) -> dict:
+    """Register ``train.model_out``; returns what was written to ``register.out``."""
+    params = scoped(params, PARAMS, "register")
+    settings, root = params.registry, Path(root)
+    ref = read_run_ref(root / params.train.out_dir / "run.json")
+    metrics, value = read_metric(root / params.evaluate.out_dir / "metrics.json", settings.metric)
+    model_path = root / params.train.model_out
+    loaded = load_generator(model_path, "cpu")
+    dataset = loaded.classes.dataset if loaded.classes else "model"
+    name = settings.model_name or f"gaugan-{dataset}"
+    if loaded.meta.get("run_id") and loaded.meta["run_id"] != ref.run_id:
+        log.warning(
+            "%s was trained in run %s but %s names run %s; registering into the latter",
+            model_path,
+            loaded.meta["run_id"],
+            params.train.out_dir,
+            ref.run_id,
+        )
+    tags = version_tags(metrics, loaded.meta, dataset, model_path, root)
+    info = log_model(ref, model_path, loaded.config)
+    result = register_version(ref, name, info, tags, value, settings, root / settings.out)
+    tag_run(ref, result)
+    log.info("register: %s version %s: %s", name, result["version"], result["reason"])
+    return result

@@ -1,0 +1,72 @@
+"""The train stage: distributed, resumable, tracked GauGAN training.
+
+Launched by ``torchrun`` (``dvc.yaml`` does that) or as a single plain process. Rank 0 alone
+talks to MLflow and writes the outputs:
+
+- ``<train.model_out>``: the generator (EMA weights when on) for evaluate, register and synthesis;
+- ``<train.out_dir>/run.json``: the MLflow run, which evaluate and register add to;
+- ``<train.out_dir>/metrics.json`` and ``losses.csv``: for ``dvc metrics`` / ``dvc plots``;
+- ``<train.out_dir>/samples.png`` (and ``samples/``): label | generated | real, on fixed validation maps.
+
+Resume checkpoints live in ``<train.checkpoint_dir>``, outside DVC's outputs (DVC deletes outputs
+before it reruns a stage), and are only reused when the settings and the dataset id match.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gaugan.classes import ClassTable
+from gaugan.data import dataset_id
+from pipeline.distributed import init_distributed, shutdown
+from pipeline.params import Params, scoped
+from pipeline.training.checkpoints import CheckpointStore
+from pipeline.training.loop import TrainingLoop
+from pipeline.training.samples import SampleMaker
+from pipeline.training.session import (
+    build_loader,
+    build_trainer,
+    generator_meta,
+    log_start,
+    open_run,
+    restore,
+    run_tags,
+    write_outputs,
+)
+from pipeline.training.settings import check_settings, settings_fingerprint
+
+PARAMS = ("seed", "model", "train", "data.out", "mlflow")
+
+
+def run(params: Params, root: Path = Path("."), resume: str = "auto") -> dict:
+    """Train; returns the session's metrics (on every rank). ``resume``: 'auto' or 'never'."""
+    params = scoped(params, PARAMS, "train")
+    root, t = Path(root), params.train
+    data_root = root / params.data.out
+    classes = ClassTable.load(data_root)
+    ctx = init_distributed(t.device)
+    try:
+        check_settings(params, classes, ctx.world_size, data_root)
+        dataset = dataset_id(data_root)
+        fingerprint = settings_fingerprint(params, dataset)
+        trainer = build_trainer(params, classes, ctx)
+        store = CheckpointStore(root / t.checkpoint_dir)
+        start_step, run_id = restore(trainer, store, fingerprint, ctx, resume)
+        log_start(params, ctx, trainer, start_step, dataset, data_root)
+        loader = build_loader(params, data_root, trainer, ctx, start_step)
+        loop = TrainingLoop(trainer, ctx, t, params.seed, store, {}, classes, root / t.out_dir)
+        if ctx.is_main:
+            tags = run_tags(root, ctx, trainer, dataset, classes, fingerprint)
+            loop.tracker, run_id = open_run(params, root, classes, run_id, tags)
+            loop.history = store.read_history(start_step)
+            loop.samples = SampleMaker(
+                data_root, classes, t.crop_size, t.aspect_ratio, trainer.config.use_instance, params.seed
+            )
+        loop.checkpoint_meta = {"fingerprint": fingerprint, "mlflow_run_id": run_id}
+        metrics = loop.run(loader, start_step)
+        if ctx.is_main:
+            write_outputs(loop, params, root, metrics, generator_meta(run_id, dataset, fingerprint, tags))
+        ctx.barrier()
+        return metrics
+    finally:
+        shutdown(ctx)

@@ -1,0 +1,164 @@
+"""The pieces of a training session: the trainer, the resume point, the loader, the MLflow run, the outputs.
+
+The train stage (``pipeline/stages/train.py``) calls these in order. Rank 0 alone talks to MLflow
+and writes files; every rank builds the same trainer from the same seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from gaugan.checkpoint import save_generator
+from gaugan.classes import ClassTable
+from gaugan.data import PreparedDataset, split_size
+from gaugan.trainer import GauGANTrainer
+from gaugan.transforms import Geometry
+from pipeline.distributed import DistContext, broadcast_object
+from pipeline.errors import TrainError
+from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.params import Params
+from pipeline.tracking import RunRef, Tracker, git_commit, resolve_tracking_uri, write_run_ref
+from pipeline.training.checkpoints import CheckpointStore, losses_csv
+from pipeline.training.loader import build_train_loader
+from pipeline.training.loop import TrainingLoop
+from pipeline.training.settings import model_config, train_options
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(params: Params, classes: ClassTable, ctx: DistContext) -> GauGANTrainer:
+    """The trainer at its initial weights: the same on every rank and in every run of these settings."""
+    torch.manual_seed(params.seed)
+    return GauGANTrainer(model_config(params, classes), train_options(params, ctx.device), ctx.device)
+
+
+def restore(
+    trainer: GauGANTrainer, store: CheckpointStore, fingerprint: str, ctx: DistContext, resume: str
+) -> tuple[int, str | None]:
+    """Load the matching checkpoint (rank 0 reads it to CPU, every rank gets it); -> (start step, MLflow run id).
+
+    ``resume``: 'auto' continues from a checkpoint of the same settings and data; 'never' discards it.
+    """
+    if resume not in ("auto", "never"):
+        raise TrainError(f"--resume must be 'auto' or 'never', got {resume!r}")
+    state = store.load(fingerprint) if (resume == "auto" and ctx.is_main) else None
+    state = broadcast_object(ctx, state)  # ranks on other machines need not see rank 0's disk
+    start_step, run_id = 0, None
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])  # CPU tensors, copied into the trainer's own
+        start_step, run_id = int(state["step"]), state.get("mlflow_run_id")
+    elif ctx.is_main and resume == "never":
+        store.discard()
+    if ctx.distributed:
+        trainer.distribute(device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    return start_step, run_id
+
+
+def log_start(
+    params: Params, ctx: DistContext, trainer: GauGANTrainer, start_step: int, dataset: str, data_root: Path
+) -> None:
+    if not ctx.is_main:
+        return
+    t, o = params.train, trainer.options
+    log.info(
+        "train: %s, world size %d (%s), global batch %d = %d per process, precision %s, channels_last %s, compile %s",
+        ctx.device,
+        ctx.world_size,
+        ctx.backend or "one process",
+        t.batch_size,
+        t.batch_size // ctx.world_size,
+        o.precision,
+        o.channels_last,
+        o.compile,
+    )
+    log.info(
+        "train: dataset %s (%s, %d training images), %s at step %d of %d",
+        dataset,
+        data_root,
+        split_size(data_root, "train"),
+        "resuming" if start_step else "starting",
+        start_step,
+        t.max_steps,
+    )
+
+
+def build_loader(params: Params, data_root: Path, trainer: GauGANTrainer, ctx: DistContext, start_step: int):
+    t, use_instance = params.train, trainer.config.use_instance
+    train_set = PreparedDataset(data_root, "train", load_instances=use_instance)
+    geometry = Geometry(t.load_size, t.crop_size, t.aspect_ratio, t.flip, train=True)
+    return build_train_loader(
+        train_set,
+        geometry,
+        use_instance,
+        global_batch=t.batch_size,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        seed=params.seed,
+        start_step=start_step,
+        max_steps=t.max_steps,
+        num_workers=t.num_workers,
+        pin_memory=ctx.device.type == "cuda",
+    )
+
+
+def open_run(params: Params, root: Path, classes: ClassTable, run_id: str | None, tags: dict) -> tuple[Tracker, str]:
+    """Rank 0: start (or re-open) the model's MLflow run and write ``run.json``; -> (tracker, run id)."""
+    uri = resolve_tracking_uri(params.mlflow.tracking_uri, root)
+    tracker = Tracker(uri, params.mlflow.experiment or f"gaugan-{classes.dataset}")
+    settings = {
+        "seed": params.seed,
+        "data": {"out": params.data.out},
+        "model": params.model.model_dump(),
+        "train": params.train.model_dump(),
+        "mlflow": params.mlflow.model_dump(),
+    }
+    run_id = tracker.start(run_id, settings, tags)
+    write_run_ref(root / params.train.out_dir / "run.json", RunRef(run_id, tracker.uri, tracker.experiment))
+    return tracker, run_id
+
+
+def run_tags(
+    root: Path, ctx: DistContext, trainer: GauGANTrainer, dataset: str, classes: ClassTable, fingerprint: str
+) -> dict:
+    return {
+        "git_commit": git_commit(root),
+        "dataset_id": dataset,
+        "dataset": classes.dataset,
+        "settings_fingerprint": fingerprint,
+        "world_size": str(ctx.world_size),
+        "device": ctx.device.type,
+        "precision": trainer.options.precision,
+        "dvc_exp": os.environ.get("DVC_EXP_NAME"),
+        "dvc_baseline": os.environ.get("DVC_EXP_BASELINE_REV"),
+    }
+
+
+def write_outputs(loop: TrainingLoop, params: Params, root: Path, metrics: dict, meta: dict) -> None:
+    """Rank 0: the generator file, metrics.json, losses.csv and samples.png; the run is then finished."""
+    t, tracker = params.train, loop.tracker
+    synth = loop.synthesizer()
+    model_out = root / t.model_out
+    save_generator(model_out, synth.netG, synth.netE, synth.config, loop.classes, {**meta, "steps": metrics["steps"]})
+    out_dir = root / t.out_dir
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_text(out_dir / "losses.csv", losses_csv(loop.history))
+    assert loop.samples is not None and tracker is not None  # rank 0 holds both
+    grid = loop.samples.write(synth, out_dir / "samples.png")
+    tracker.log_artifact(grid, "samples")
+    tracker.log_artifact(out_dir / "losses.csv", "train")
+    tracker.log_metrics(metrics, metrics["steps"])
+    tracker.end("FINISHED")
+    log.info("train: %d steps; generator written to %s", metrics["steps"], model_out)
+
+
+def generator_meta(run_id: str | None, dataset: str, fingerprint: str, tags: dict) -> dict:
+    return {
+        "run_id": run_id,
+        "dataset_id": dataset,
+        "settings_fingerprint": fingerprint,
+        "git_commit": tags["git_commit"],
+    }

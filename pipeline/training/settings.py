@@ -1,0 +1,117 @@
+"""From ``params.yaml`` to the library's objects: the architecture, the trainer's options, the checks.
+
+Every field of :class:`gaugan.config.GauGANConfig` and :class:`gaugan.trainer.TrainOptions` is set
+here from params.yaml: the library's own defaults (the reference's values) never apply silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gaugan.classes import ClassTable
+from gaugan.config import GauGANConfig
+from gaugan.trainer import TrainOptions
+from pipeline.errors import TrainError
+from pipeline.io import digest
+from pipeline.params import Params
+
+# Settings that do not change what is computed: a checkpoint stays valid when only these change.
+RESUME_NEUTRAL_KEYS = {
+    "max_steps",
+    "checkpoint_every",
+    "log_every",
+    "sample_every",
+    "num_workers",
+    "nproc",
+    "out_dir",
+    "model_out",
+    "checkpoint_dir",
+    "device",
+    "compile",
+}
+
+
+def model_config(params: Params, classes: ClassTable) -> GauGANConfig:
+    m, t = params.model, params.train
+    return GauGANConfig(
+        label_nc=classes.label_nc,
+        contain_dontcare_label=classes.contain_dontcare_label,
+        use_instance=m.use_instance,
+        ngf=m.ngf,
+        ndf=m.ndf,
+        nef=m.nef,
+        z_dim=m.z_dim,
+        spade_hidden=m.spade_hidden,
+        use_vae=m.use_vae,
+        num_upsampling_layers=m.num_upsampling_layers,
+        norm_G=m.norm_G,
+        norm_D=m.norm_D,
+        norm_E=m.norm_E,
+        num_D=m.num_D,
+        n_layers_D=m.n_layers_D,
+        crop_size=t.crop_size,
+        aspect_ratio=t.aspect_ratio,
+    )
+
+
+def check_settings(params: Params, classes: ClassTable, world_size: int, data_root: Path) -> None:
+    """Everything that would fail later fails here, before any work, naming the key to change."""
+    problems = []
+    t, m = params.train, params.model
+    if m.label_nc is not None and m.label_nc != classes.label_nc:
+        problems.append(
+            f"model.label_nc is {m.label_nc} but {data_root / 'classes.json'} has label_nc {classes.label_nc}; "
+            "set model.label_nc: null (take it from the data) or fix it"
+        )
+    if m.use_instance and not classes.has_instances:
+        problems.append(
+            f"model.use_instance is true but the dataset at {data_root} has no instance maps; "
+            "set model.use_instance: false"
+        )
+    if t.batch_size % world_size:
+        problems.append(
+            f"train.batch_size ({t.batch_size}) does not divide over {world_size} processes; "
+            f"use a multiple of {world_size} or change train.nproc / --nproc-per-node"
+        )
+    if t.decay_start_step is not None and t.decay_start_step > t.max_steps:
+        problems.append(f"train.decay_start_step ({t.decay_start_step}) is after train.max_steps ({t.max_steps})")
+    if problems:
+        raise TrainError("invalid training settings:\n  - " + "\n  - ".join(problems))
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    if setting == "fp16" and device.type == "cpu":
+        raise TrainError("train.precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def train_options(params: Params, device: torch.device) -> TrainOptions:
+    t = params.train
+    return TrainOptions(
+        lr=t.lr,
+        beta1=t.beta1,
+        beta2=t.beta2,
+        ttur=t.ttur,
+        lambda_feat=t.lambda_feat,
+        lambda_vgg=t.lambda_vgg,
+        lambda_kld=t.lambda_kld,
+        vgg_weights=t.vgg_weights,
+        ema_decay=t.ema_decay if t.ema else None,
+        precision=resolve_precision(t.precision, device),
+        channels_last=(t.channels_last == "on") or (t.channels_last == "auto" and device.type == "cuda"),
+        compile=t.compile,
+        total_steps=t.max_steps,
+        decay_start_step=t.decay_start_step,
+    )
+
+
+def settings_fingerprint(params: Params, dataset: str) -> str:
+    """What a resume checkpoint must match: seed, architecture, computing settings and dataset id."""
+    train = {k: v for k, v in params.train.model_dump().items() if k not in RESUME_NEUTRAL_KEYS}
+    return digest({"seed": params.seed, "model": params.model.model_dump(), "train": train, "data": dataset})
