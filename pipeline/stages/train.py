@@ -22,15 +22,12 @@ from pipeline.distributed import init_distributed, shutdown
 from pipeline.params import Params, scoped
 from pipeline.training.checkpoints import CheckpointStore
 from pipeline.training.loop import TrainingLoop
-from pipeline.training.samples import SampleMaker
 from pipeline.training.session import (
     build_loader,
     build_trainer,
-    generator_meta,
     log_start,
-    open_run,
     restore,
-    run_tags,
+    start_tracking,
     write_outputs,
 )
 from pipeline.training.settings import check_settings, settings_fingerprint
@@ -54,18 +51,12 @@ def run(params: Params, root: Path = Path("."), resume: str = "auto") -> dict:
         start_step, run_id = restore(trainer, store, fingerprint, ctx, resume)
         log_start(params, ctx, trainer, start_step, dataset, data_root)
         loader = build_loader(params, data_root, trainer, ctx, start_step)
-        loop = TrainingLoop(trainer, ctx, t, params.seed, store, {}, classes, root / t.out_dir)
+        loop = TrainingLoop(trainer, ctx, t, params.seed, store, classes, root / t.out_dir, fingerprint)
         if ctx.is_main:
-            tags = run_tags(root, ctx, trainer, dataset, classes, fingerprint)
-            loop.tracker, run_id = open_run(params, root, classes, run_id, tags)
-            loop.history = store.read_history(start_step)
-            loop.samples = SampleMaker(
-                data_root, classes, t.crop_size, t.aspect_ratio, trainer.config.use_instance, params.seed
-            )
-        loop.checkpoint_meta = {"fingerprint": fingerprint, "mlflow_run_id": run_id}
+            start_tracking(loop, params, root, dataset, run_id, start_step)
         metrics = loop.run(loader, start_step)
         if ctx.is_main:
-            write_outputs(loop, params, root, metrics, generator_meta(run_id, dataset, fingerprint, tags))
+            write_outputs(loop, params, root, metrics)
         ctx.barrier()
         return metrics
     finally:

@@ -42,12 +42,15 @@ class TrainingLoop:
     settings: TrainSettings
     seed: int
     store: CheckpointStore
-    checkpoint_meta: dict  # saved with every checkpoint: fingerprint, MLflow run id
     classes: ClassTable
     out_dir: Path
+    fingerprint: str  # what a checkpoint must match to be resumed
+    # rank 0 only (pipeline.training.session.start_tracking sets them):
+    run_id: str | None = None
     tracker: Tracker | None = None
     samples: SampleMaker | None = None
     history: list[dict] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)  # recorded in the generator file
 
     def run(self, loader, start_step: int) -> dict:
         """Train from ``start_step`` to ``train.max_steps``; returns the metrics of the session."""
@@ -108,7 +111,8 @@ class TrainingLoop:
         # No RNG state: every step reseeds from (seed, step, rank) and every sample's augmentation
         # from (seed, epoch, index), so step k's randomness needs nothing saved.
         if self.ctx.is_main:
-            self.store.save({**self.checkpoint_meta, "step": step, "trainer": self.trainer.state_dict()}, self.history)
+            state = {"fingerprint": self.fingerprint, "mlflow_run_id": self.run_id, "step": step}
+            self.store.save({**state, "trainer": self.trainer.state_dict()}, self.history)
 
     def _metrics(self, step: int, last: dict, seconds: float) -> dict:
         t = self.settings

@@ -25,6 +25,7 @@ from pipeline.tracking import RunRef, Tracker, git_commit, resolve_tracking_uri,
 from pipeline.training.checkpoints import CheckpointStore, losses_csv
 from pipeline.training.loader import build_train_loader
 from pipeline.training.loop import TrainingLoop
+from pipeline.training.samples import SampleMaker
 from pipeline.training.settings import model_config, train_options
 
 log = logging.getLogger(__name__)
@@ -105,44 +106,57 @@ def build_loader(params: Params, data_root: Path, trainer: GauGANTrainer, ctx: D
     )
 
 
-def open_run(params: Params, root: Path, classes: ClassTable, run_id: str | None, tags: dict) -> tuple[Tracker, str]:
-    """Rank 0: start (or re-open) the model's MLflow run and write ``run.json``; -> (tracker, run id)."""
-    uri = resolve_tracking_uri(params.mlflow.tracking_uri, root)
-    tracker = Tracker(uri, params.mlflow.experiment or f"gaugan-{classes.dataset}")
+def start_tracking(
+    loop: TrainingLoop, params: Params, root: Path, dataset: str, run_id: str | None, start_step: int
+) -> None:
+    """Rank 0: start (or re-open) the model's MLflow run, write ``run.json``, and give the loop its
+    tracker, the loss history so far, the sample maker and the provenance of the generator file."""
+    t, classes, ctx = params.train, loop.classes, loop.ctx
+    tags = {
+        "git_commit": git_commit(root),
+        "dataset_id": dataset,
+        "dataset": classes.dataset,
+        "settings_fingerprint": loop.fingerprint,
+        "world_size": str(ctx.world_size),
+        "device": ctx.device.type,
+        "precision": loop.trainer.options.precision,
+        "dvc_exp": os.environ.get("DVC_EXP_NAME"),
+        "dvc_baseline": os.environ.get("DVC_EXP_BASELINE_REV"),
+    }
+    tracker = Tracker(
+        resolve_tracking_uri(params.mlflow.tracking_uri, root), params.mlflow.experiment or f"gaugan-{classes.dataset}"
+    )
     settings = {
         "seed": params.seed,
         "data": {"out": params.data.out},
         "model": params.model.model_dump(),
-        "train": params.train.model_dump(),
+        "train": t.model_dump(),
         "mlflow": params.mlflow.model_dump(),
     }
-    run_id = tracker.start(run_id, settings, tags)
-    write_run_ref(root / params.train.out_dir / "run.json", RunRef(run_id, tracker.uri, tracker.experiment))
-    return tracker, run_id
-
-
-def run_tags(
-    root: Path, ctx: DistContext, trainer: GauGANTrainer, dataset: str, classes: ClassTable, fingerprint: str
-) -> dict:
-    return {
-        "git_commit": git_commit(root),
+    loop.run_id = tracker.start(run_id, settings, tags)
+    write_run_ref(root / t.out_dir / "run.json", RunRef(loop.run_id, tracker.uri, tracker.experiment))
+    loop.tracker = tracker
+    loop.history = loop.store.read_history(start_step)
+    data_root = root / params.data.out
+    loop.samples = SampleMaker(
+        data_root, classes, t.crop_size, t.aspect_ratio, loop.trainer.config.use_instance, params.seed
+    )
+    loop.provenance = {
+        "run_id": loop.run_id,
         "dataset_id": dataset,
-        "dataset": classes.dataset,
-        "settings_fingerprint": fingerprint,
-        "world_size": str(ctx.world_size),
-        "device": ctx.device.type,
-        "precision": trainer.options.precision,
-        "dvc_exp": os.environ.get("DVC_EXP_NAME"),
-        "dvc_baseline": os.environ.get("DVC_EXP_BASELINE_REV"),
+        "settings_fingerprint": loop.fingerprint,
+        "git_commit": tags["git_commit"],
     }
 
 
-def write_outputs(loop: TrainingLoop, params: Params, root: Path, metrics: dict, meta: dict) -> None:
+def write_outputs(loop: TrainingLoop, params: Params, root: Path, metrics: dict) -> None:
     """Rank 0: the generator file, metrics.json, losses.csv and samples.png; the run is then finished."""
     t, tracker = params.train, loop.tracker
     synth = loop.synthesizer()
     model_out = root / t.model_out
-    save_generator(model_out, synth.netG, synth.netE, synth.config, loop.classes, {**meta, "steps": metrics["steps"]})
+    save_generator(
+        model_out, synth.netG, synth.netE, synth.config, loop.classes, {**loop.provenance, "steps": metrics["steps"]}
+    )
     out_dir = root / t.out_dir
     atomic_write_json(out_dir / "metrics.json", metrics)
     atomic_write_text(out_dir / "losses.csv", losses_csv(loop.history))
@@ -153,12 +167,3 @@ def write_outputs(loop: TrainingLoop, params: Params, root: Path, metrics: dict,
     tracker.log_metrics(metrics, metrics["steps"])
     tracker.end("FINISHED")
     log.info("train: %d steps; generator written to %s", metrics["steps"], model_out)
-
-
-def generator_meta(run_id: str | None, dataset: str, fingerprint: str, tags: dict) -> dict:
-    return {
-        "run_id": run_id,
-        "dataset_id": dataset,
-        "settings_fingerprint": fingerprint,
-        "git_commit": tags["git_commit"],
-    }
