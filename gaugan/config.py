@@ -121,7 +121,14 @@ class GauGANConfig:
 REFERENCE_SETTINGS: dict[str, dict[str, Any]] = {
     "ade20k": dict(label_nc=150, contain_dontcare_label=True, use_instance=False),
     "coco-stuff": dict(label_nc=182, contain_dontcare_label=True, use_instance=True),
-    "cityscapes": dict(label_nc=35, contain_dontcare_label=False, use_instance=True, crop_size=512, aspect_ratio=2.0),
+    "cityscapes": dict(
+        label_nc=35,
+        contain_dontcare_label=False,
+        use_instance=True,
+        crop_size=512,
+        aspect_ratio=2.0,
+        num_upsampling_layers="more",
+    ),
 }
 
 

@@ -1,6 +1,9 @@
-"""The paper's losses: hinge GAN, discriminator feature matching, VGG19 perceptual loss, KL divergence.
+"""The paper's losses: the GAN loss (hinge, as the paper; least squares, the original
+cross-entropy or Wasserstein, as the reference offers), discriminator feature matching, VGG19
+perceptual loss, KL divergence.
 
-Discriminator outputs are lists (one per scale) of lists of features, the last being the score map.
+Discriminator outputs are lists (one per scale) of lists of features, the last being the score
+map. The GAN losses are averaged over the scales, as the reference does.
 """
 
 from __future__ import annotations
@@ -19,15 +22,54 @@ def _scores(preds: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     return [scale[-1] if isinstance(scale, (list, tuple)) else scale for scale in preds]
 
 
+GAN_MODES = ("hinge", "ls", "original", "w")
+
+
+def _target_loss(score: torch.Tensor, target: float, mode: str) -> torch.Tensor:
+    """Least squares or cross-entropy (on logits) of a score map against a constant target."""
+    wanted = torch.full_like(score, target)
+    return F.mse_loss(score, wanted) if mode == "ls" else F.binary_cross_entropy_with_logits(score, wanted)
+
+
+def gan_d_loss(preds: list[list[torch.Tensor]], real: bool, mode: str = "hinge") -> torch.Tensor:
+    """D's loss on real (``real=True``) or generated images, averaged over the scales.
+
+    hinge: mean(relu(1 - D(real))), mean(relu(1 + D(fake))); w: -mean(D(real)), mean(D(fake));
+    ls / original: squared error / cross-entropy against 1 (real) and 0 (fake).
+    """
+    if mode not in GAN_MODES:
+        raise ValueError(f"gan_mode must be one of {GAN_MODES}, got {mode!r}")
+    sign = -1.0 if real else 1.0
+    terms = []
+    for score in _scores(preds):
+        score = score.float()
+        if mode == "hinge":
+            terms.append(F.relu(1.0 + sign * score).mean())
+        elif mode == "w":
+            terms.append(sign * score.mean())
+        else:
+            terms.append(_target_loss(score, 1.0 if real else 0.0, mode))
+    return torch.stack(terms).mean()
+
+
+def gan_g_loss(preds_fake: list[list[torch.Tensor]], mode: str = "hinge") -> torch.Tensor:
+    """G's loss on D's scores of its images, averaged over the scales: -mean(D(fake)) for hinge and
+    w; squared error / cross-entropy against 1 (the non-saturating loss) for ls / original."""
+    if mode not in GAN_MODES:
+        raise ValueError(f"gan_mode must be one of {GAN_MODES}, got {mode!r}")
+    if mode in ("hinge", "w"):
+        return torch.stack([-s.float().mean() for s in _scores(preds_fake)]).mean()
+    return torch.stack([_target_loss(s.float(), 1.0, mode) for s in _scores(preds_fake)]).mean()
+
+
 def hinge_d_loss(preds: list[list[torch.Tensor]], real: bool) -> torch.Tensor:
     """D's hinge: mean(relu(1 - D(real))) or mean(relu(1 + D(fake))), averaged over the scales."""
-    sign = -1.0 if real else 1.0
-    return torch.stack([F.relu(1.0 + sign * s.float()).mean() for s in _scores(preds)]).mean()
+    return gan_d_loss(preds, real, "hinge")
 
 
 def hinge_g_loss(preds_fake: list[list[torch.Tensor]]) -> torch.Tensor:
     """G's hinge: -mean(D(fake)), averaged over the scales."""
-    return torch.stack([-s.float().mean() for s in _scores(preds_fake)]).mean()
+    return gan_g_loss(preds_fake, "hinge")
 
 
 def feature_matching_loss(
@@ -48,15 +90,19 @@ def feature_matching_loss(
     return torch.stack(terms).sum() * weight
 
 
-def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)), summed over the latent dimensions, MEAN over the batch.
+def kl_loss(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over the latent dimensions, then the MEAN over the
+    batch (``reduction="sum"``: the sum, as the reference).
 
-    Deviation from the reference, which also sums over the batch: with the mean, the gradient is
-    the same whether a global batch runs in one process or is split over DDP processes (DDP
-    averages gradients), and lambda_kld does not have to change with the batch size.
+    The mean is a deliberate difference: the gradient is then the same whether a global batch runs
+    in one process or is split over DDP processes (DDP averages gradients), and lambda_kld does not
+    have to change with the batch size. The reference's sum weighs the KL term by the per-GPU batch.
     """
     mu, logvar = mu.float(), logvar.float()
-    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
+    per_sample = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return per_sample.mean() if reduction == "mean" else per_sample.sum()
 
 
 class VGGLoss(nn.Module):

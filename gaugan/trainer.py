@@ -5,12 +5,14 @@ mixed precision, the generator EMA and the DDP wrapping. The caller owns the dat
 states and checkpoint files: ``hooks`` are called after each step, and ``state_dict`` holds
 everything else a resumed run needs to continue bit-identically.
 
-Differences from the reference trainer, all deliberate:
-- the D step reuses the G step's (detached) fake instead of generating it again;
-- ``train_step`` applies both optimizer steps only once both losses are known to be finite
-  (the D step never sees G's update, so this is the same arithmetic as G-then-D);
-- D's parameters do not collect gradients during the G step (they would be thrown away);
-- the KL term is averaged over the batch (see :func:`gaugan.losses.kl_loss`).
+Differences from the reference trainer, deliberate, each with the option that restores it:
+- ``d_fake="reuse"``: the D step learns on the G step's (detached) images instead of images of the
+  updated G (``"regenerate"``, the reference); it saves a G forward per step, and both optimizer
+  steps are applied only once both losses are known to be finite;
+- ``kl_reduction="mean"``: the KL term is averaged over the batch (``"sum"``, the reference; see
+  :func:`gaugan.losses.kl_loss`);
+- the EMA of G (``ema_decay``; None: none, as the reference);
+- D's parameters do not collect gradients during the G step (they would be thrown away).
 """
 
 from __future__ import annotations
@@ -35,15 +37,17 @@ from gaugan.errors import ConfigError, InputError, NonFiniteLossError
 from gaugan.generator import SPADEGenerator
 from gaugan.layers import convert_sync_batchnorm
 from gaugan.losses import (
+    GAN_MODES,
     LAMBDA_FEAT,
     LAMBDA_KLD,
     LAMBDA_VGG,
     VGGLoss,
     feature_matching_loss,
-    hinge_d_loss,
-    hinge_g_loss,
+    gan_d_loss,
+    gan_g_loss,
     kl_loss,
 )
+from gaugan.weight_init import INIT_TYPES, init_weights
 
 __all__ = ["GauGANTrainer", "GeneratorModel", "NonFiniteLossError", "TrainOptions", "convert_sync_batchnorm"]
 
@@ -66,6 +70,15 @@ class TrainOptions:
     compile: bool = False
     total_steps: int = 0  # where the linear decay reaches 0
     decay_start_step: int | None = None  # None: constant learning rate
+    gan_mode: str = "hinge"  # hinge | ls | original | w (gaugan.losses)
+    d_steps_per_g: int = 1  # G is updated every this many steps, D every step (the reference's D_steps_per_G)
+    init_type: str = "xavier"  # xavier | normal | xavier_uniform | kaiming | orthogonal | none (gaugan.weight_init)
+    init_variance: float = 0.02  # the gain (std for normal) of the initialisation
+    accumulation: int = 1  # micro-batches per step: gradients are accumulated, then one optimizer step
+    kl_reduction: str = "mean"  # mean over the batch (this project) | sum (the reference)
+    d_fake: str = (
+        "reuse"  # reuse: D learns on G's images of the step | regenerate: G's after its update (the reference)
+    )
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -77,6 +90,18 @@ class TrainOptions:
         for name in ("lambda_feat", "lambda_vgg", "lambda_kld"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.gan_mode not in GAN_MODES:
+            raise ConfigError(f"gan_mode must be one of {GAN_MODES}, got {self.gan_mode!r}")
+        if self.init_type not in INIT_TYPES:
+            raise ConfigError(f"init_type must be one of {INIT_TYPES}, got {self.init_type!r}")
+        if self.kl_reduction not in ("mean", "sum") or self.d_fake not in ("reuse", "regenerate"):
+            raise ConfigError(
+                f"kl_reduction must be mean|sum and d_fake reuse|regenerate, got {self.kl_reduction!r}, {self.d_fake!r}"
+            )
+        if self.d_steps_per_g < 1 or self.accumulation < 1:
+            raise ConfigError(
+                f"d_steps_per_g and accumulation must be >= 1, got {self.d_steps_per_g}, {self.accumulation}"
+            )
 
 
 class GeneratorModel(nn.Module):
@@ -106,8 +131,10 @@ class GauGANTrainer:
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.generator = GeneratorModel(config).to(self.device)
-        self.discriminator = MultiscaleDiscriminator(config).to(self.device)
+        # built and initialised on the CPU, so the initial weights do not depend on the device
+        self.generator = init_weights(GeneratorModel(config), options.init_type, options.init_variance).to(self.device)
+        self.discriminator = init_weights(MultiscaleDiscriminator(config), options.init_type, options.init_variance)
+        self.discriminator = self.discriminator.to(self.device)
         self.vgg_loss: VGGLoss | None = None
         if options.lambda_vgg > 0:
             from gaugan.vgg import VGG19Features
@@ -235,30 +262,71 @@ class GauGANTrainer:
             )
 
     # ------------------------------------------------------------------ the two halves
-    def _g_backward(self, semantics: torch.Tensor, real: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    def _g_backward(self, semantics: torch.Tensor, real: torch.Tensor, share: float = 1.0) -> tuple[dict, torch.Tensor]:
+        """G's losses on one (micro-)batch, backpropagated with weight ``share``; -> (losses, detached fake)."""
         o = self.options
         with self._d_frozen():
             with self._autocast():
                 fake, mu, logvar = self._G(semantics, real if self.config.use_vae else None)
                 pred_fake, pred_real = self._discriminate(semantics, fake, real)
-                losses = {"G_GAN": hinge_g_loss(pred_fake)}
+                losses = {"G_GAN": gan_g_loss(pred_fake, o.gan_mode)}
                 if o.lambda_feat > 0:
                     losses["G_GAN_Feat"] = feature_matching_loss(pred_fake, pred_real, o.lambda_feat)
                 if self.vgg_loss is not None:
                     losses["G_VGG"] = self.vgg_loss(fake, real) * o.lambda_vgg
                 if mu is not None:
-                    losses["KLD"] = kl_loss(mu, logvar) * o.lambda_kld
+                    losses["KLD"] = kl_loss(mu, logvar, o.kl_reduction) * o.lambda_kld
             total = torch.stack([v.float() for v in losses.values()]).sum()
-            self.scaler_G.scale(total).backward()
+            self.scaler_G.scale(total * share if share != 1.0 else total).backward()
         return losses, fake.detach()
 
-    def _d_backward(self, semantics: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> dict:
+    def _d_backward(self, semantics: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, share: float = 1.0) -> dict:
+        """D's losses on real images and ``fake``, backpropagated with weight ``share``."""
+        mode = self.options.gan_mode
         with self._autocast():
             pred_fake, pred_real = self._discriminate(semantics, fake.detach(), real)
-            losses = {"D_Fake": hinge_d_loss(pred_fake, real=False), "D_real": hinge_d_loss(pred_real, real=True)}
+            losses = {"D_Fake": gan_d_loss(pred_fake, False, mode), "D_real": gan_d_loss(pred_real, True, mode)}
         total = torch.stack([v.float() for v in losses.values()]).sum()
-        self.scaler_D.scale(total).backward()
+        self.scaler_D.scale(total * share if share != 1.0 else total).backward()
         return losses
+
+    @torch.no_grad()
+    def _fake(self, semantics: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """G's images without a G update (the steps where only D trains, d_steps_per_g > 1)."""
+        with self._autocast():
+            return self._G(semantics, real if self.config.use_vae else None)[0]
+
+    def _micro_batches(self, batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        semantics, real = self._prepare(batch)
+        k = self.options.accumulation
+        if k == 1:
+            return [(semantics, real)]
+        if semantics.shape[0] % k:
+            raise ConfigError(f"a batch of {semantics.shape[0]} does not split into {k} micro-batches (accumulation)")
+        return list(zip(semantics.chunk(k), real.chunk(k), strict=True))
+
+    def _passes(self, chunks: list[tuple[torch.Tensor, torch.Tensor]], g: bool, d: bool) -> list[dict]:
+        """Forward and backward over the micro-batches: G's losses (``g``), D's (``d``) on G's images of
+        this pass, or on images G makes now without a G update; -> each micro-batch's losses."""
+        share = 1.0 / len(chunks)
+        parts = []
+        for i, (semantics, real) in enumerate(chunks):
+            with self._no_sync_unless(i == len(chunks) - 1):
+                losses, fake = self._g_backward(semantics, real, share) if g else ({}, None)
+                if d:
+                    fake = fake if fake is not None else self._fake(semantics, real)
+                    losses = {**losses, **self._d_backward(semantics, real, fake, share)}
+                parts.append(losses)
+        return parts
+
+    def _no_sync_unless(self, last: bool):
+        """DDP reduces gradients once per step: on the last micro-batch only."""
+        stack = contextlib.ExitStack()
+        if not last:
+            for wrapped in (self._G, self._D):
+                if hasattr(wrapped, "no_sync"):
+                    stack.enter_context(wrapped.no_sync())
+        return stack
 
     def _apply(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         scaler.step(optimizer)
@@ -284,19 +352,35 @@ class GauGANTrainer:
         return {k: v.item() for k, v in losses.items()}
 
     def train_step(self, batch: dict) -> dict[str, float]:
-        """G step, D step on the same fake, EMA, learning-rate schedule, step + 1, hooks."""
-        semantics, real = self._prepare(batch)
+        """G step (every ``d_steps_per_g`` steps), D step, EMA, learning-rate schedule, step + 1, hooks.
+
+        ``d_fake: reuse``: D learns on the images of G's step, and both updates are applied once both
+        losses are known finite. ``regenerate`` (the reference's order): G is updated first, then D
+        learns on images of the updated G. With ``accumulation`` k, the batch is split into k
+        micro-batches whose gradients add up (each weighted 1/k) before the optimizer steps.
+        """
+        chunks = self._micro_batches(batch)
+        g_turn = self.step % self.options.d_steps_per_g == 0
         self.opt_G.zero_grad(set_to_none=True)
         self.opt_D.zero_grad(set_to_none=True)
-        g_losses, fake = self._g_backward(semantics, real)
-        d_losses = self._d_backward(semantics, real, fake)
-        self._check_finite({**g_losses, **d_losses})
-        self._apply(self.opt_G, self.scaler_G)
+        if self.options.d_fake == "reuse" or not g_turn:
+            step_losses = _mean_losses(self._passes(chunks, g=g_turn, d=True))
+            self._check_finite(step_losses)
+            if g_turn:
+                self._apply(self.opt_G, self.scaler_G)
+        else:
+            step_losses = _mean_losses(self._passes(chunks, g=True, d=False))
+            self._check_finite(step_losses)
+            self._apply(self.opt_G, self.scaler_G)
+            d_losses = _mean_losses(self._passes(chunks, g=False, d=True))
+            self._check_finite(d_losses)
+            step_losses.update(d_losses)
         self._apply(self.opt_D, self.scaler_D)
-        self._update_ema()
+        if g_turn:
+            self._update_ema()
         self.step += 1
         self._apply_lr_schedule()
-        losses = {k: v.item() for k, v in {**g_losses, **d_losses}.items()}
+        losses = {k: v.item() for k, v in step_losses.items()}
         losses["lr_G"] = self.opt_G.param_groups[0]["lr"]
         losses["lr_D"] = self.opt_D.param_groups[0]["lr"]
         for hook in self.hooks:
@@ -373,3 +457,8 @@ class GauGANTrainer:
             self.ema.load_state_dict(state.get("ema") or _unwrap(self.generator).state_dict())
         self.step = int(state["step"])
         self._apply_lr_schedule()
+
+
+def _mean_losses(parts: list[dict]) -> dict[str, torch.Tensor]:
+    """Each loss averaged over the micro-batches (detached: for the finite check and the log)."""
+    return {k: torch.stack([p[k].detach().float() for p in parts]).mean() for k in parts[0]}

@@ -43,8 +43,6 @@ _LAYOUT: tuple[int | str, ...] = (
 )
 # features indices right after relu1_1, relu2_1, relu3_1, relu4_1, relu5_1
 SLICE_ENDS = (2, 7, 12, 21, 30)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class VGGWeightsMissing(MissingFileError):
@@ -87,11 +85,11 @@ def vgg19_features(upto: int = SLICE_ENDS[-1]) -> nn.Sequential:
 
 
 class VGG19Features(nn.Module):
-    """Frozen VGG19; ``forward(x)`` with x in [-1, 1] (ImageNet-normalised inside) returns the
-    relu1_1 .. relu5_1 feature maps."""
+    """Frozen VGG19; ``forward(x)`` returns the relu1_1 .. relu5_1 feature maps of x as it is.
 
-    mean: torch.Tensor  # buffers, registered in __init__
-    std: torch.Tensor
+    The images go in as the generator makes them, in [-1, 1], without ImageNet's mean and std:
+    that is what the reference does, and what the paper's ``lambda_vgg: 10`` was tuned with.
+    """
 
     def __init__(self, weights: str | Path | None = None):
         super().__init__()
@@ -117,8 +115,6 @@ class VGG19Features(nn.Module):
         features.load_state_dict(picked, strict=True)
         starts = (0,) + SLICE_ENDS[:-1]
         self.slices = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in zip(starts, SLICE_ENDS, strict=True))
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.weights_file = str(path)
         self.requires_grad_(False)
         self.eval()
@@ -127,7 +123,6 @@ class VGG19Features(nn.Module):
         return super().train(False)  # always frozen, whatever the trainer does
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = ((x + 1) / 2 - self.mean) / self.std
         out = []
         for s in self.slices:
             x = s(x)

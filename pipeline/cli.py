@@ -4,7 +4,7 @@ The stage commands (run by ``dvc.yaml``) read ``params.yaml`` (``--params``) and
 entry point in ``pipeline/stages/``. A problem the user can fix (any :class:`gaugan.GauGANError`,
 which every pipeline error derives from) is one red line naming the command, exit code 1; any
 other exception is a bug and keeps its traceback, as every error does with ``--debug``. Heavy
-libraries (torch, mlflow, prefect, albumentations) are imported inside the commands so ``--help``
+libraries (torch, mlflow, prefect, torchmetrics) are imported inside the commands so ``--help``
 is fast.
 """
 

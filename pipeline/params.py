@@ -77,7 +77,23 @@ class TrainSettings(_Section):
     beta1: float = Field(ge=0, lt=1)
     beta2: float = Field(ge=0, lt=1)
     ttur: bool
-    gan_mode: Literal["hinge"]
+    gan_mode: Literal["hinge", "ls", "original", "w"]
+    d_steps_per_g: int = Field(ge=1)
+    init_type: Literal["xavier", "normal", "xavier_uniform", "kaiming", "orthogonal", "none"]
+    init_variance: float = Field(gt=0)
+    accumulation: int = Field(ge=1)
+    d_fake: Literal["reuse", "regenerate"]
+    kl_reduction: Literal["mean", "sum"]
+    preprocess_mode: Literal[
+        "resize_and_crop",
+        "scale_width_and_crop",
+        "scale_width",
+        "scale_shortside_and_crop",
+        "scale_shortside",
+        "crop",
+        "fixed",
+        "none",
+    ]
     lambda_feat: float = Field(ge=0)
     lambda_vgg: float = Field(ge=0)
     lambda_kld: float = Field(ge=0)

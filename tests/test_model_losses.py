@@ -106,11 +106,8 @@ def test_vgg_loads_from_an_explicit_path_and_from_the_hub_cache(vgg_file, tmp_pa
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     feats = vgg(x)
     assert [f.shape[1:] for f in feats] == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2)]
-    mean = T([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = T([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    relu1_1 = F.relu(
-        F.conv2d(((x + 1) / 2 - mean) / std, state["features.0.weight"], state["features.0.bias"], padding=1)
-    )
+    # the [-1, 1] image goes in as it is (no ImageNet mean/std), as in the reference
+    relu1_1 = F.relu(F.conv2d(x, state["features.0.weight"], state["features.0.bias"], padding=1))
     torch.testing.assert_close(feats[0], relu1_1)
     vgg.train()
     assert not vgg.training  # stays frozen
@@ -120,6 +117,24 @@ def test_vgg_loads_from_an_explicit_path_and_from_the_hub_cache(vgg_file, tmp_pa
     default_weights_path().parent.mkdir(parents=True)
     default_weights_path().write_bytes(vgg_file.read_bytes())
     assert VGG19Features().weights_file == str(default_weights_path())
+
+
+def test_vgg_loss_equals_the_reference_formula_on_torchvisions_network(vgg_file):
+    """sum_i w_i * L1(VGG_i(fake), VGG_i(real)) over relu1_1..relu5_1, images in [-1, 1] as they are."""
+    from torchvision.models import vgg19
+
+    state = torch.load(vgg_file, weights_only=True)
+    net = vgg19(weights=None).features[:30].eval()  # up to relu5_1; the file holds no more
+    net.load_state_dict({k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")})
+    g = torch.Generator().manual_seed(3)
+    fake, real = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    expected, x, y, start = 0.0, fake, real, 0
+    with torch.no_grad():
+        for weight, end in zip((1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0), (2, 7, 12, 21, 30), strict=True):
+            x, y = net[start:end](x), net[start:end](y)
+            expected += weight * (x - y).abs().mean().item()
+            start = end
+    assert VGGLoss(VGG19Features(vgg_file))(fake, real).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_missing_vgg_weights_say_where_to_put_them(tmp_path, monkeypatch):

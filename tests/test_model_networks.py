@@ -34,7 +34,7 @@ def test_config_channels_round_trip_and_errors():
     assert tiny(use_instance=True).semantic_nc == 7
     assert tiny(contain_dontcare_label=False, use_instance=True).semantic_nc == 6
     assert [reference_setting(n).semantic_nc for n in ("ade20k", "coco-stuff", "cityscapes")] == [151, 184, 36]
-    assert reference_setting("cityscapes").latent_hw == (8, 16)  # crop 512, aspect 2: 16 wide, 8 high
+    assert reference_setting("cityscapes").latent_hw == (4, 8)  # crop 512 / 2**6 ("more"), aspect 2: 8 wide, 4 high
     cfg = tiny(use_vae=True, aspect_ratio=2.0)
     assert GauGANConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match=r"unknown GauGAN config keys \['ngf_typo'\]"):

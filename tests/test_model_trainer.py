@@ -105,7 +105,10 @@ def test_training_steps_give_finite_losses_decay_the_lr_and_call_hooks():
 def test_gradients_reach_every_parameter_of_G_E_and_D():
     cfg = tiny(use_vae=True, use_instance=True)
     torch.manual_seed(0)
-    trainer = GauGANTrainer(cfg, opts())
+    # PyTorch's default initialisation: with the reference's (xavier, gain 0.02) SPADE's modulation
+    # starts near zero and its gradients are tiny next to conv_img's, so "small" would not single
+    # out the structurally cancelled biases below
+    trainer = GauGANTrainer(cfg, opts(init_type="none"))
     batch = make_batch(cfg)
     _, fake = trainer.generator_step(batch)
     assert not fake.requires_grad and fake.shape == (2, 3, 64, 64)
@@ -228,7 +231,9 @@ def test_mixed_precision_and_channels_last_run_on_cpu(precision):
     assert trainer.netG.fc.weight.dtype == torch.float32  # autocast, not half-precision weights
     assert trainer.netD.discriminator_0.model0[0].weight.is_contiguous(memory_format=torch.channels_last)
     scaler_state = trainer.state_dict()["scaler_G"]
-    assert (scaler_state["scale"] == 2.0**16) if precision == "fp16" else scaler_state == {}
+    # fp16: the scaler is active; with the reference's small initial weights the first step's G
+    # gradients may overflow at 2**16, and the scaler then halves its scale once
+    assert (scaler_state["scale"] in (2.0**16, 2.0**15)) if precision == "fp16" else scaler_state == {}
 
 
 # ------------------------------------------------------------------------------------ DDP over gloo

@@ -90,7 +90,7 @@ def log_start(
 def build_loader(params: Params, data_root: Path, trainer: GauGANTrainer, ctx: DistContext, start_step: int):
     t, use_instance = params.train, trainer.config.use_instance
     train_set = PreparedDataset(data_root, "train", load_instances=use_instance)
-    geometry = Geometry(t.load_size, t.crop_size, t.aspect_ratio, t.flip, train=True)
+    geometry = Geometry(t.load_size, t.crop_size, t.aspect_ratio, t.flip, t.preprocess_mode)
     return build_train_loader(
         train_set,
         geometry,

@@ -75,6 +75,11 @@ def check_settings(params: Params, classes: ClassTable, world_size: int, data_ro
             f"train.batch_size ({t.batch_size}) does not divide over {world_size} processes; "
             f"use a multiple of {world_size} or change train.nproc / --nproc-per-node"
         )
+    elif (t.batch_size // world_size) % t.accumulation:
+        problems.append(
+            f"the per-process batch ({t.batch_size // world_size}) does not split into train.accumulation "
+            f"({t.accumulation}) micro-batches; make train.batch_size a multiple of {world_size * t.accumulation}"
+        )
     if t.decay_start_step is not None and t.decay_start_step > t.max_steps:
         problems.append(f"train.decay_start_step ({t.decay_start_step}) is after train.max_steps ({t.max_steps})")
     if problems:
@@ -108,6 +113,13 @@ def train_options(params: Params, device: torch.device) -> TrainOptions:
         compile=t.compile,
         total_steps=t.max_steps,
         decay_start_step=t.decay_start_step,
+        gan_mode=t.gan_mode,
+        d_steps_per_g=t.d_steps_per_g,
+        init_type=t.init_type,
+        init_variance=t.init_variance,
+        accumulation=t.accumulation,
+        d_fake=t.d_fake,
+        kl_reduction=t.kl_reduction,
     )
 
 
