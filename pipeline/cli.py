@@ -71,8 +71,13 @@ def _params(path: Path, overrides: dict | None = None):
 @app.command()
 def ingest(
     params: Path = PARAMS_OPTION,
-    format: str | None = typer.Option(None, "--format", help="demo|coco-stuff|ade20k|ade20k-full|spade|folder"),
+    format: str | None = typer.Option(
+        None, "--format", help="demo|coco-stuff|ade20k|ade20k-full|cityscapes|spade|folder"
+    ),
     source: Path | None = typer.Option(None, "--source", help="raw dataset folder (default: data.source)"),
+    classes: str | None = typer.Option(
+        None, "--classes", help="coco-stuff|ade20k|cityscapes (built in) or a class file (default: data.classes)"
+    ),
     out: Path | None = typer.Option(None, "--out", help="prepared dataset folder (default: data.out)"),
     workers: int | None = typer.Option(None, "--workers", min=1, help="processes (default: data.workers)"),
     on_error: str | None = typer.Option(None, "--on-error", help="fail|skip (default: data.on_error)"),
@@ -83,6 +88,7 @@ def ingest(
     overrides = {
         "data.format": format,
         "data.source": source and str(source),
+        "data.classes": classes,
         "data.out": out and str(out),
         "data.workers": workers,
         "data.on_error": on_error,
