@@ -71,8 +71,13 @@ def _params(path: Path, overrides: dict | None = None):
 @app.command()
 def ingest(
     params: Path = PARAMS_OPTION,
-    format: str | None = typer.Option(None, "--format", help="demo|coco-stuff|ade20k|ade20k-full|spade|folder"),
+    format: str | None = typer.Option(
+        None, "--format", help="demo|coco-stuff|ade20k|ade20k-full|cityscapes|spade|folder"
+    ),
     source: Path | None = typer.Option(None, "--source", help="raw dataset folder (default: data.source)"),
+    classes: str | None = typer.Option(
+        None, "--classes", help="coco-stuff|ade20k|cityscapes (built in) or a class file (default: data.classes)"
+    ),
     out: Path | None = typer.Option(None, "--out", help="prepared dataset folder (default: data.out)"),
     workers: int | None = typer.Option(None, "--workers", min=1, help="processes (default: data.workers)"),
     on_error: str | None = typer.Option(None, "--on-error", help="fail|skip (default: data.on_error)"),
@@ -83,6 +88,7 @@ def ingest(
     overrides = {
         "data.format": format,
         "data.source": source and str(source),
+        "data.classes": classes,
         "data.out": out and str(out),
         "data.workers": workers,
         "data.on_error": on_error,
@@ -132,11 +138,19 @@ def train_segmenter(params: Path = PARAMS_OPTION) -> None:
 
 
 @app.command()
-def evaluate(params: Path = PARAMS_OPTION) -> None:
+def evaluate(
+    params: Path = PARAMS_OPTION,
+    model: Path | None = typer.Option(
+        None, "--model", help="a generator file to score instead of train.model_out (e.g. an imported one)"
+    ),
+    out_dir: Path | None = typer.Option(
+        None, "--out-dir", help="where to write the report (default: evaluate.out_dir)"
+    ),
+) -> None:
     """Synthesize the validation split and score it: FID, KID, mIoU, pixel accuracy."""
     from pipeline.stages import evaluate as stage
 
-    p = _params(params)
+    p = _params(params, {"train.model_out": model and str(model), "evaluate.out_dir": out_dir and str(out_dir)})
     with _reported("evaluate"):
         metrics = stage.run(p)
     numbers = (f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
@@ -171,6 +185,39 @@ def synthesize(
     with _reported("synthesize"):
         run(model, label, out, instance_path=instance, seed=seed)
     typer.echo(f"wrote {out}")
+
+
+@app.command("import-reference")
+def import_reference(
+    setting: str = typer.Option(
+        ..., "--setting", help="coco-stuff|ade20k|cityscapes: what the checkpoint was trained on"
+    ),
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", help="the reference's checkpoint folder (latest_net_G.pth, opt.txt) or a *_net_G.pth"
+    ),
+    out: Path = typer.Option(..., "--out", help="the generator file to write, e.g. models/coco-reference.pt"),
+    encoder: Path | None = typer.Option(
+        None, "--encoder", help="latest_net_E.pth of a multimodal model (default: the folder's, when present)"
+    ),
+    register: str | None = typer.Option(
+        None, "--register", help="also log it to MLflow and register it as a new version of this model"
+    ),
+    champion: bool = typer.Option(False, "--champion", help="with --register: give the new version the champion alias"),
+) -> None:
+    """Turn an official NVlabs/SPADE checkpoint into a generator file that synthesize, evaluate and serving take."""
+    from pipeline.reference_import import import_reference as run
+
+    with _reported("import-reference"):
+        summary = run(setting, checkpoint, out, encoder=encoder, register=register, champion=champion)
+    cfg = summary["config"]
+    typer.echo(
+        f"imported the {setting} generator (ngf {cfg['ngf']}, {summary['semantic_nc']} label channels"
+        f"{', instance edges' if cfg['use_instance'] else ''}{', style encoder' if summary['encoder'] else ''}) "
+        f"into {out}"
+    )
+    if "registration" in summary:
+        reg = summary["registration"]
+        typer.echo(f"registered {reg['name']} version {reg['version']} (aliases: {', '.join(reg['aliases'])})")
 
 
 @app.command("model-info")

@@ -54,6 +54,10 @@ class ModelNotFoundError(TrackingError, LookupError):
     """A model URI, registered name, alias or version that does not exist."""
 
 
+class ReferenceImportError(PipelineError, ValueError):
+    """A reference (NVlabs/SPADE) checkpoint that cannot be imported: unreadable, or not of the setting given."""
+
+
 class StageFailed(PipelineError, RuntimeError):
     """A DVC stage run by a Prefect flow exited non-zero; the message ends with its output's tail."""
 

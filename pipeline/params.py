@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline.errors import ParamsError, UndeclaredParamError
 
-DatasetFormat = Literal["demo", "coco-stuff", "ade20k", "ade20k-full", "spade", "folder"]
+DatasetFormat = Literal["demo", "coco-stuff", "ade20k", "ade20k-full", "cityscapes", "spade", "folder"]
 Device = Literal["auto", "cpu", "cuda"]
 SegmenterArch = Literal[
     "unet-small", "fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"
@@ -42,6 +42,7 @@ class DemoDataSettings(_Section):
 class DataSettings(_Section):
     format: DatasetFormat
     source: str
+    classes: str | None = Field(min_length=1)
     out: str
     workers: int = Field(ge=1)
     on_error: Literal["fail", "skip"]

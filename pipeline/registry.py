@@ -127,29 +127,37 @@ def log_model(ref: RunRef, model_path: Path, config):
     return info
 
 
-def register_version(ref: RunRef, name: str, info, tags: dict, value: float, settings, out: Path) -> dict:
-    """A new version of ``name`` with its aliases, and ``out`` (registration.json); undone on failure."""
-    import mlflow
+def _registered_model(client, tracking_uri: str, name: str, dataset: str):
+    """(the registered model ``name``, whether this call created it)."""
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient(ref.tracking_uri)
-    with mlflow_errors(ref.tracking_uri, f"reading the registered model {name!r}"):
+    with mlflow_errors(tracking_uri, f"reading the registered model {name!r}"):
         try:
-            registered, created = client.get_registered_model(name), False
+            return client.get_registered_model(name), False
         except MlflowException:
-            registered, created = (
-                client.create_registered_model(
-                    name,
-                    tags={"dataset": tags["dataset"]},
-                    description=f"GauGAN generator for the {tags['dataset']} dataset",
-                ),
-                True,
+            created = client.create_registered_model(
+                name, tags={"dataset": dataset}, description=f"GauGAN generator for the {dataset} dataset"
             )
+            return created, True
+
+
+def register_version(ref: RunRef, name: str, info, tags: dict, value: float | None, settings, out: Path) -> dict:
+    """A new version of ``name`` with its aliases, and ``out`` (registration.json); undone on failure.
+
+    ``value`` None: a model registered without an evaluation (an imported reference checkpoint); then
+    ``settings.promote`` must be 'always' or 'never'.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(ref.tracking_uri)
+    registered, created = _registered_model(client, ref.tracking_uri, name, tags["dataset"])
     before = dict(registered.aliases or {})
     champion = client.get_model_version(name, before[CHAMPION]) if CHAMPION in before else None
     promoted, champion_value, reason = decide(
-        value, tags, champion, settings.metric, settings.greater_is_better, settings.promote
-    )
+        math.nan if value is None else value, tags, champion, settings.metric, settings.greater_is_better,
+        settings.promote,
+    )  # fmt: skip
+    evaluated = f"{settings.metric} = {value:.6g}" if value is not None else "not evaluated"
     version = None
     try:
         version = client.create_model_version(
@@ -158,7 +166,7 @@ def register_version(ref: RunRef, name: str, info, tags: dict, value: float, set
             run_id=ref.run_id,
             model_id=info.model_id,
             tags={**tags, "validation_status": CHAMPION if promoted else CHALLENGER},
-            description=f"{settings.metric} = {value:.6g}; {reason}",
+            description=f"{evaluated}; {reason}",
         )
         client.set_registered_model_alias(name, CHALLENGER, version.version)
         if promoted:

@@ -107,16 +107,35 @@ def finite_numbers(values: dict) -> dict[str, float]:
     }
 
 
-def log_to_run(run_json: Path, metrics: dict, tags: dict, files: list[Path], folder: str) -> str | None:
-    """Metrics, tags and files into the training run named by ``run_json``; None when there is none."""
+def run_for_model(meta: dict, run_json: Path) -> RunRef | None:
+    """The MLflow run a generator's scores belong in: the run its file records with its store (an
+    imported reference model's), else the training run of ``run_json`` when the file came from that
+    run; None, with a warning saying why, when there is none."""
+    if meta.get("run_id") and meta.get("tracking_uri"):
+        return RunRef(str(meta["run_id"]), str(meta["tracking_uri"]), str(meta.get("experiment") or ""))
     if not run_json.is_file():
         log.warning(
             "%s not found: nothing was logged to MLflow (the files in the output folder are complete)", run_json
         )
         return None
+    ref = read_run_ref(run_json)
+    if meta.get("source") == "reference" or (meta.get("run_id") and meta["run_id"] != ref.run_id):
+        log.warning(
+            "the generator was not trained in run %s (%s): nothing was logged to MLflow (the files in the output "
+            "folder are complete); import it with --register to give it a run",
+            ref.run_id,
+            run_json,
+        )
+        return None
+    return ref
+
+
+def log_to_run(ref: RunRef | None, metrics: dict, tags: dict, files: list[Path], folder: str) -> str | None:
+    """Metrics, tags and files into the run ``ref`` (see :func:`run_for_model`); None when there is none."""
+    if ref is None:
+        return None
     import mlflow
 
-    ref = read_run_ref(run_json)
     with resume_run(ref):
         mlflow.log_metrics(finite_numbers(metrics))
         mlflow.set_tags(tags)

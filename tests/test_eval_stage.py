@@ -10,7 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TOY_NAMES, TOY_SIZE, make_params, write_tiny_generator, write_toy_prepared
+from conftest import (
+    TOY_NAMES,
+    TOY_SIZE,
+    make_params,
+    write_project_params,
+    write_tiny_generator,
+    write_toy_prepared,
+)
 from PIL import Image
 
 from gaugan.classes import ClassTable
@@ -22,23 +29,25 @@ SIZE = TOY_SIZE
 
 
 def tiny_params(**evaluate) -> object:
-    return make_params(
-        {
-            "seed": 1,
-            "train": {"crop_size": SIZE, "load_size": SIZE},
-            "segmenter": {"width": 8, "steps": 40, "batch_size": 8, "lr": 0.003, "device": "cpu"},
-            "evaluate": {
-                "feature_extractor": "tiny",
-                "tiny_feature_dim": 64,
-                "kid_subset_size": 4,
-                "kid_subsets": 10,
-                "num_samples": 3,
-                "batch_size": 4,
-                "device": "cpu",
-                **evaluate,
-            },
-        }
-    )
+    return make_params(tiny_override(**evaluate))
+
+
+def tiny_override(**evaluate) -> dict:
+    return {
+        "seed": 1,
+        "train": {"crop_size": SIZE, "load_size": SIZE},
+        "segmenter": {"width": 8, "steps": 40, "batch_size": 8, "lr": 0.003, "device": "cpu"},
+        "evaluate": {
+            "feature_extractor": "tiny",
+            "tiny_feature_dim": 64,
+            "kid_subset_size": 4,
+            "kid_subsets": 10,
+            "num_samples": 3,
+            "batch_size": 4,
+            "device": "cpu",
+            **evaluate,
+        },
+    }
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +218,41 @@ def test_style_encoder_models_use_the_real_image_or_a_seeded_draw(project, tmp_p
     drawn = run_evaluate(tiny_params(max_images=4, stats_cache=None, vae_style="random"), tmp_path)
     assert real_a["fid"] == real_b["fid"]  # seeded: the same numbers twice
     assert drawn["fid"] != real_a["fid"]  # style from the encoder of the real image vs a random z
+
+
+def test_evaluate_model_scores_another_file_and_logs_into_that_models_own_run(project, tmp_path, monkeypatch):
+    """`evaluate --model FILE --out-dir DIR`: an imported model's scores go to its import run, never
+    into the training run of run.json; one without a run of its own is logged nowhere."""
+    import mlflow
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline.tracking import RunRef, ensure_experiment, write_run_ref
+
+    root = _link_project(tmp_path, project)
+    override = tiny_override(max_images=4, stats_cache=None)
+    params = make_params(override)
+    write_project_params(root, override)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = ensure_experiment("gaugan-toy", uri)
+    training, imported = (client.create_run(experiment).info.run_id for _ in range(2))
+    write_run_ref(root / params.train.out_dir / "run.json", RunRef(training, uri, "gaugan-toy"))
+    classes = ClassTable.load(project / params.data.out)
+    meta = {"source": "reference", "run_id": imported, "tracking_uri": uri, "experiment": "gaugan-toy"}
+    write_tiny_generator(root / "imported.pt", classes, seed=4, meta=meta)
+    write_tiny_generator(root / "unregistered.pt", classes, seed=5, meta={"source": "reference"})
+    monkeypatch.chdir(root)
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", "--model", "imported.pt", "--out-dir", "outputs/eval-imported"])
+    assert result.exit_code == 0, result.output
+    scored = json.loads((root / "outputs/eval-imported/metrics.json").read_text())
+    assert scored["generator"]["file"] == "imported.pt"
+    assert not (root / params.evaluate.out_dir).exists()  # the pipeline's own report is left alone
+    assert client.get_run(imported).data.metrics["fid"] == pytest.approx(scored["fid"])
+    assert "fid" not in client.get_run(training).data.metrics
+
+    result = runner.invoke(app, ["evaluate", "--model", "unregistered.pt", "--out-dir", "outputs/eval-other"])
+    assert result.exit_code == 0, result.output
+    assert (root / "outputs/eval-other/metrics.json").is_file() and "nothing was logged" in result.output
+    assert "fid" not in client.get_run(training).data.metrics

@@ -7,7 +7,8 @@ Prepared format (the contract with every later stage)::
                              height, source (path relative to the source root, or generated:<seed>:<i>),
                              source_hash (sha256 of the sample's source bytes + parser settings), dataset
     <out>/classes.json       format_version, dataset, label_nc, dontcare (255), contain_dontcare_label,
-                             has_instances, classes: [{index, name, color}] (+ ignore, notes for ADE20K)
+                             has_instances, classes: [{index, name, color}] (+ ignore, notes); a
+                             label value 255 only where contain_dontcare_label is true
     <out>/stats.json         num_samples per split, class_pixel_frequency per split, dontcare_fraction,
                              processed_this_run, reused, skipped [{file, error}], source, format
     <out>/images/<split>/<id>.jpg|png      RGB JPEG/PNG bytes kept as they came (see common.py)
@@ -16,7 +17,9 @@ Prepared format (the contract with every later stage)::
     <out>/edges/<split>/<id>.png           uint8, 255 where a 4-neighbour has another instance id
 
 Formats and their source layouts: ``demo`` (demo.py), ``folder`` and ``spade`` (folder.py),
-``coco-stuff`` (coco_stuff.py), ``ade20k`` (ade20k.py), ``ade20k-full`` (ade20k_full.py).
+``coco-stuff`` (coco_stuff.py), ``ade20k`` (ade20k.py), ``ade20k-full`` (ade20k_full.py),
+``cityscapes`` (cityscapes.py). The class table comes from the format's source or from
+``data.classes`` (a built-in table or a file, class_tables.py).
 Writing (parallel, incremental, atomic): writer.py. The stage itself: ``pipeline/stages/ingest.py``.
 """
 
@@ -34,11 +37,15 @@ if TYPE_CHECKING:
     from gaugan.classes import ClassTable
     from pipeline.datasets.writer import SampleTask
 
-FORMATS = ("demo", "folder", "spade", "coco-stuff", "ade20k", "ade20k-full")
+FORMATS = ("demo", "folder", "spade", "coco-stuff", "ade20k", "ade20k-full", "cityscapes")
+# Formats whose label values have a fixed meaning: a class table given for them must have this many classes.
+CLASS_COUNTS = {"coco-stuff": 182, "ade20k": 151, "ade20k-full": 151, "cityscapes": 35}
+
+Builder = Callable[[Path, Any, "ClassTable | None"], tuple[list["SampleTask"], "ClassTable"]]
 
 
-def _builder(format: str) -> Callable[[Path, Any], tuple[list[SampleTask], ClassTable]]:
-    build: Callable[[Path, Any], tuple[list[SampleTask], ClassTable]]
+def _builder(format: str) -> Builder:
+    build: Builder
     if format == "folder":
         from pipeline.datasets.folder import folder_tasks as build
     elif format == "spade":
@@ -49,29 +56,35 @@ def _builder(format: str) -> Callable[[Path, Any], tuple[list[SampleTask], Class
         from pipeline.datasets.ade20k import ade20k_tasks as build
     elif format == "ade20k-full":
         from pipeline.datasets.ade20k_full import ade20k_full_tasks as build
+    elif format == "cityscapes":
+        from pipeline.datasets.cityscapes import cityscapes_tasks as build
     else:
         raise IngestError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     return build
 
 
-def prepare(settings: DataSettings, source: Path, out: Path, progress: bool = True) -> dict:
+def prepare(settings: DataSettings, source: Path, out: Path, progress: bool = True, root: Path = Path(".")) -> dict:
     """Prepare ``source`` (a dataset of ``settings.format``) into ``out``; returns the stats (stats.json).
 
     Raises :class:`IngestError` naming the file and the problem on bad input (with
     ``on_error: fail``; with ``skip`` bad samples are listed in stats["skipped"]), or when the
     source has no usable sample. ``out`` is replaced atomically, never left half-written.
+    ``root``: the folder a relative ``data.classes`` path is relative to.
     """
     source, out = Path(source), Path(out)
+    given = _given_classes(settings, root)
     if settings.format == "demo":
+        from pipeline.datasets.common import with_instances
         from pipeline.datasets.demo import demo_tasks
 
         tasks, classes = demo_tasks(settings.demo)
+        classes = classes if given is None else with_instances(given, True)
         source_name = f"generated:seed={settings.demo.seed}"
     else:
         build = _builder(settings.format)
         if not source.is_dir():
             raise IngestError(f"{source}: source folder not found (data.source / --source)")
-        tasks, classes = build(source, settings)
+        tasks, classes = build(source, settings, given)
         source_name = str(source)
     if not tasks:
         raise IngestError(
@@ -88,3 +101,21 @@ def prepare(settings: DataSettings, source: Path, out: Path, progress: bool = Tr
         fmt=settings.format,
         source=source_name,
     )
+
+
+def _given_classes(settings: DataSettings, root: Path) -> ClassTable | None:
+    """The table of ``data.classes``, checked against the format's fixed class count; None: the format's own."""
+    from pipeline.datasets.class_tables import resolve_classes
+
+    given = resolve_classes(settings.classes, root)
+    expected = CLASS_COUNTS.get(settings.format)
+    if settings.format == "demo":
+        from pipeline.datasets.demo import NAMES
+
+        expected = len(NAMES)
+    if given is not None and expected is not None and given.label_nc != expected:
+        raise IngestError(
+            f"data.classes {settings.classes!r} has {given.label_nc} classes but the {settings.format!r} format's "
+            f"label values mean {expected} classes; use a table of {expected} classes, or null for the format's own"
+        )
+    return given

@@ -8,9 +8,12 @@ Source layout::
     <source>/annotations_instance/{training,validation}/ADE_*.png   optional (Places challenge 2017)
 
 Labels keep the raw values 0..150 and 0 ("other objects", unannotated) is a class of its own:
-label_nc 151, as the reference ADE20K checkpoints were trained (the reference loader's intended
-shift by one never took effect). classes.json says so in ``notes`` and lists 0 under ``ignore``, so
-mIoU follows the standard protocol. Nothing is 255 here.
+label_nc 151 and no dontcare channel (``contain_dontcare_label: false``), so the networks take 151
+channels with value v on channel v, exactly as the reference ADE20K generators were trained (its
+label_nc 150 plus the dontcare channel that value 150 shares; its loader's intended shift by one
+never took effect), and their checkpoints fit data prepared here. classes.json says so in
+``notes``, lists 0 under ``ignore`` (mIoU follows the benchmark's protocol) and takes the built-in
+``ade20k`` table's colours (pipeline/datasets/class_tables.py). A 255 in a label map is refused.
 
 Instance PNGs: R = Instance100 category (0 = void), G = instance number. Each distinct (R, G)
 with R > 0 becomes one id, 1..k in (R, G) order; the category itself is not needed since the
@@ -20,6 +23,7 @@ label map gives the classes. Remaining pixels follow ``settings.instance_backgro
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -27,22 +31,19 @@ import numpy as np
 from PIL import Image
 
 from gaugan.classes import ClassTable
+from pipeline.datasets.class_tables import builtin_table
 from pipeline.datasets.common import (
     background_segments,
-    class_table,
     default_color,
     image_files,
     load_image,
     read_index_map,
+    with_instances,
 )
 from pipeline.datasets.writer import Loaded, SampleTask
 from pipeline.errors import IngestError
 
 SPLITS = (("train", "training"), ("val", "validation"))
-NOTES = (
-    "label 0 is ADE20K's 'other' (unannotated) as a class of its own and 1..150 are the SceneParsing "
-    "classes, as the reference ADE20K checkpoints were trained; 0 is left out of mIoU ('ignore')"
-)
 
 
 def read_object_info(source: Path) -> list[dict]:
@@ -81,7 +82,9 @@ def read_object_info(source: Path) -> list[dict]:
 
 
 def ade20k_class_table(dataset: str, entries: list[dict], has_instances: bool) -> ClassTable:
-    return class_table(dataset, entries, has_instances=has_instances, ignore=[0], notes=NOTES)
+    """The built-in ``ade20k`` table (151 channels, no dontcare, its palette) with the source's names."""
+    names = tuple(str(e["name"]) for e in entries)
+    return replace(builtin_table("ade20k", has_instances), dataset=dataset, names=names)
 
 
 def instance_from_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -113,8 +116,9 @@ def load_ade20k(image: str, label: str, instance: str | None, background: str) -
     return Loaded(img, lab, lab_png, inst)
 
 
-def ade20k_tasks(source: Path, settings) -> tuple[list[SampleTask], ClassTable]:
-    entries = read_object_info(source)
+def ade20k_tasks(source: Path, settings, classes: ClassTable | None = None) -> tuple[list[SampleTask], ClassTable]:
+    """``classes``: the table to use (data.classes); None: names from the source's objectInfo150."""
+    entries = read_object_info(source) if classes is None else []
     background = settings.instance_background
     has_inst = (source / "annotations_instance").is_dir()
     tasks = []
@@ -136,4 +140,6 @@ def ade20k_tasks(source: Path, settings) -> tuple[list[SampleTask], ClassTable]:
                     f"ade20k/1:background={background if has_inst else '-'}",
                 )
             )
+    if classes is not None:
+        return tasks, with_instances(classes, has_inst)
     return tasks, ade20k_class_table("ade20k", entries, has_inst)

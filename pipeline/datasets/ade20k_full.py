@@ -26,7 +26,7 @@ from PIL import Image
 
 from gaugan.classes import ClassTable
 from pipeline.datasets.ade20k import ade20k_class_table, read_object_info
-from pipeline.datasets.common import image_resized, load_image
+from pipeline.datasets.common import image_resized, load_image, with_instances
 from pipeline.datasets.writer import Loaded, SampleTask
 from pipeline.errors import IngestError
 
@@ -105,11 +105,12 @@ def load_full(image: str, seg: str, lut_path: str, short_side: int) -> Loaded:
     return Loaded(load_image(image), label, None, inst)
 
 
-def ade20k_full_tasks(source: Path, settings) -> tuple[list[SampleTask], ClassTable]:
+def ade20k_full_tasks(source: Path, settings, classes: ClassTable | None = None) -> tuple[list[SampleTask], ClassTable]:
+    """``classes``: the table to use (data.classes); None: names from the source's objectInfo150."""
     short_side = settings.ade20k_short_side
     lut_path = source / "mapFromADE.txt"
     read_map_from_ade(lut_path)  # fail early, with the file's name
-    entries = read_object_info(source)
+    entries = read_object_info(source) if classes is None else []
     tasks = []
     for split, sub in SPLITS:
         root = source / "images" / "ADE" / sub
@@ -128,4 +129,6 @@ def ade20k_full_tasks(source: Path, settings) -> tuple[list[SampleTask], ClassTa
                     f"ade20k-full/1:short_side={short_side}",
                 )
             )
+    if classes is not None:
+        return tasks, with_instances(classes, True)
     return tasks, ade20k_class_table("ade20k-full", entries, True)

@@ -45,6 +45,7 @@ from pipeline.datasets.common import (
     image_files,
     load_image,
     read_index_map,
+    with_instances,
 )
 from pipeline.datasets.writer import Loaded, SampleTask
 from pipeline.errors import IngestError
@@ -262,8 +263,9 @@ def load_coco_sample(
     return Loaded(img, label, label_png, instance)
 
 
-def coco_stuff_tasks(source: Path, settings) -> tuple[list[SampleTask], ClassTable]:
-    entries = read_labels_txt(source / "labels.txt")
+def coco_stuff_tasks(source: Path, settings, classes: ClassTable | None = None) -> tuple[list[SampleTask], ClassTable]:
+    """``classes``: the table to use (data.classes); None: ``labels.txt`` from the source."""
+    entries = read_labels_txt(source / "labels.txt") if classes is None else []
     tasks: list[SampleTask] = []
     has_instances = []
     for split in ("train", "val"):
@@ -276,6 +278,8 @@ def coco_stuff_tasks(source: Path, settings) -> tuple[list[SampleTask], ClassTab
             f"{source / 'annotations'}: instances JSON for one split only; add the other's "
             "(instances_train2017.json / instances_val2017.json) or remove it"
         )
+    if classes is not None:
+        return tasks, with_instances(classes, any(has_instances))
     return tasks, class_table("coco-stuff", entries, has_instances=any(has_instances))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import colorsys
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -163,55 +163,62 @@ def class_table(
 
 
 def read_class_file(root: Path) -> tuple[list[dict], dict]:
-    """``classes.json`` or ``classes.txt`` of a folder source -> (entries, options).
-
-    classes.json: a list of names, or ``{"classes": [name | {"name", "color"?}], "dataset"?,
-    "contain_dontcare_label"?}``. classes.txt: one class per line, ``name`` or ``name,r,g,b``;
-    blank lines and lines starting with ``#`` are skipped. Line/entry order gives the index.
-    """
+    """``classes.json`` or ``classes.txt`` of a folder source -> (entries, options); see :func:`read_class_path`."""
     js, txt = root / "classes.json", root / "classes.txt"
-    options: dict = {}
-    if js.is_file():
-        try:
-            data = json.loads(js.read_text())
-            items = data["classes"] if isinstance(data, dict) else data
-            if not isinstance(items, list) or not items:
-                raise ValueError("expected a non-empty list of classes")
-            entries = []
-            for i, e in enumerate(items):
-                name = e if isinstance(e, str) else e["name"]
-                color = None if isinstance(e, str) else e.get("color")
-                color = [int(v) for v in color] if color is not None else default_color(i)
-                if len(color) != 3:
-                    raise ValueError(f"class {i} colour must be [r, g, b]")
-                entries.append({"index": i, "name": str(name), "color": color})
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise IngestError(f"{js}: malformed class file ({type(err).__name__}: {err})") from None
-        if isinstance(data, dict):
-            options = {k: data[k] for k in ("dataset", "contain_dontcare_label") if k in data}
-        return entries, options
-    if txt.is_file():
-        entries = []
-        for lineno, line in enumerate(txt.read_text().splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = [p.strip() for p in line.split(",")]
-            i = len(entries)
-            try:
-                color = [int(v) for v in parts[1:4]] if len(parts) > 1 else default_color(i)
-                if len(color) != 3:
-                    raise ValueError("expected name,r,g,b")
-            except ValueError as err:
-                raise IngestError(f"{txt}:{lineno}: malformed class line {line!r} ({err})") from None
-            entries.append({"index": i, "name": parts[0], "color": color})
-        if not entries:
-            raise IngestError(f"{txt}: no classes listed")
-        return entries, options
+    if js.is_file() or txt.is_file():
+        return read_class_path(js if js.is_file() else txt)
     raise IngestError(
         f"{root}: no class file (missing classes.json or classes.txt); add one, e.g. classes.txt with "
-        "one class name per line"
+        "one class name per line, or set data.classes (--classes) to coco-stuff, ade20k, cityscapes or a file"
     )
+
+
+def read_class_path(path: Path) -> tuple[list[dict], dict]:
+    """A class file -> (entries, options).
+
+    ``.json``: a list of names, or ``{"classes": [name | {"name", "color"?}], "dataset"?,
+    "contain_dontcare_label"?}``. Any other file is text: one class per line, ``name`` or
+    ``name,r,g,b``; blank lines and lines starting with ``#`` are skipped. Order gives the index.
+    """
+    if path.suffix == ".json":
+        return _read_class_json(path)
+    entries: list[dict] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        i = len(entries)
+        try:
+            color = [int(v) for v in parts[1:4]] if len(parts) > 1 else default_color(i)
+            if len(color) != 3:
+                raise ValueError("expected name,r,g,b")
+        except ValueError as err:
+            raise IngestError(f"{path}:{lineno}: malformed class line {line!r} ({err})") from None
+        entries.append({"index": i, "name": parts[0], "color": color})
+    if not entries:
+        raise IngestError(f"{path}: no classes listed")
+    return entries, {}
+
+
+def _read_class_json(js: Path) -> tuple[list[dict], dict]:
+    try:
+        data = json.loads(js.read_text())
+        items = data["classes"] if isinstance(data, dict) else data
+        if not isinstance(items, list) or not items:
+            raise ValueError("expected a non-empty list of classes")
+        entries = []
+        for i, e in enumerate(items):
+            name = e if isinstance(e, str) else e["name"]
+            color = None if isinstance(e, str) else e.get("color")
+            color = [int(v) for v in color] if color is not None else default_color(i)
+            if len(color) != 3:
+                raise ValueError(f"class {i} colour must be [r, g, b]")
+            entries.append({"index": i, "name": str(name), "color": color})
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise IngestError(f"{js}: malformed class file ({type(err).__name__}: {err})") from None
+    options = {k: data[k] for k in ("dataset", "contain_dontcare_label") if k in data} if isinstance(data, dict) else {}
+    return entries, options
 
 
 def compact_ids(values: np.ndarray) -> np.ndarray:
@@ -245,3 +252,8 @@ def background_segments(instance: np.ndarray, label: np.ndarray) -> np.ndarray:
     if int(lut[-1]) >= 65536:
         raise IngestError(f"{int(lut[-1])} instance ids do not fit in a 16-bit PNG")
     return np.where(free, lut.astype(np.uint16)[label], instance.astype(np.uint16))
+
+
+def with_instances(table: ClassTable, has_instances: bool) -> ClassTable:
+    """``table`` recording whether the prepared data has instance maps."""
+    return table if table.has_instances == has_instances else replace(table, has_instances=has_instances)

@@ -37,6 +37,7 @@ from pipeline.datasets.common import (
     load_image,
     read_class_file,
     read_index_map,
+    with_instances,
 )
 from pipeline.datasets.writer import Loaded, SampleTask
 from pipeline.errors import IngestError
@@ -81,8 +82,8 @@ def pair_tasks(
     return tasks
 
 
-def folder_tasks(source: Path, settings=None) -> tuple[list[SampleTask], ClassTable]:
-    entries, options = read_class_file(source)
+def folder_tasks(source: Path, settings=None, classes: ClassTable | None = None) -> tuple[list[SampleTask], ClassTable]:
+    """``classes``: the table to use (data.classes); None: the source's classes.json / classes.txt."""
     has_inst = (source / "instances").is_dir()  # then every sample needs its instance map
     tasks = []
     for split in ("train", "val"):
@@ -95,28 +96,20 @@ def folder_tasks(source: Path, settings=None) -> tuple[list[SampleTask], ClassTa
             "ids",
             "folder/1",
         )
-    classes = class_table(
+    if classes is not None:
+        return tasks, with_instances(classes, has_inst)
+    entries, options = read_class_file(source)
+    table = class_table(
         str(options.get("dataset", "folder")),
         entries,
         has_instances=has_inst,
         contain_dontcare_label=bool(options.get("contain_dontcare_label", True)),
     )
-    return tasks, classes
+    return tasks, table
 
 
-def spade_tasks(source: Path, settings=None) -> tuple[list[SampleTask], ClassTable]:
-    if (source / "classes.json").is_file() or (source / "classes.txt").is_file():
-        entries, options = read_class_file(source)
-        dataset = str(options.get("dataset", "spade"))
-    elif (source / "labels.txt").is_file():
-        from pipeline.datasets.coco_stuff import read_labels_txt
-
-        entries, dataset = read_labels_txt(source / "labels.txt"), "coco-stuff"
-    else:
-        raise IngestError(
-            f"{source}: missing class file; the spade layout carries no class names: add classes.json "
-            "or classes.txt, or the COCO-Stuff labels.txt"
-        )
+def spade_tasks(source: Path, settings=None, classes: ClassTable | None = None) -> tuple[list[SampleTask], ClassTable]:
+    """``classes``: the table to use (data.classes, e.g. coco-stuff); None: the dataroot's class file."""
     has_inst = any((source / f"{s}_inst").is_dir() for s in ("train", "val"))
     tasks = []
     for split in ("train", "val"):
@@ -129,4 +122,23 @@ def spade_tasks(source: Path, settings=None) -> tuple[list[SampleTask], ClassTab
             "spade",
             "spade/1",
         )
-    return tasks, class_table(dataset, entries, has_instances=has_inst)
+    if classes is not None:
+        return tasks, with_instances(classes, has_inst)
+    return tasks, _spade_class_table(source, has_inst)
+
+
+def _spade_class_table(source: Path, has_inst: bool) -> ClassTable:
+    if (source / "classes.json").is_file() or (source / "classes.txt").is_file():
+        entries, options = read_class_file(source)
+        dataset = str(options.get("dataset", "spade"))
+    elif (source / "labels.txt").is_file():
+        from pipeline.datasets.coco_stuff import read_labels_txt
+
+        entries, dataset = read_labels_txt(source / "labels.txt"), "coco-stuff"
+    else:
+        raise IngestError(
+            f"{source}: missing class file; the spade layout carries no class names: add classes.json "
+            "or classes.txt, or the COCO-Stuff labels.txt, or set data.classes (--classes) to coco-stuff, "
+            "ade20k or cityscapes, as the reference's --dataset_mode does"
+        )
+    return class_table(dataset, entries, has_instances=has_inst)

@@ -103,6 +103,7 @@ class _Job:
     new_root: str
     label_nc: int
     dataset: str
+    dontcare: bool  # 255 allowed (the class table has a dontcare channel)
 
 
 def _paths(task: SampleTask, ext: str, with_instance: bool) -> dict:
@@ -163,11 +164,11 @@ def _process(job: _Job, digest: str) -> tuple[dict, np.ndarray]:
         )
     counts = np.bincount(label.ravel(), minlength=256)
     present = np.flatnonzero(counts)
-    bad = present[(present >= job.label_nc) & (present != DONTCARE)]
+    bad = present[(present >= job.label_nc) & ((present != DONTCARE) | (not job.dontcare))]
     if bad.size:
+        allowed = f"{DONTCARE} = dontcare" if job.dontcare else "no dontcare value in this class table"
         raise IngestError(
-            f"{where}: label value {int(bad[0])} is outside the class table "
-            f"(0..{job.label_nc - 1}, {DONTCARE} = dontcare)"
+            f"{where}: label value {int(bad[0])} is outside the class table (0..{job.label_nc - 1}, {allowed})"
         )
     if instance is not None:
         if instance.shape != (h, w):
@@ -262,7 +263,8 @@ def _old_state(out: Path, classes: ClassTable) -> dict:
         import pandas as pd
 
         old_classes = json.loads(table.read_text())
-        if (old_classes.get("dataset"), old_classes.get("label_nc")) != (classes.dataset, classes.label_nc):
+        same = (classes.dataset, classes.label_nc, classes.contain_dontcare_label)
+        if (old_classes.get("dataset"), old_classes.get("label_nc"), old_classes.get("contain_dontcare_label")) != same:
             return {}
         frame = pd.read_parquet(manifest)
         if not set(MANIFEST_COLUMNS) <= set(frame.columns):
@@ -329,7 +331,8 @@ def write_prepared(
         for sub in ("images", "labels", "instances", "edges"):
             for split in SPLITS:
                 (tmp / sub / split).mkdir(parents=True, exist_ok=True)
-        jobs = [_Job(t, old_rows.get((t.split, t.id)), str(out), str(tmp), label_nc, dataset) for t in tasks]
+        dontcare = classes.contain_dontcare_label
+        jobs = [_Job(t, old_rows.get((t.split, t.id)), str(out), str(tmp), label_nc, dataset, dontcare) for t in tasks]
         # closing(): on failure the pool is shut down before atomic_path removes the tree it writes into
         with closing(_results(jobs, workers, progress)) as results:
             for status, row, c, err in results:

@@ -3,7 +3,10 @@
 Outputs in ``evaluate.out_dir``: ``metrics.json`` (FID, KID, mIoU and pixel accuracy of generated
 images, the same for real images as the ceiling and for random images as the floor, and what
 produced them), ``per_class_iou.csv`` and ``samples.png`` (label | generated | real). The same
-numbers, tags and files go into the training's MLflow run when ``<train.out_dir>/run.json`` exists.
+numbers, tags and files go into the training's MLflow run when ``<train.out_dir>/run.json`` exists,
+or into the run a generator file records with its store (an imported reference model's).
+``gaugan-pipeline evaluate --model FILE --out-dir DIR`` scores another generator file (it sets
+``train.model_out`` and ``evaluate.out_dir`` for that call).
 
 Resolution: the generator's own output size, ``(round(crop_size / aspect_ratio), crop_size)`` from
 its config; label and instance maps are resized nearest, real images bicubic.
@@ -20,7 +23,7 @@ from pipeline.evaluation.inputs import load_inputs
 from pipeline.evaluation.report import metrics_record, mlflow_tags, write_report
 from pipeline.evaluation.scoring import score_split
 from pipeline.params import Params, scoped
-from pipeline.tracking import log_to_run
+from pipeline.tracking import log_to_run, run_for_model
 
 PARAMS = ("seed", "evaluate", "data.out", "train.model_out", "train.out_dir", "segmenter.out")
 log = logging.getLogger(__name__)
@@ -51,8 +54,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     scores = score_split(inputs, e, params.seed, cache)
     metrics = metrics_record(inputs, scores, e, params.seed, time.perf_counter() - started)
     files = write_report(root / e.out_dir, metrics, inputs, scores)
-    run_json = root / params.train.out_dir / "run.json"
-    metrics["mlflow_run_id"] = log_to_run(run_json, metrics, mlflow_tags(inputs), files, "evaluate")
+    ref = run_for_model(inputs.synth.meta, root / params.train.out_dir / "run.json")
+    metrics["mlflow_run_id"] = log_to_run(ref, metrics, mlflow_tags(inputs), files, "evaluate")
     log.info(
         "evaluate: FID %.4g, KID %.4g, mIoU %.3f (real images %.3f, random %.3f)",
         metrics["fid"],

@@ -29,7 +29,7 @@ def run(params: Params, root: Path = Path("."), progress: bool = True) -> dict:
         data.workers,
         data.on_error,
     )
-    stats = prepare(data, source, out, progress=progress)
+    stats = prepare(data, source, out, progress=progress, root=Path(root))
     log.info(
         "ingest: %s; processed %d, reused %d, skipped %d",
         ", ".join(f"{k} {v}" for k, v in stats["num_samples"].items()),
