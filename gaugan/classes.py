@@ -176,7 +176,9 @@ class ClassTable:
         if rgb.ndim < 3 or rgb.shape[-1] != 3:
             raise UnknownColorError(f"a colour-coded label map must be [H, W, 3] RGB, got shape {rgb.shape}")
         codes = _color_codes(rgb)
-        lookup = {int(c): i for i, c in enumerate(_color_codes(np.asarray(self.colors, dtype=np.int64)))}
+        lookup: dict[int, int] = {}
+        for i, code in enumerate(_color_codes(np.asarray(self.colors, dtype=np.int64))):
+            lookup.setdefault(int(code), i)  # classes sharing a colour (published palettes do): the first
         black = int(_color_codes(np.asarray(_DONTCARE_COLOR))[()])
         if self.contain_dontcare_label:
             lookup.setdefault(black, DONTCARE)

@@ -119,7 +119,9 @@ class GauGANConfig:
 # The reference's dataset modes (NVlabs/SPADE data/*_dataset.py modify_commandline_options) on top of
 # its option defaults; the key/shape layouts in shared/reference/spade_checkpoint_keys.md come from these.
 REFERENCE_SETTINGS: dict[str, dict[str, Any]] = {
-    "ade20k": dict(label_nc=150, contain_dontcare_label=True, use_instance=False),
+    # values 0..150 with 0 = "other": the reference's label_nc 150 plus the dontcare channel that
+    # value 150 shares, i.e. 151 channels, one per value, and no separate dontcare
+    "ade20k": dict(label_nc=151, contain_dontcare_label=False, use_instance=False),
     "coco-stuff": dict(label_nc=182, contain_dontcare_label=True, use_instance=True),
     "cityscapes": dict(
         label_nc=35,

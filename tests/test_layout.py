@@ -192,3 +192,38 @@ def test_no_function_in_the_packages_is_over_60_lines():
                     if length > MAX_FUNCTION_LINES:
                         long.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} {node.name} ({length} lines)")
     assert long == []
+
+
+@pytest.mark.parametrize("name", ["ade20k", "coco-stuff", "cityscapes"])
+def test_reference_recipes_are_complete_params_files_matching_the_reference_setting(name):
+    """configs/<dataset>.yaml: every key of params.yaml, valid, and the reference's architecture."""
+    import dataclasses
+
+    from gaugan.config import reference_setting
+    from pipeline.params import load_params
+
+    path = REPO_ROOT / "configs" / f"{name}.yaml"
+    assert _keys(yaml.safe_load(path.read_text())) == _keys(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))
+    params = load_params(path)
+    ref = reference_setting(name)
+    m, t = params.model, params.train
+    ours = {
+        "ngf": m.ngf,
+        "ndf": m.ndf,
+        "use_instance": m.use_instance,
+        "num_upsampling_layers": m.num_upsampling_layers,
+        "norm_G": m.norm_G,
+        "n_layers_D": m.n_layers_D,
+        "crop_size": t.crop_size,
+        "aspect_ratio": t.aspect_ratio,
+    }
+    assert ours == {k: v for k, v in dataclasses.asdict(ref).items() if k in ours}
+    assert (t.gan_mode, t.lambda_vgg, t.lambda_feat, t.ttur, t.init_type, t.ema) == (
+        "hinge",
+        10.0,
+        10.0,
+        True,
+        "xavier",
+        False,
+    )
+    assert (t.d_fake, t.kl_reduction, params.data.classes) == ("regenerate", "sum", name)
