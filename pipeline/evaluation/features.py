@@ -367,6 +367,15 @@ def write_surrogate_inception_weights(path: Path | str, seed: int = 0, calibrati
 # cache of real-image features
 
 
+def resize_identity() -> str:
+    """A digest of the code that resizes real images (``gaugan.transforms.resize_image``): part of the cache key."""
+    import inspect
+
+    from gaugan.transforms import resize_image
+
+    return digest(inspect.getsource(resize_image), 12)
+
+
 class RealFeatureCache:
     """Real-image features of a split, keyed by what determines them: dataset id, backbone, size, image count."""
 

@@ -19,7 +19,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.evaluation.features import RealFeatureCache
+from pipeline.evaluation.features import RealFeatureCache, resize_identity
 from pipeline.evaluation.inputs import full_float32, load_inputs
 from pipeline.evaluation.report import metrics_record, mlflow_tags, write_report
 from pipeline.evaluation.scoring import score_split
@@ -56,6 +56,7 @@ def _evaluate(params: Params, root: Path, started: float) -> dict:
         "backbone": inputs.backbone.key,
         "hw": list(inputs.hw),
         "n": inputs.num_images,
+        "resize": resize_identity(),  # real images are resized before their features: a new resize, new features
     }
     cache = RealFeatureCache(root / e.stats_cache if e.stats_cache else None, cache_key)
     scores = score_split(inputs, e, params.seed, cache)
