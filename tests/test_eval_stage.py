@@ -190,6 +190,10 @@ def test_evaluate_without_run_json_writes_files_and_says_nothing_was_logged(proj
     with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
         metrics = run_evaluate(params, root)
     assert metrics["mlflow_run_id"] is None and metrics["num_images"] == 4
+    # 4 images and subsets of 4: every subset would be the whole set, so no spread is reported
+    assert metrics["kid_std"] is None and metrics["kid_subset_size"] == 4 and metrics["kid_mean"] is not None
+    on_disk = json.loads((root / params.evaluate.out_dir / "metrics.json").read_text())
+    assert on_disk["kid_std"] is None and on_disk["kid_subsets"] == 1
     assert "nothing was logged to MLflow" in caplog.text
     assert (root / params.evaluate.out_dir / "metrics.json").is_file()
     assert (root / params.evaluate.out_dir / "samples.png").is_file()
