@@ -6,7 +6,9 @@
   Resampling repeats images, which raises FID a little, so at small N the interval can sit above
   the point estimate; its width is the figure to read. Each resample's FID uses the exact identity
   tr sqrt(S1 S2) = sum of the singular values of A1 A2^T (A: centred features / sqrt(n-1)), an
-  n x n problem instead of a d x d one when there are fewer images than feature dimensions.
+  n x n problem instead of a d x d one when there are fewer images than feature dimensions (the
+  point estimate uses it too then: under a second instead of a minute for 2048-d on 2 cores; it
+  agrees with torchmetrics and torch-fidelity, tests/test_eval_metrics.py, test_eval_features.py).
 - **Precision and recall** (Kynkaanniemi et al., NeurIPS 2019, "Improved precision and recall
   metric for assessing generative models"), torch-fidelity's implementation on the same features:
   each real feature gets a ball reaching its k-th nearest real neighbour; precision is the share of

@@ -14,11 +14,18 @@ img{max-width:100%;border:1px solid #ddd}h2{margin-top:28px}code{background:#f5f
 """
 
 
-def _img(path: Path | None, alt: str) -> str:
+def _img(path: Path | None, alt: str, upscale: bool = False) -> str:
+    """The PNG inline; ``upscale``: small pixel images (64 px samples) shown larger, pixels kept sharp."""
     if path is None:
         return f'<p class="muted">{escape(alt)}: not available.</p>'
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+    style = ""
+    if upscale:
+        from PIL import Image
+
+        width = Image.open(path).size[0]
+        style = f' style="width:{min(1000, 3 * width)}px;image-rendering:pixelated"'
+    return f'<img alt="{escape(alt)}"{style} src="data:image/png;base64,{data}">'
 
 
 def _fmt(v: float | None, key: str) -> str:
@@ -99,7 +106,7 @@ source, and the FID backbone (FID, KID, precision, recall) or the segmenter (mIo
 <details><summary>table</summary>{_iou_table(ious)}</details>
 <h2>The same validation maps, both models</h2>
 <p>Columns: label map | A | B | real photo. The first {maps} validation maps, style seed {seed}.</p>
-{_img(files.get("samples"), "side-by-side samples (needs both generator files and --data)")}
+{_img(files.get("samples"), "side-by-side samples (needs both generator files and data.out)", upscale=True)}
 <h2>Training losses</h2>
 <p>A solid, B dashed.</p>
 {_img(files.get("losses"), "loss curves")}
