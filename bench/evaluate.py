@@ -1,16 +1,17 @@
-"""Evaluation throughput on this machine: synthesis and FID/KID feature extraction, at 64 and 256 px.
+"""Throughput of the whole evaluate stage on this machine, and where its time goes.
 
-    python bench/evaluate.py [--images 16] [--batch 8] [--sizes 64 256] [--inception-weights PATH] [--json OUT]
+    python bench/evaluate.py [--sizes 64 256] [--images 48 16] [--inception-weights PATH] [--device cpu] [--json OUT]
 
-- synthesis: the demo-size generator of params.yaml (model section, random weights: speed does not
-  depend on the values), built at crop size 64 and 256, run through ``Synthesizer`` (no grad,
-  autocast on GPU), label maps from the demo layout;
-- features: the ``tiny`` backbone, and the FID Inception architecture (resize to 299, TF1
-  bilinear). Without the real weights file (``--inception-weights`` or the torch hub cache) a
-  surrogate weights file is written to a temporary folder: the speed is the same, the values are
-  not the real ones.
+For each size: the demo dataset generated at that size (``data.demo`` of params.yaml, its validation
+split cut to ``--images``), the demo generator of params.yaml's ``model`` section and a
+``unet-small`` segmenter of ``segmenter.width`` (random weights: speed does not depend on the
+values), and ``evaluate.feature_extractor: inception`` (2048-d). Without the real Inception file
+(``--inception-weights``, weights/ or the torch hub cache) a surrogate weights file is written to a
+temporary folder: the speed is the same, the values are not. The stage runs twice: the first pass
+extracts the real images' features, the second reads them from the cache (as a re-evaluation does).
 
-Images per second, measured after one warm-up batch; one line per case and a JSON summary.
+Printed: images per second of the stage (wall clock, loading the inputs included) and the seconds
+of each part (``metrics.json``'s ``timings``), then a JSON summary.
 """
 
 from __future__ import annotations
@@ -26,148 +27,101 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def _timed(fn, batches: list, warmup: int = 1, count=len) -> float:
-    """Images per second of ``fn`` over ``batches``, after ``warmup`` untimed batches."""
-    for b in batches[:warmup]:
-        fn(b)
-    n = 0
-    start = time.perf_counter()
-    for b in batches:
-        fn(b)
-        n += count(b)
-    return n / (time.perf_counter() - start)
-
-
-def _images(n: int, size: int, batch: int, seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    imgs = (torch.rand(n, 3, size, size, generator=g) * 255).to(torch.uint8)
-    return [imgs[i : i + batch] for i in range(0, n, batch)]
-
-
-def bench_features(
-    images: int, batch: int, sizes: list[int], inception_weights: str | None, device: torch.device
-) -> list[dict]:
+def _inception_weights(explicit: str | None, scratch: Path) -> tuple[Path, bool]:
     from pipeline.errors import FeatureWeightsError
     from pipeline.evaluation.features import (
-        inception_backbone,
+        INCEPTION_SHA256,
         resolve_inception_weights,
-        tiny_backbone,
         write_surrogate_inception_weights,
     )
+    from pipeline.io import sha256_file
 
-    rows = []
-    tiny = tiny_backbone(256)
-    tiny.module.to(device)
     try:
-        weights = resolve_inception_weights(inception_weights)
-        real_weights = True
+        path = resolve_inception_weights(explicit, weights_dir=ROOT / "weights")
+        return path, sha256_file(path) == INCEPTION_SHA256
     except FeatureWeightsError:
-        weights = write_surrogate_inception_weights(Path(tempfile.mkdtemp()) / "surrogate-inception.pth")
-        real_weights = False
-    inception = inception_backbone(weights)
-    inception.module.to(device)
-    for size in sizes:
-        batches = _images(images, size, batch)
-        for name, bb in (("tiny", tiny), ("inception", inception)):
-            ips = _timed(lambda b, bb=bb: bb.extract(b, device), batches)
-            rows.append(
-                {
-                    "case": f"features-{name}",
-                    "size": size,
-                    "images_per_sec": round(ips, 2),
-                    **({"weights": "real" if real_weights else "surrogate"} if name == "inception" else {}),
-                }
-            )
-            print(f"features {name:9s} {size:4d} px: {ips:8.2f} img/s", flush=True)
-    return rows
+        return write_surrogate_inception_weights(scratch / "surrogate-inception.pth"), False
 
 
-def _demo_generator(path: Path, model: dict, label_nc: int, crop_size: int) -> Path:
-    """params.yaml's model section at ``crop_size``, random weights, saved as the train stage saves it."""
+def _project(root: Path, size: int, images: int, params) -> None:
+    """The demo data at ``size`` px, a random demo generator and a random unet-small segmenter, under ``root``."""
     from gaugan.checkpoint import save_generator
     from gaugan.classes import ClassTable
     from gaugan.config import GauGANConfig
+    from gaugan.data import dataset_id
     from gaugan.generator import SPADEGenerator
+    from pipeline.datasets import prepare
+    from pipeline.datasets.demo import write_demo_source
+    from pipeline.evaluation.segmentation_nets import build_network
+    from pipeline.evaluation.segmenter import save_segmenter
 
+    demo = params.data.demo.model_copy(update={"width": size, "height": size, "num_train": 2, "num_val": images})
+    write_demo_source(root / "raw", demo)
+    prepare(params.data.model_copy(update={"format": "folder"}), root / "raw", root / "data", progress=False)
+    classes = ClassTable.load(root / "data")
+    m = params.model
     keys = ("ngf", "z_dim", "spade_hidden", "use_vae", "use_instance", "num_upsampling_layers", "norm_G")
-    config = GauGANConfig(label_nc=label_nc, crop_size=crop_size, **{k: model[k] for k in keys})
+    config = GauGANConfig(label_nc=classes.label_nc, crop_size=size, **{k: getattr(m, k) for k in keys})
     torch.manual_seed(0)
-    classes = ClassTable("bench", tuple(str(i) for i in range(label_nc)), tuple((i, i, i) for i in range(label_nc)))
-    save_generator(path, SPADEGenerator(config), None, config, classes, {})
-    return path
+    save_generator(root / "generator.pt", SPADEGenerator(config), None, config, classes, {"steps": 0})
+    net = build_network("unet-small", classes.label_nc, params.segmenter.width)
+    meta = {"classes": classes.to_dict(), "dataset_id": dataset_id(root / "data")}
+    save_segmenter(root / "segmenter.pt", net, "unet-small", classes.label_nc, params.segmenter.width, meta)
 
 
-def bench_synthesis(images: int, batch: int, sizes: list[int], device: torch.device, label_nc: int = 12) -> list[dict]:
-    from gaugan.synthesizer import Synthesizer
-    from pipeline.params import load_params
+def bench_size(size: int, images: int, weights: Path, device: str, scratch: Path) -> dict:
+    from pipeline.params import load_params, override
+    from pipeline.stages.evaluate import run as run_evaluate
 
-    model = load_params(ROOT / "params.yaml").model.model_dump()
-    rows = []
-    tmp = Path(tempfile.mkdtemp())
-    for size in sizes:
-        synth = Synthesizer.from_checkpoint(
-            _demo_generator(tmp / f"g{size}.pt", model, label_nc, size), device=str(device)
-        )
-        g = torch.Generator().manual_seed(0)
-        labels = torch.randint(0, label_nc, (images, size // 8, size // 8), generator=g)
-        labels = labels.repeat_interleave(8, 1).repeat_interleave(8, 2)  # blocky layouts
-        instances = labels + 1
-        batches = [(labels[i : i + batch], instances[i : i + batch]) for i in range(0, images, batch)]
-        use_inst = synth.config.use_instance
-        ips = _timed(
-            lambda b, synth=synth, use_inst=use_inst: synth(
-                b[0], instances=b[1] if use_inst else None, seed=0, batch_size=batch
-            ),
-            batches,
-            count=lambda b: len(b[0]),
-        )
-        n_params = sum(p.numel() for p in synth.netG.parameters())
-        rows.append(
-            {
-                "case": "synthesis",
-                "size": size,
-                "images_per_sec": round(ips, 2),
-                "ngf": model["ngf"],
-                "params_G": n_params,
-            }
-        )
-        print(
-            f"synthesis (ngf={model['ngf']}, {n_params / 1e6:.2f} M params) {size:4d} px: {ips:8.2f} img/s", flush=True
-        )
-    return rows
+    params = load_params(ROOT / "params.yaml")
+    root = scratch / f"size{size}"
+    _project(root, size, images, params)
+    params = override(
+        params,
+        {
+            "data.out": "data", "train.model_out": "generator.pt", "train.out_dir": "train",
+            "segmenter.out": "segmenter.pt",
+            "train.crop_size": size, "train.load_size": size, "evaluate.feature_extractor": "inception",
+            "evaluate.inception_weights": str(weights), "evaluate.stats_cache": "cache", "evaluate.device": device,
+            "evaluate.out_dir": "out",
+        },
+    )  # fmt: skip
+    rows = {}
+    for attempt in ("first", "cached"):
+        start = time.perf_counter()
+        metrics = run_evaluate(params, root)
+        wall = time.perf_counter() - start
+        rows[attempt] = {"seconds": round(wall, 2), "images_per_sec": round(images / wall, 3),
+                         "timings": metrics["timings"]}  # fmt: skip
+        parts = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(metrics["timings"].items(), key=lambda kv: -kv[1]))
+        print(f"{size:4d} px, {images} images, {attempt:6s}: {wall:7.1f} s, {images / wall:6.2f} img/s | {parts}")
+    return {"size": size, "images": images, **rows}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--images", type=int, nargs="+", default=[48, 16], help="validation images, one per size")
     ap.add_argument("--inception-weights", default=None)
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--skip", nargs="*", default=[], choices=["features", "synthesis"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    device = torch.device(
-        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
-    print(
-        f"device {device}, torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
-    )
-    rows = []
-    if "synthesis" not in args.skip:
-        rows += bench_synthesis(args.images, args.batch, args.sizes, device)
-    if "features" not in args.skip:
-        rows += bench_features(args.images, args.batch, args.sizes, args.inception_weights, device)
-    summary = {"device": str(device), "threads": torch.get_num_threads(), "rows": rows}
+    if len(args.images) != len(args.sizes):
+        ap.error("give one --images count per --sizes entry")
+    threads = f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
+    print(f"device {args.device}, {threads}")
+    with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp:
+        weights, real = _inception_weights(args.inception_weights, Path(tmp))
+        print(f"Inception weights: {weights} ({'the real file' if real else 'a surrogate: speed only'})")
+        rows = [bench_size(s, n, weights, args.device, Path(tmp)) for s, n in zip(args.sizes, args.images, strict=True)]
+    summary = {"device": args.device, "threads": torch.get_num_threads(), "real_inception": real, "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

@@ -215,9 +215,10 @@ class Synthesizer:
                 raise InputError("this model has no style encoder (use_vae off or no E weights): no style images")
             style = _style_batch(style_images, n)
         noise = None
-        if cfg.use_vae:  # all noise drawn up front: a sample's output does not depend on the batch size
-            generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-            noise = torch.randn(n, cfg.z_dim, generator=generator)
+        if cfg.use_vae:  # image k's noise comes from seed + k alone: no dependence on batch sizes or offsets
+            # (a caller that splits a set passes seed + offset for each part and gets the same noise)
+            gens = [torch.Generator().manual_seed(int(seed) + k) if seed is not None else None for k in range(n)]
+            noise = torch.stack([torch.randn(cfg.z_dim, generator=g) for g in gens])
         outputs = []
         for start in range(0, n, batch_size):
             end = min(n, start + batch_size)

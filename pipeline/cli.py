@@ -220,6 +220,40 @@ def import_reference(
         typer.echo(f"registered {reg['name']} version {reg['version']} (aliases: {', '.join(reg['aliases'])})")
 
 
+@app.command()
+def compare(
+    a: str = typer.Argument(
+        ..., help="model A: an MLflow run id, runs:/ID, models:/NAME/VERSION or models:/NAME@ALIAS"
+    ),
+    b: str = typer.Argument(..., help="model B, named the same ways"),
+    out: Path = typer.Option(Path("outputs/compare"), "--out", help="the report goes to OUT/<A>-vs-<B>/report.html"),
+    maps: int = typer.Option(4, "--maps", min=1, help="validation label maps rendered by both models"),
+    seed: int = typer.Option(0, "--seed", help="style seed of the rendered maps (multimodal models)"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda, for rendering the maps"),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="do not log the report to MLflow"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """An HTML report of two models side by side: metrics and whether they compare, per-class IoU, samples, losses."""
+    from pipeline.reports.compare import build_report
+    from pipeline.tracking import resolve_tracking_uri
+
+    p = _params(params)
+    data_root = Path(p.data.out)
+    with _reported("compare"):
+        html = build_report(
+            a,
+            b,
+            resolve_tracking_uri(p.mlflow.tracking_uri),
+            out,
+            data_root=data_root if data_root.is_dir() else None,
+            maps=maps,
+            seed=seed,
+            device=device,
+            log_to_mlflow=not no_mlflow,
+        )
+    typer.echo(f"wrote {html}")
+
+
 @app.command("model-info")
 def model_info(
     setting: str | None = typer.Option(None, "--setting", help="coco-stuff|ade20k|cityscapes; default: all"),

@@ -23,7 +23,13 @@ from pipeline.errors import ParamsError, UndeclaredParamError
 DatasetFormat = Literal["demo", "coco-stuff", "ade20k", "ade20k-full", "cityscapes", "spade", "folder"]
 Device = Literal["auto", "cpu", "cuda"]
 SegmenterArch = Literal[
-    "unet-small", "fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"
+    "unet-small",
+    "fcn_resnet50",
+    "deeplabv3_resnet50",
+    "deeplabv3_mobilenet_v3_large",
+    "lraspp_mobilenet_v3_large",
+    "torchscript",
+    "onnx",
 ]
 
 
@@ -136,8 +142,24 @@ class SegmenterSettings(_Section):
     lr: float = Field(gt=0)
     num_workers: int = Field(ge=0)
     device: Device
+    channel_order: Literal["rgb", "bgr"]
+    pixel_range: float = Field(gt=0)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float] | None
+    input_size: tuple[int, int] | None
+    upsample: Literal["image", "prediction"]
+    class_map: dict[int, int] | str | None
+    average: Literal["present", "all"]
     out: str
     metrics: str
+
+    @model_validator(mode="after")
+    def _spec_fits(self) -> SegmenterSettings:
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"segmenter.std values must be positive, got {list(self.std)}")
+        if self.input_size is not None and min(self.input_size) < 8:
+            raise ValueError(f"segmenter.input_size must be [height, width] of at least 8, got {list(self.input_size)}")
+        return self
 
 
 class EvaluateSettings(_Section):
@@ -148,10 +170,15 @@ class EvaluateSettings(_Section):
     tiny_feature_dim: int = Field(ge=8)
     kid_subset_size: int = Field(ge=2)
     kid_subsets: int = Field(ge=1)
+    fid_bootstrap: int = Field(ge=0)
+    precision_recall_k: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     max_images: int | None = Field(ge=1)
     ignore_classes: list[int] | None
     vae_style: Literal["real", "random"]
+    diversity_net: Literal["alex", "vgg", "squeeze"] | None
+    diversity_maps: int = Field(ge=1)
+    diversity_samples: int = Field(ge=2)
     num_samples: int = Field(ge=1)
     stats_cache: str | None
     device: Device

@@ -3,10 +3,12 @@
 One registered model per dataset (``register.model_name`` or ``gaugan-<dataset>``). Each new
 version gets the alias ``challenger``; ``champion`` moves to it when ``register.promote`` says so:
 by default when it beats the current champion on ``register.metric`` (lower is better unless
-``register.greater_is_better``), or when there is no champion yet. FID/KID values computed with
-another feature extractor or at another resolution are not compared: the champion stays, and the
-reason is written down. Registry changes are undone when anything after the version's creation
-fails (aliases restored, version deleted, a registered model created by that call deleted).
+``register.greater_is_better``), or when there is no champion yet. Values are compared only when
+both evaluations used the same dataset version, number of images, resolution and style source,
+and the same feature extractor (FID, KID, precision, recall) or segmenter (mIoU, accuracy); when
+any differs, or one side does not record it, the champion stays and the reason names each one.
+Registry changes are undone when anything after the version's creation fails (aliases restored,
+version deleted, a registered model created by that call deleted).
 
 Lookups (:func:`load_synthesizer`) accept ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, any
 other MLflow model URI, or a local generator file, and say what exists when a name, alias or
@@ -29,9 +31,39 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-# metrics whose values depend on the feature extractor and image size: compared only like for like
-BACKBONE_METRICS = ("fid", "kid_mean", "kid_std")
-COMPARABILITY_TAGS = ("fid_backbone", "eval_resolution")
+# What two evaluations must share before any of their numbers are compared (tags written by the
+# evaluate stage, pipeline/evaluation/comparable.py): the same data, the same number of images, the
+# same size, the same style source ...
+COMPARABILITY_TAGS = ("eval_dataset_id", "eval_num_images", "eval_resolution", "style_source")
+# ... and what produced the number: the feature extractor for FID-like numbers, the segmenter for
+# segmentation scores.
+BACKBONE_METRICS = (
+    "fid", "fid_ci_low", "fid_ci_high", "fid_bootstrap_std", "kid_mean", "kid_std", "precision", "recall",
+)  # fmt: skip
+SEGMENTER_METRICS = ("miou", "accuracy", "miou_real", "accuracy_real", "miou_random", "accuracy_random")
+
+
+def comparability_keys(metric: str) -> tuple[str, ...]:
+    """The tags that must be equal for two values of ``metric`` to be compared."""
+    if metric in BACKBONE_METRICS:
+        return COMPARABILITY_TAGS + ("fid_backbone",)
+    if metric in SEGMENTER_METRICS:
+        return COMPARABILITY_TAGS + ("segmenter_id",)
+    return COMPARABILITY_TAGS
+
+
+def comparability_differences(
+    mine: dict, theirs: dict, metric: str, theirs_label: str = "there", mine_label: str = "here"
+) -> list[str]:
+    """One sentence per tag that differs, or that one side does not record (then nothing can be said)."""
+    found = []
+    for key in comparability_keys(metric):
+        a, b = mine.get(key), theirs.get(key)
+        if not a or not b:
+            found.append(f"{key} is not recorded {mine_label if not a else theirs_label}")
+        elif a != b:
+            found.append(f"{key} is {a!r} {mine_label} and {b!r} {theirs_label}")
+    return found
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,10 +105,18 @@ def version_tags(metrics: dict, meta: dict, dataset: str, generator: Path, root:
         tags["fid_backbone"] = str(backbone_name)
     if _is_number(metrics.get("height")) and _is_number(metrics.get("width")):
         tags["eval_resolution"] = f"{int(metrics['height'])}x{int(metrics['width'])}"
+    comparability = metrics.get("comparability")
+    if isinstance(comparability, dict):
+        tags.update({k: str(v) for k, v in comparability.items() if k in COMPARABILITY_TAGS + _PRODUCER_TAGS})
+    if "paper_comparable" in metrics:
+        tags["paper_comparable"] = "true" if metrics["paper_comparable"] else "false"
     for key, value in metrics.items():
         if _is_number(value):
             tags[f"metric.{key}"] = repr(float(value)) if isinstance(value, float) else str(value)
     return {k: v for k, v in tags.items() if v != ""}
+
+
+_PRODUCER_TAGS = ("fid_backbone", "segmenter_id")
 
 
 def decide(
@@ -91,18 +131,18 @@ def decide(
         return policy == "always", champion_value, f"register.promote is {policy!r}"
     if champion_value is None or math.isnan(champion_value):
         return True, None, f"the champion (version {champion.version}) has no {metric!r} to compare with"
-    if metric in BACKBONE_METRICS:
-        for key in COMPARABILITY_TAGS:
-            mine, theirs = tags.get(key), champion.tags.get(key)
-            if mine and theirs and mine != theirs:
-                return (
-                    False,
-                    champion_value,
-                    (
-                        f"{metric} not comparable: {key} is {mine!r} here and {theirs!r} for the champion "
-                        f"(version {champion.version}); the champion stays (register.promote: always moves it)"
-                    ),
-                )
+    differences = comparability_differences(
+        tags, champion.tags, metric, f"for the champion (version {champion.version})"
+    )
+    if differences:
+        return (
+            False,
+            champion_value,
+            (
+                f"{metric} not comparable with the champion's: {'; '.join(differences)}. The champion stays "
+                "(register.promote: always moves it)"
+            ),
+        )
     better = value > champion_value if greater_is_better else value < champion_value
     direction = "higher" if greater_is_better else "lower"
     return (

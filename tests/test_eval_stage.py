@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import (
     TOY_NAMES,
     TOY_SIZE,
@@ -42,6 +43,7 @@ def tiny_override(**evaluate) -> dict:
             "tiny_feature_dim": 64,
             "kid_subset_size": 4,
             "kid_subsets": 10,
+            "fid_bootstrap": 20,
             "num_samples": 3,
             "batch_size": 4,
             "device": "cpu",
@@ -130,7 +132,7 @@ def test_evaluate_writes_metrics_table_grid_and_logs_to_the_training_run(project
 
     with (out / "per_class_iou.csv").open() as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == ["class", "name", "iou_generated", "iou_real"]
+    assert list(table[0]) == ["class", "name", "iou_generated", "iou_real", "pixels"]
     assert {r["name"] for r in table} <= set(TOY_NAMES) and len(table) >= 2
     real_ious = [float(r["iou_real"]) for r in table if r["iou_real"]]
     assert np.mean(real_ious) == pytest.approx(on_disk["miou_real"], abs=1e-5)
@@ -148,9 +150,40 @@ def test_evaluate_writes_metrics_table_grid_and_logs_to_the_training_run(project
     assert logged.data.metrics["miou_real"] == pytest.approx(metrics["miou_real"])
     assert logged.data.tags["fid_backbone"] == on_disk["backbone"]["name"]
     assert logged.data.tags["paper_comparable"] == "false"
+    assert logged.data.tags["eval_num_images"] == "6" and logged.data.tags["eval_dataset_id"] == on_disk["dataset_id"]
+    assert logged.data.tags["segmenter_id"] == on_disk["segmenter"]["id"] and logged.data.tags["style_source"] == "none"
+    assert "not the FID Inception" in logged.data.tags["paper_comparable_reasons"]
     arts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run_id, "evaluate")}
-    assert arts == {"evaluate/metrics.json", "evaluate/per_class_iou.csv", "evaluate/samples.png"}
+    names = ("metrics.json", "per_class_iou.csv", "confusion.npy", "confusion.csv", "samples.png")
+    assert arts == {f"evaluate/{n}" for n in names}
     assert metrics["mlflow_run_id"] == run_id
+
+    # What produced the numbers, and why they are not the paper's.
+    assert on_disk["paper_comparable"] is False
+    reasons = " | ".join(on_disk["paper_comparable_reasons"])
+    assert "tiny-cnn" in reasons and "'toy' has no published protocol" in reasons
+    assert on_disk["style_source"] == "none" and on_disk["precision_modes"]["device"] == "cpu"
+    assert on_disk["precision_modes"]["generator"] == "fp32" and on_disk["comparability"]["eval_num_images"] == "6"
+    assert (
+        on_disk["segmenter"]["id"] == on_disk["comparability"]["segmenter_id"] and len(on_disk["segmenter"]["id"]) == 16
+    )
+    assert set(on_disk["timings"]) >= {"synthesis", "features", "segmentation", "fid", "kid", "fid_bootstrap"}
+    # FID's bootstrap interval, KID's spread (6 images, subsets of 4), precision and recall
+    assert 0 < on_disk["fid_ci_low"] < on_disk["fid_ci_high"] and on_disk["fid_bootstrap_replicates"] == 20
+    assert on_disk["kid_std"] > 0 and 0 <= on_disk["precision"] <= 1 and 0 <= on_disk["recall"] <= 1
+    assert on_disk["lpips_diversity"] is None  # a model without a style encoder
+    # the confusion matrix: rows = ground truth; its diagonal and row sums give the per-class table
+    cm = np.load(out / "confusion.npy")
+    assert cm.shape == (4, 4) and cm.dtype == np.int64
+    for row in table:
+        c = int(row["class"])
+        assert int(row["pixels"]) == cm[c].sum()
+        if row["iou_generated"]:
+            iou = cm[c, c] / (cm[c].sum() + cm[:, c].sum() - cm[c, c])
+            assert float(row["iou_generated"]) == pytest.approx(iou, abs=1e-6)
+    with (out / "confusion.csv").open() as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["truth \\ prediction", *TOY_NAMES] and [int(v) for v in rows[1][1:]] == cm[0].tolist()
 
     # A second evaluation reads the cached real features and gives the same numbers.
     again = run_evaluate(params, root)
@@ -166,6 +199,10 @@ def test_evaluate_without_run_json_writes_files_and_says_nothing_was_logged(proj
     with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
         metrics = run_evaluate(params, root)
     assert metrics["mlflow_run_id"] is None and metrics["num_images"] == 4
+    # 4 images and subsets of 4: every subset would be the whole set, so no spread is reported
+    assert metrics["kid_std"] is None and metrics["kid_subset_size"] == 4 and metrics["kid_mean"] is not None
+    on_disk = json.loads((root / params.evaluate.out_dir / "metrics.json").read_text())
+    assert on_disk["kid_std"] is None and on_disk["kid_subsets"] == 1
     assert "nothing was logged to MLflow" in caplog.text
     assert (root / params.evaluate.out_dir / "metrics.json").is_file()
     assert (root / params.evaluate.out_dir / "samples.png").is_file()
@@ -204,20 +241,27 @@ def test_inception_without_weights_fails_before_synthesis(project, tmp_path, mon
     assert not (root / "outputs").exists()
 
 
-def test_style_encoder_models_use_the_real_image_or_a_seeded_draw(project, tmp_path):
-
-    params = tiny_params(max_images=4, stats_cache=None)
+def test_fid_does_not_depend_on_the_batch_size_for_a_vae_model(project, tmp_path):
+    params = tiny_params(stats_cache=None, fid_bootstrap=0)
     (tmp_path / "data").symlink_to(project / "data", target_is_directory=True)
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "segmenter.pt").symlink_to(project / params.segmenter.out)
     classes = ClassTable.load(project / params.data.out)
     write_tiny_generator(tmp_path / params.train.model_out, classes, use_vae=True, nef=4)
-
-    real_a = run_evaluate(params, tmp_path)
-    real_b = run_evaluate(params, tmp_path)
-    drawn = run_evaluate(tiny_params(max_images=4, stats_cache=None, vae_style="random"), tmp_path)
-    assert real_a["fid"] == real_b["fid"]  # seeded: the same numbers twice
-    assert drawn["fid"] != real_a["fid"]  # style from the encoder of the real image vs a random z
+    fids = {}
+    for style in ("random", "real"):
+        runs = [
+            run_evaluate(tiny_params(stats_cache=None, fid_bootstrap=0, max_images=5, vae_style=style, batch_size=bs),
+                         tmp_path)
+            for bs in (2, 5)
+        ]  # fmt: skip
+        for key in ("fid", "kid_mean", "miou", "precision", "recall"):
+            assert runs[1][key] == pytest.approx(runs[0][key], rel=1e-4, abs=1e-6), (style, key)
+        assert runs[0]["style_source"] == {"random": "random", "real": "encoded-real"}[style]
+        fids[style] = runs[0]["fid"]
+    assert fids["random"] != pytest.approx(fids["real"], rel=1e-3)  # the real photo's code vs a seeded draw
+    # the style source decides paper-comparability: an encoded real photo makes FID a reconstruction score
+    assert any("reconstruction score" in r for r in runs[0]["paper_comparable_reasons"])
 
 
 def test_evaluate_model_scores_another_file_and_logs_into_that_models_own_run(project, tmp_path, monkeypatch):
@@ -256,3 +300,33 @@ def test_evaluate_model_scores_another_file_and_logs_into_that_models_own_run(pr
     assert result.exit_code == 0, result.output
     assert (root / "outputs/eval-other/metrics.json").is_file() and "nothing was logged" in result.output
     assert "fid" not in client.get_run(training).data.metrics
+
+
+def test_lpips_diversity_needs_the_real_backbone_file_and_says_which(project, tmp_path, monkeypatch):
+    import torchvision
+
+    from pipeline.evaluation.diversity import LPIPS_BACKBONES
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    params = tiny_params(stats_cache=None, fid_bootstrap=0, diversity_net="squeeze", diversity_maps=3)
+    (tmp_path / "data").symlink_to(project / "data", target_is_directory=True)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "segmenter.pt").symlink_to(project / params.segmenter.out)
+    classes = ClassTable.load(project / params.data.out)
+    write_tiny_generator(tmp_path / params.train.model_out, classes, use_vae=True, nef=4)
+    hub = tmp_path / "torch-home" / "hub" / "checkpoints"
+    with pytest.raises(FeatureWeightsError) as err:
+        run_evaluate(params, tmp_path)
+    assert LPIPS_BACKBONES["squeeze"] in str(err.value) and str(hub) in str(err.value)
+    assert "evaluate.diversity_net: null" in str(err.value)
+    assert not (tmp_path / "outputs").exists()  # refused before any synthesis
+
+    # With a file at that place the mechanism runs; this one is a stand-in, and the record says so.
+    hub.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), hub / LPIPS_BACKBONES["squeeze"])
+    first = run_evaluate(params, tmp_path)
+    again = run_evaluate(params, tmp_path)
+    assert first["lpips_diversity"] > 0 and again["lpips_diversity"] == pytest.approx(first["lpips_diversity"])
+    assert first["diversity"]["official_weights"] is False and first["diversity"]["maps"] == 3
+    assert len(first["diversity"]["backbone_sha256"]) == 64

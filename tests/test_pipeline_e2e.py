@@ -14,7 +14,9 @@ import yaml
 from conftest import write_project_params
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["gaugan", "pipeline", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore"]
+PROJECT_FILES = [
+    "gaugan", "pipeline", "weights", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore",
+]  # fmt: skip
 
 TINY = {
     "data": {"workers": 1, "demo": {"num_train": 16, "num_val": 6, "width": 64, "height": 64}},

@@ -71,6 +71,14 @@ def fake_training(root: Path, uri: str, seed: int, fid: float) -> str:
         "width": 64,
         "paper_comparable": False,
         "backbone": {"name": "tiny-cnn-seed0", "feature_dim": 16},
+        "comparability": {
+            "eval_dataset_id": "data-toy",
+            "eval_num_images": "6",
+            "eval_resolution": "64x64",
+            "style_source": "none",
+            "fid_backbone": "tiny-cnn-seed0",
+            "segmenter_id": "seg-1",
+        },
     }
     (root / "outputs/evaluate").mkdir(parents=True, exist_ok=True)
     (root / "outputs/evaluate/metrics.json").write_text(json.dumps(metrics))
@@ -127,6 +135,8 @@ def test_versions_carry_provenance_and_metrics(store):
     assert float(tags["metric.fid"]) == 12.0 and float(tags["metric.miou"]) == 0.5
     assert "metric.paper_comparable" not in tags  # booleans are not metrics
     assert tags["fid_backbone"] == "tiny-cnn-seed0" and tags["eval_resolution"] == "64x64"
+    assert tags["eval_dataset_id"] == "data-toy" and tags["eval_num_images"] == "6" and tags["style_source"] == "none"
+    assert tags["segmenter_id"] == "seg-1" and tags["paper_comparable"] == "false"
     assert (
         tags["validation_status"] == "challenger"
         and client.get_model_version(NAME, "2").tags["validation_status"] == "champion"
@@ -255,21 +265,53 @@ class FakeVersion:
         self.version, self.tags = str(version), {k.replace("__", "."): v for k, v in tags.items()}
 
 
+SAME = {
+    "eval_dataset_id": "d1",
+    "eval_num_images": "500",
+    "eval_resolution": "256x512",
+    "style_source": "none",
+    "fid_backbone": "inception-v3",
+    "segmenter_id": "drn-1",
+}
+
+
 def test_decide_direction_policy_and_comparability():
     from pipeline.registry import decide
 
-    champion = FakeVersion(
-        4, metric__fid="10.0", metric__miou="0.5", fid_backbone="inception-v3", eval_resolution="256x256"
-    )
-    same = {"fid_backbone": "inception-v3", "eval_resolution": "256x256"}
+    champion = FakeVersion(4, metric__fid="10.0", metric__miou="0.5", **SAME)
+    same = dict(SAME)
     assert decide(9.0, same, champion, "fid", False)[:2] == (True, 10.0)
     assert decide(10.0, same, champion, "fid", False)[0] is False  # a tie keeps the champion
     assert decide(0.6, same, champion, "miou", True)[0] is True
     assert decide(0.4, same, champion, "miou", True)[0] is False
     promoted, _, reason = decide(1.0, {**same, "fid_backbone": "tiny-cnn-seed0"}, champion, "fid", False)
     assert promoted is False and "not comparable" in reason and "fid_backbone" in reason
-    assert decide(1.0, {"fid_backbone": "tiny-cnn-seed0"}, champion, "miou", True)[0] is True  # mIoU: no backbone
+    assert decide(0.9, {**same, "fid_backbone": "tiny-cnn-seed0"}, champion, "miou", True)[0] is True  # no backbone
     assert decide(99.0, same, champion, "fid", False, "always")[0] is True
     assert decide(1.0, same, champion, "fid", False, "never")[0] is False
     assert decide(1.0, same, None, "fid", False) == (True, None, "no champion yet")
     assert decide(1.0, same, FakeVersion(1), "fid", False)[0] is True  # champion without the metric
+
+
+def test_registry_refuses_to_compare_across_datasets_or_segmenters_and_says_which_differs():
+    from pipeline.registry import decide
+
+    champion = FakeVersion(7, metric__fid="30.0", metric__miou="0.4", **SAME)
+    promoted, value, reason = decide(0.9, {**SAME, "segmenter_id": "unet-9"}, champion, "miou", True)
+    assert promoted is False and value == 0.4
+    assert "segmenter_id is 'unet-9' here and 'drn-1' for the champion (version 7)" in reason
+    # FID does not depend on the segmenter: the same change leaves FID comparable
+    assert decide(20.0, {**SAME, "segmenter_id": "unet-9"}, champion, "fid", False)[0] is True
+
+    other_data = {**SAME, "eval_dataset_id": "d2", "eval_num_images": "50"}
+    for metric, value in (("fid", 1.0), ("miou", 0.99)):
+        promoted, _, reason = decide(value, other_data, champion, metric, metric == "miou")
+        assert promoted is False
+        assert "eval_dataset_id is 'd2' here and 'd1'" in reason and "eval_num_images is '50' here and '500'" in reason
+        assert "style_source" not in reason  # only what differs is named
+    promoted, _, reason = decide(1.0, {**SAME, "style_source": "encoded-real"}, champion, "fid", False)
+    assert promoted is False and "style_source is 'encoded-real' here and 'none'" in reason
+    # a champion registered before these tags existed cannot be compared: said so, never assumed equal
+    old = FakeVersion(3, metric__fid="30.0", fid_backbone="inception-v3", eval_resolution="256x512")
+    promoted, _, reason = decide(1.0, SAME, old, "fid", False)
+    assert promoted is False and "eval_dataset_id is not recorded for the champion (version 3)" in reason

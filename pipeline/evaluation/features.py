@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,13 +44,14 @@ INCEPTION_FILENAMES = (
     "pt_inception-2015-12-05-6726825d.pth",
 )
 # The file name's suffix is the first 8 hex digits of its sha256 (torch.hub's convention, checked by
-# download_url_to_file(hash_prefix=...)); the full digest of torch-fidelity's file is
-# 6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2. A file whose digest does not
-# start with the prefix is not the real one, and its numbers are flagged as not paper-comparable.
-INCEPTION_SHA256_PREFIX = "6726825d"
+# download_url_to_file(hash_prefix=...)). Only a file with exactly this full digest is the real one;
+# any other file's numbers are flagged as not paper-comparable.
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+INCEPTION_SHA256_PREFIX = INCEPTION_SHA256[:8]
 INCEPTION_FEATURE_DIMS = (64, 192, 768, 2048)
 TINY_SEED = 20190318  # SPADE's arXiv date; any fixed value would do, but it must never change
 TINY_INPUT_SIZE = 64
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -151,7 +153,7 @@ def tiny_backbone(dim: int = 256, seed: int = TINY_SEED) -> FeatureBackbone:
 # inception
 
 
-def missing_inception_message(explicit: str | Path | None = None) -> str:
+def missing_inception_message(explicit: str | Path | None = None, weights_dir: Path | None = None) -> str:
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     lines = []
     if explicit:
@@ -162,8 +164,9 @@ def missing_inception_message(explicit: str | Path | None = None) -> str:
         )
     lines += [
         f"Provide the file {INCEPTION_FILENAMES[0]} (torch-fidelity's name) or {INCEPTION_FILENAMES[1]}",
-        "(pytorch-fid's name; the same weights), either by placing it in the torch hub cache",
-        f"  {hub}/  (set TORCH_HOME to move it)",
+        "(pytorch-fid's name; the same weights), either by placing it in the project's weights folder",
+        f"  {weights_dir or 'weights'}/  (a DVC dependency of the evaluate stage: a new file reruns it)",
+        f"or in the torch hub cache {hub}/ (set TORCH_HOME to move it; not tracked by DVC),",
         "or by setting evaluate.inception_weights: /path/to/the/file in params.yaml.",
         f"On a machine with internet, evaluate.allow_download: true fetches it from {INCEPTION_URL}.",
         "To evaluate without it (numbers NOT comparable with published FIDs), set evaluate.feature_extractor: tiny.",
@@ -171,28 +174,40 @@ def missing_inception_message(explicit: str | Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def resolve_inception_weights(explicit: str | Path | None = None, allow_download: bool = False) -> Path:
-    """The weights file: an explicit path, else the torch hub cache, else a download if allowed."""
+def resolve_inception_weights(
+    explicit: str | Path | None = None, allow_download: bool = False, weights_dir: Path | None = None
+) -> Path:
+    """An explicit path, else the file in ``weights_dir``, else in the torch hub cache, else a download if allowed."""
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise FeatureWeightsError(missing_inception_message(explicit))
+            raise FeatureWeightsError(missing_inception_message(explicit, weights_dir))
         return path
     hub = Path(torch.hub.get_dir()) / "checkpoints"
-    for name in INCEPTION_FILENAMES:
-        if (hub / name).is_file():
-            return hub / name
+    for folder in (weights_dir, hub):
+        for name in INCEPTION_FILENAMES:
+            if folder is not None and (folder / name).is_file():
+                if folder == hub and weights_dir is not None:
+                    log.warning(
+                        "the Inception weights come from the torch hub cache (%s), which DVC does not track: copy the "
+                        "file to %s/ so that a different file reruns the evaluate stage",
+                        hub / name,
+                        weights_dir,
+                    )
+                return folder / name
     if allow_download:
         hub.mkdir(parents=True, exist_ok=True)
         target = hub / INCEPTION_FILENAMES[0]
         try:
-            torch.hub.download_url_to_file(INCEPTION_URL, str(target), hash_prefix="6726825d", progress=False)
+            torch.hub.download_url_to_file(
+                INCEPTION_URL, str(target), hash_prefix=INCEPTION_SHA256_PREFIX, progress=False
+            )
         except Exception as err:  # noqa: BLE001 - any network failure becomes the same clear message
             raise FeatureWeightsError(
-                f"downloading {INCEPTION_URL} failed: {err}\n" + missing_inception_message()
+                f"downloading {INCEPTION_URL} failed: {err}\n" + missing_inception_message(None, weights_dir)
             ) from err
         return target
-    raise FeatureWeightsError(missing_inception_message())
+    raise FeatureWeightsError(missing_inception_message(None, weights_dir))
 
 
 _INCEPTION_PROBE_KEYS = {
@@ -224,12 +239,15 @@ def check_inception_state_dict(path: Path) -> None:
 
 
 def inception_backbone(
-    weights: str | Path | None = None, allow_download: bool = False, feature_dim: int = 2048
+    weights: str | Path | None = None,
+    allow_download: bool = False,
+    feature_dim: int = 2048,
+    weights_dir: Path | None = None,
 ) -> FeatureBackbone:
     """torchmetrics' NoTrainInceptionV3 with the TF1 resize (``antialias=False``)."""
     if feature_dim not in INCEPTION_FEATURE_DIMS:
         raise ValueError(f"Inception feature layer must be one of {INCEPTION_FEATURE_DIMS}, got {feature_dim}")
-    path = resolve_inception_weights(weights, allow_download)
+    path = resolve_inception_weights(weights, allow_download, weights_dir)
     check_inception_state_dict(path)
     from torchmetrics.image.fid import NoTrainInceptionV3
 
@@ -241,7 +259,7 @@ def inception_backbone(
     )
     net.num_features = feature_dim
     sha = sha256_file(path)
-    real = sha.startswith(INCEPTION_SHA256_PREFIX)
+    real = sha == INCEPTION_SHA256
     # The name identifies the feature space (the registry compares only numbers of the same name):
     # another weights file or another layer is another space.
     name = "inception-v3-tf-2015-12-05" if real else f"inception-v3-arch-other-weights-{sha[:8]}"
@@ -265,9 +283,10 @@ def build_backbone(
     allow_download: bool = False,
     inception_feature_dim: int = 2048,
     tiny_dim: int = 256,
+    weights_dir: Path | None = None,
 ) -> FeatureBackbone:
     if kind == "inception":
-        return inception_backbone(inception_weights, allow_download, inception_feature_dim)
+        return inception_backbone(inception_weights, allow_download, inception_feature_dim, weights_dir)
     if kind == "tiny":
         return tiny_backbone(tiny_dim)
     raise ValueError(f"unknown feature extractor {kind!r}; use 'inception' or 'tiny'")
@@ -346,6 +365,15 @@ def write_surrogate_inception_weights(path: Path | str, seed: int = 0, calibrati
 
 # --------------------------------------------------------------------------------------------
 # cache of real-image features
+
+
+def resize_identity() -> str:
+    """A digest of the code that resizes real images (``gaugan.transforms.resize_image``): part of the cache key."""
+    import inspect
+
+    from gaugan.transforms import resize_image
+
+    return digest(inspect.getsource(resize_image), 12)
 
 
 class RealFeatureCache:

@@ -7,6 +7,8 @@ the same classes, at least two images. Anything that does not fits fails here, n
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +20,13 @@ from gaugan.data import PreparedDataset, dataset_id, split_size
 from gaugan.synthesizer import Synthesizer
 from pipeline.distributed import pick_device
 from pipeline.errors import EvaluationError, MissingInputError
+from pipeline.evaluation.comparable import style_source
+from pipeline.evaluation.diversity import LpipsDiversity
 from pipeline.evaluation.features import FeatureBackbone, build_backbone
 from pipeline.evaluation.segmenter import Segmenter, load_segmenter
 from pipeline.params import Params
+
+WEIGHTS_DIR = "weights"  # the project's folder for weights files (a DVC dependency of evaluate and train-segmenter)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,10 @@ class EvaluationInputs:
     device: torch.device
     generator_path: Path
     segmenter_path: Path
+    split_size: int  # validation images in the prepared dataset
+    style_source: str  # none | random | encoded-real (comparable.style_source)
+    precision: dict  # what ran in which precision (recorded: GPU and CPU numbers differ slightly)
+    diversity: LpipsDiversity | None  # LPIPS diversity (models with a style encoder, when set)
 
 
 def load_inputs(params: Params, root: Path) -> EvaluationInputs:
@@ -53,26 +63,68 @@ def load_inputs(params: Params, root: Path) -> EvaluationInputs:
         allow_download=e.allow_download,
         inception_feature_dim=e.inception_feature_dim,
         tiny_dim=e.tiny_feature_dim,
+        weights_dir=root / WEIGHTS_DIR,
     )
     backbone.module.to(device)
     identity = dataset_id(data_root)
     gen_path, seg_path = root / params.train.model_out, root / params.segmenter.out
     synth = load_generator_checked(gen_path, classes, data_root, device)
     segmenter = load_segmenter_checked(seg_path, classes, data_root, identity, device)
+    use_vae = bool(synth.config.use_vae)
+    diversity = LpipsDiversity(e.diversity_net, device) if use_vae and e.diversity_net else None
     return EvaluationInputs(
         classes=classes,
         dataset_id=identity,
         val=PreparedDataset(data_root, "val", load_instances=synth.config.use_instance),
         num_images=n,
         hw=size_hw(synth.config.crop_size, synth.config.aspect_ratio),
-        ignore=classes.ignored(e.ignore_classes),
+        ignore=scored_ignore(classes.ignored(e.ignore_classes), segmenter),
         synth=synth,
         segmenter=segmenter,
         backbone=backbone,
         device=device,
         generator_path=gen_path,
         segmenter_path=seg_path,
+        split_size=split_size(data_root, "val"),
+        style_source=style_source(use_vae, e.vae_style),
+        precision=precision_record(device),
+        diversity=diversity,
     )
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """TF32 off for matmuls and convolutions while evaluating (cuDNN allows it by default), then restored."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def scored_ignore(ignore: list[int], segmenter: Segmenter) -> list[int]:
+    """The dataset's ignored classes plus those the segmenter cannot predict (no output maps to them)."""
+    unreachable = set(range(segmenter.num_classes)) - segmenter.reachable()
+    return sorted(set(ignore) | unreachable)
+
+
+def precision_record(device: torch.device) -> dict:
+    """Device and numeric modes of each part: the generator autocasts on GPU (bf16, else fp16)."""
+    cuda = device.type == "cuda"
+    generator = "fp32"
+    if cuda:
+        generator = "bf16-autocast" if torch.cuda.is_bf16_supported() else "fp16-autocast"
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "generator": generator,
+        "features": "fp32",
+        "segmenter": "fp32",
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else False,
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32) if cuda else False,
+        "torch": torch.__version__,
+    }
 
 
 def _under(root: Path, path: str | None) -> str | None:

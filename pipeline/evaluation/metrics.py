@@ -10,12 +10,14 @@ Segmentation: a dataset-level confusion matrix (torchmetrics ``MulticlassConfusi
 rows = ground truth, columns = prediction) accumulated over the whole split, never per-image
 means. Pixels whose ground truth is 255 (dontcare) or one of the ``ignore`` classes are dropped.
 Per-class IoU = diag / (row + col - diag); a class absent from both ground truth and prediction
-has no IoU (NaN) and is left out of the mean (the DRN ``nanmean`` convention); ignored classes are
-never in the mean. Pixel accuracy = diag.sum() / matrix.sum().
+has no IoU (NaN) and is left out of the mean (``average="present"``, the DRN ``nanmean``
+convention) or counts 0 (``average="all"``, CSAIL's); ignored classes are never in the mean.
+Pixel accuracy = diag.sum() / matrix.sum().
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from torch import nn
 
 from gaugan.classes import DONTCARE
 from pipeline.errors import EvaluationError
+
+log = logging.getLogger(__name__)
 
 
 class _Passthrough(nn.Module):
@@ -64,11 +68,14 @@ def compute_fid(real: torch.Tensor, fake: torch.Tensor) -> float:
 
 def compute_kid(
     real: torch.Tensor, fake: torch.Tensor, subset_size: int = 1000, subsets: int = 100, seed: int = 0
-) -> tuple[float, float, int]:
+) -> tuple[float, float | None, int]:
     """KID mean and std over random subsets (torchmetrics), reproducible for a given seed.
 
-    The subset size is capped at the smaller set's size; the size used is returned third. With
-    the subset size equal to both set sizes every subset is the whole set, so the value is exact.
+    The published protocol draws ``subsets`` subsets of ``subset_size`` images (1000 and 100).
+    When the smaller set has no more than ``subset_size`` images every subset would be the whole
+    set, so the std would be about 0 and say nothing: then KID is computed once on all images (the
+    first n of the larger set: the exact unbiased estimate), the std is None and a warning says so.
+    The subset size used is returned third.
     """
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -76,16 +83,27 @@ def compute_kid(
     n = min(len(real), len(fake))
     if n < 2:
         raise ValueError(f"KID needs at least 2 images per set, got {len(real)} real and {len(fake)} generated")
-    size = min(subset_size, n)
+    too_small = n <= subset_size
+    if too_small:
+        log.warning(
+            "KID: %d images is no more than evaluate.kid_subset_size (%d): KID is computed once on all of them "
+            "and kid_std is null (subsets of the whole set would all be the same; the published protocol "
+            "uses subsets of 1000 images)",
+            n,
+            subset_size,
+        )
+    if too_small:  # the first n of each set (they are equal in the evaluate stage): no draw at all
+        real, fake = real[:n], fake[:n]
+    size, count = (n, 1) if too_small else (subset_size, subsets)
     with warnings.catch_warnings():  # "will save all extracted features in buffer": that is the point here
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        metric = KernelInceptionDistance(feature=_Passthrough(real.shape[1]), subsets=subsets, subset_size=size)
+        metric = KernelInceptionDistance(feature=_Passthrough(real.shape[1]), subsets=count, subset_size=size)
     metric.update(real, real=True)
     metric.update(fake, real=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         mean, std = metric.compute()
-    return float(mean), float(std), size
+    return float(mean), None if too_small else float(std), size
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,50 +114,78 @@ def compute_kid(
 class SegmentationScores:
     miou: float
     accuracy: float
-    iou: np.ndarray  # [num_classes], NaN where a class is absent from GT and prediction, or ignored
-    confusion: np.ndarray  # [num_classes, num_classes] int64, rows = ground truth
+    iou: np.ndarray  # [num_classes], NaN where a class is ignored (or, averaging "present", absent)
+    confusion: np.ndarray  # [num_classes, num_classes] int64, rows = ground truth, columns = prediction
     num_pixels: int
+    unmapped: np.ndarray | None = None  # [num_classes]: pixels predicted as an output with no dataset class
+    average: str = "present"
 
     def as_dict(self, prefix: str = "", suffix: str = "") -> dict:
         return {f"{prefix}miou{suffix}": self.miou, f"{prefix}accuracy{suffix}": self.accuracy}
 
 
-def scores_from_confusion(confusion: np.ndarray, ignore: Sequence[int] = ()) -> SegmentationScores:
+def scores_from_confusion(
+    confusion: np.ndarray, ignore: Sequence[int] = (), average: str = "present", unmapped: np.ndarray | None = None
+) -> SegmentationScores:
+    """Per-class IoU, mIoU and pixel accuracy from a dataset-level confusion matrix.
+
+    ``average``: ``present`` leaves out classes absent from both ground truth and prediction (DRN's
+    ``nanmean``, torchmetrics' ``macro``); ``all`` counts every class that is not ignored, an absent
+    one as 0 (CSAIL's scorer over ADE20K's 150 classes). ``unmapped[c]``: pixels of ground truth
+    ``c`` predicted as a network output with no dataset class; they are errors (in the union and
+    the pixel count), never matches.
+    """
     cm = np.asarray(confusion, dtype=np.int64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
         raise ValueError(f"confusion matrix must be square, got shape {cm.shape}")
-    total = int(cm.sum())
+    if average not in ("present", "all"):
+        raise ValueError(f"average must be 'present' or 'all', got {average!r}")
+    extra = np.zeros(len(cm), np.int64) if unmapped is None else np.asarray(unmapped, dtype=np.int64)
+    total = int(cm.sum() + extra.sum())
     if total == 0:
         raise EvaluationError(
             "no scored pixels: every ground-truth pixel is dontcare or an ignored class (evaluate.ignore_classes)"
         )
     tp = np.diag(cm).astype(np.float64)
-    union = cm.sum(axis=0) + cm.sum(axis=1) - tp
+    union = cm.sum(axis=0) + cm.sum(axis=1) + extra - tp
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        iou = np.where(union > 0, tp / np.maximum(union, 1), 0.0 if average == "all" else np.nan)
     for c in ignore:
         if 0 <= c < len(iou):
             iou[c] = np.nan
     valid = ~np.isnan(iou)
     miou = float(iou[valid].mean()) if valid.any() else float("nan")
-    return SegmentationScores(miou=miou, accuracy=float(tp.sum() / total), iou=iou, confusion=cm, num_pixels=total)
+    return SegmentationScores(
+        miou=miou,
+        accuracy=float(tp.sum() / total),
+        iou=iou,
+        confusion=cm,
+        num_pixels=total,
+        unmapped=extra if unmapped is not None else None,
+        average=average,
+    )
 
 
 class ConfusionAccumulator:
     """Dataset-level confusion matrix over ``num_classes`` classes (torchmetrics).
 
     ``update(pred, target)`` takes integer maps ``[B,H,W]`` (or ``[H,W]``) of equal shape. Target
-    pixels equal to 255 or in ``ignore`` are not counted.
+    pixels equal to 255 or in ``ignore`` are not counted. A prediction equal to ``num_classes``
+    means "a network output with no dataset class" (see ``SegmenterSpec.class_map``).
     """
 
-    def __init__(self, num_classes: int, ignore: Sequence[int] = ()):
+    def __init__(self, num_classes: int, ignore: Sequence[int] = (), average: str = "present"):
         from torchmetrics.classification import MulticlassConfusionMatrix
 
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.ignore = tuple(int(c) for c in ignore)
-        self._metric = MulticlassConfusionMatrix(num_classes=num_classes, ignore_index=DONTCARE, validate_args=False)
+        self.average = average
+        # one more class: the column of predictions without a dataset class (no ground truth is ever in it)
+        self._metric = MulticlassConfusionMatrix(
+            num_classes=num_classes + 1, ignore_index=DONTCARE, validate_args=False
+        )
         self.updates = 0
 
     def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
@@ -155,16 +201,24 @@ class ConfusionAccumulator:
                 f"label values {sorted(set(target[bad].unique().tolist()))[:10]} are outside 0..{self.num_classes - 1} "
                 f"and are not the dontcare value {DONTCARE}"
             )
-        if (pred < 0).any() or (pred >= self.num_classes).any():
-            raise ValueError(f"predicted class outside 0..{self.num_classes - 1}")
+        if (pred < 0).any() or (pred > self.num_classes).any():
+            raise ValueError(f"predicted class outside 0..{self.num_classes}")
         for c in self.ignore:
             target[target == c] = DONTCARE
         self._metric.update(pred.reshape(-1), target.reshape(-1))
         self.updates += 1
 
     @property
-    def matrix(self) -> np.ndarray:
+    def full_matrix(self) -> np.ndarray:
         return self._metric.compute().cpu().numpy().astype(np.int64)
 
+    @property
+    def matrix(self) -> np.ndarray:
+        """``[num_classes, num_classes]``: rows = ground truth, columns = predicted dataset class."""
+        n = self.num_classes
+        return self.full_matrix[:n, :n]
+
     def scores(self) -> SegmentationScores:
-        return scores_from_confusion(self.matrix, self.ignore)
+        full, n = self.full_matrix, self.num_classes
+        unmapped = full[:n, n] if full[:n, n].any() else None
+        return scores_from_confusion(full[:n, :n], self.ignore, self.average, unmapped)

@@ -1,9 +1,12 @@
-"""The evaluate stage's outputs: the numbers and what produced them, the per-class table, the grid, the tags.
+"""The evaluate stage's outputs: the numbers and what produced them, the per-class table, the confusion
+matrix, the grid, the tags.
 
-``metrics.json`` holds flat numbers for ``dvc metrics`` (fid, kid_mean, kid_std, miou, accuracy,
-miou_real, accuracy_real, miou_random, accuracy_random, num_images, ...) plus ``backbone``,
-``segmenter`` and ``generator`` records saying exactly what produced them: a ``tiny`` FID is never
-paper-comparable.
+``metrics.json`` holds flat numbers for ``dvc metrics`` (fid and its bootstrap interval, kid_mean,
+kid_std (null when the split is too small for subsets), precision, recall, miou, accuracy, the
+real-image ceiling and noise floor, lpips_diversity, num_images, ...), ``paper_comparable`` with
+the reasons it is false, the ``comparability`` record the registry and ``compare`` read, and
+records saying exactly what produced the numbers: backbone, segmenter (identity and spec),
+generator, device and precision, style source, dataset, and where the time went.
 """
 
 from __future__ import annotations
@@ -14,95 +17,186 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.evaluation.comparable import EvaluationFacts, comparability_record, paper_comparability
+from pipeline.evaluation.feature_stats import fid_bootstrap, frechet_distance, precision_recall
 from pipeline.evaluation.inputs import EvaluationInputs
 from pipeline.evaluation.metrics import compute_fid, compute_kid
-from pipeline.evaluation.scoring import SplitScores
+from pipeline.evaluation.scoring import SplitScores, Stopwatch
 from pipeline.grids import sample_grid, write_png
-from pipeline.io import atomic_write_json, atomic_write_text, json_safe, sha256_file
+from pipeline.io import atomic_path, atomic_write_json, atomic_write_text, json_safe, sha256_file
 from pipeline.params import EvaluateSettings
+
+UNMAPPED = "(no dataset class)"
+
+
+def distribution_scores(inputs: EvaluationInputs, scores: SplitScores, e: EvaluateSettings, seed: int) -> dict:
+    """FID (+ bootstrap interval), KID, precision and recall from the features; their seconds into scores.timings."""
+    real, fake = scores.real_features, scores.fake_features
+    clock = Stopwatch(inputs.device)
+    # Fewer images than feature dimensions (every split but COCO-Stuff's with Inception): the exact n x n
+    # route takes well under a second where torchmetrics' d x d eigendecomposition takes a minute on 2 cores.
+    small = min(len(real), len(fake)) <= real.shape[1]
+    with clock.part("fid"):
+        fid = frechet_distance(real, fake) if small else compute_fid(real, fake)
+    with clock.part("fid_bootstrap"):
+        interval = fid_bootstrap(real, fake, e.fid_bootstrap, seed, inputs.device)
+    with clock.part("kid"):
+        kid_mean, kid_std, kid_size = compute_kid(real, fake, e.kid_subset_size, e.kid_subsets, seed=seed)
+    with clock.part("precision_recall"):
+        pr = precision_recall(real, fake, k=e.precision_recall_k) if len(fake) > e.precision_recall_k else None
+    scores.timings.update(clock.seconds)
+    return {
+        "fid": fid,
+        "fid_method": "exact n x n (singular values of A1 A2^T)" if small else "torchmetrics (d x d eigenvalues)",
+        "fid_ci_low": interval["low"] if interval else None,
+        "fid_ci_high": interval["high"] if interval else None,
+        "fid_bootstrap_std": interval["std"] if interval else None,
+        "fid_bootstrap_replicates": interval["replicates"] if interval else 0,
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "kid_subset_size": kid_size,
+        "kid_subsets": e.kid_subsets if kid_std is not None else 1,
+        "precision": pr["precision"] if pr else None,
+        "recall": pr["recall"] if pr else None,
+        "precision_recall_k": e.precision_recall_k,
+    }
 
 
 def metrics_record(
     inputs: EvaluationInputs, scores: SplitScores, e: EvaluateSettings, seed: int, seconds: float
 ) -> dict:
-    fid = compute_fid(scores.real_features, scores.fake_features)
-    kid_mean, kid_std, kid_size = compute_kid(
-        scores.real_features, scores.fake_features, e.kid_subset_size, e.kid_subsets, seed=seed
-    )
+    numbers = distribution_scores(inputs, scores, e, seed)
     gen, real, rand = scores.generated, scores.real, scores.random
     h, w = inputs.hw
     backbone = inputs.backbone.info
-    seg_meta = inputs.segmenter.meta
+    comparable, reasons = paper_comparability(
+        EvaluationFacts(
+            inputs.classes.dataset, inputs.split_size, inputs.num_images, inputs.hw, backbone, inputs.style_source,
+            scores.unlabelled_maps,
+        )
+    )  # fmt: skip
     return {
-        "fid": fid,
-        "kid_mean": kid_mean,
-        "kid_std": kid_std,
-        "kid_subset_size": kid_size,
+        **numbers,
         "miou": gen.miou,
         "accuracy": gen.accuracy,
         "miou_real": real.miou,
         "accuracy_real": real.accuracy,
         "miou_random": rand.miou,
         "accuracy_random": rand.accuracy,
+        "lpips_diversity": scores.diversity,
         "num_images": inputs.num_images,
         "height": h,
         "width": w,
         "eval_seconds": round(seconds, 2),
-        "paper_comparable": bool(backbone["paper_comparable"]),
+        "paper_comparable": comparable,
+        "paper_comparable_reasons": reasons,
+        "comparability": comparability_record(
+            inputs.dataset_id,
+            inputs.num_images,
+            inputs.hw,
+            inputs.style_source,
+            backbone["name"],
+            inputs.segmenter.scorer_id,
+        ),  # fmt: skip
+        "style_source": inputs.style_source,
+        "precision_modes": inputs.precision,
         "backbone": {
             **backbone,
             "num_images": inputs.num_images,
             "resolution": f"{h}x{w}",
             "real_features_cached": scores.real_features_cached,
         },
-        "segmenter": {
-            "file": str(inputs.segmenter_path),
-            "sha256": sha256_file(inputs.segmenter_path),
-            "arch": inputs.segmenter.arch,
-            "dataset_id_matches": seg_meta.get("dataset_id") == inputs.dataset_id,
-            "miou_real_val_at_training": seg_meta.get("metrics", {}).get("miou_real_val"),
-        },
+        "segmenter": segmenter_record(inputs),
+        "diversity": {
+            **inputs.diversity.info,
+            "maps": min(e.diversity_maps, inputs.num_images),
+            "samples_per_map": e.diversity_samples,
+        }
+        if inputs.diversity
+        else None,  # fmt: skip
         "generator": {"file": str(inputs.generator_path), "sha256": sha256_file(inputs.generator_path)},
         "ignore_classes": inputs.ignore,
+        "scored_classes": inputs.classes.label_nc - len(inputs.ignore),
+        "dataset": inputs.classes.dataset,
         "dataset_id": inputs.dataset_id,
+        "split_size": inputs.split_size,
+        "timings": {k: round(v, 3) for k, v in sorted(scores.timings.items())},
     }
 
 
-def per_class_csv(names: tuple[str, ...], iou_gen: np.ndarray, iou_real: np.ndarray, ignore: list[int]) -> str:
-    """class, name, iou_generated, iou_real for the classes seen in the split and not ignored."""
+def segmenter_record(inputs: EvaluationInputs) -> dict:
+    seg = inputs.segmenter
+    meta = seg.meta
+    return {
+        "file": str(inputs.segmenter_path),
+        "sha256": sha256_file(inputs.segmenter_path),
+        "id": seg.scorer_id,
+        "arch": seg.arch,
+        "num_outputs": seg.outputs,
+        "model_file": meta.get("model_file"),
+        "model_sha256": meta.get("model_sha256"),
+        "spec": seg.spec.to_dict(),
+        "dataset_id_matches": meta.get("dataset_id") == inputs.dataset_id,
+        "miou_real_val_at_training": meta.get("metrics", {}).get("miou_real_val"),
+    }
+
+
+def per_class_csv(
+    names: tuple[str, ...], iou_gen: np.ndarray, iou_real: np.ndarray, pixels: np.ndarray, ignore: list[int]
+) -> str:
+    """class, name, iou_generated, iou_real, pixels (of ground truth) for the scored classes seen in the split."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["class", "name", "iou_generated", "iou_real"])
+    writer.writerow(["class", "name", "iou_generated", "iou_real", "pixels"])
     for c in range(len(iou_gen)):
         if c in ignore or (np.isnan(iou_gen[c]) and np.isnan(iou_real[c])):
             continue
         name = names[c] if c < len(names) else str(c)
-        writer.writerow([c, name, *("" if np.isnan(v) else f"{v:.6f}" for v in (iou_gen[c], iou_real[c]))])
+        values = ("" if np.isnan(v) else f"{v:.6f}" for v in (iou_gen[c], iou_real[c]))
+        writer.writerow([c, name, *values, int(pixels[c])])
+    return buf.getvalue()
+
+
+def confusion_csv(names: tuple[str, ...], confusion: np.ndarray, unmapped: np.ndarray | None) -> str:
+    """The confusion matrix with class names: one row per ground-truth class, one column per prediction."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["truth \\ prediction", *names, *([UNMAPPED] if unmapped is not None else [])])
+    for c, row in enumerate(confusion):
+        writer.writerow([names[c], *row.tolist(), *([int(unmapped[c])] if unmapped is not None else [])])
     return buf.getvalue()
 
 
 def write_report(out_dir: Path, metrics: dict, inputs: EvaluationInputs, scores: SplitScores) -> list[Path]:
-    """metrics.json, per_class_iou.csv and samples.png, each written atomically; -> their paths."""
-    paths = [out_dir / "metrics.json", out_dir / "per_class_iou.csv", out_dir / "samples.png"]
+    """metrics.json, per_class_iou.csv, confusion.npy/.csv and samples.png, each written atomically."""
+    names = inputs.classes.names
+    gen = scores.generated
+    paths = [
+        out_dir / f for f in ("metrics.json", "per_class_iou.csv", "confusion.npy", "confusion.csv", "samples.png")
+    ]
     atomic_write_json(paths[0], json_safe(metrics))
-    iou_gen, iou_real = scores.generated.iou, scores.real.iou
-    atomic_write_text(paths[1], per_class_csv(inputs.classes.names, iou_gen, iou_real, inputs.ignore))
+    pixels = gen.confusion.sum(axis=1) + (gen.unmapped if gen.unmapped is not None else 0)
+    atomic_write_text(paths[1], per_class_csv(names, gen.iou, scores.real.iou, pixels, inputs.ignore))
+    with atomic_path(paths[2]) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, gen.confusion)
+    atomic_write_text(paths[3], confusion_csv(names, gen.confusion, gen.unmapped))
     s = scores.samples
-    write_png(paths[2], sample_grid(s["labels"], s["fakes"], s["reals"], inputs.classes))
+    write_png(paths[4], sample_grid(s["labels"], s["fakes"], s["reals"], inputs.classes))
     return paths
 
 
-def mlflow_tags(inputs: EvaluationInputs) -> dict[str, str]:
-    """What the numbers are comparable with (the registry compares only like with like)."""
-    info = inputs.backbone.info
-    h, w = inputs.hw
+def mlflow_tags(metrics: dict) -> dict[str, str]:
+    """What the numbers are comparable with (the registry and ``compare`` compare only like with like)."""
+    backbone, seg, modes = metrics["backbone"], metrics["segmenter"], metrics["precision_modes"]
+    reasons = "; ".join(metrics["paper_comparable_reasons"])
     return {
-        "fid_backbone": info["name"],
-        "paper_comparable": "true" if info["paper_comparable"] else "false",
-        "fid_weights_sha256": info.get("weights_sha256") or "",
-        "fid_resize": info["resize"],
-        "fid_feature_dim": str(info["feature_dim"]),
-        "eval_num_images": str(inputs.num_images),
-        "eval_resolution": f"{h}x{w}",
-        "segmenter_arch": inputs.segmenter.arch,
+        **metrics["comparability"],
+        "paper_comparable": "true" if metrics["paper_comparable"] else "false",
+        "paper_comparable_reasons": reasons[:4900] if reasons else "all conditions hold",
+        "fid_weights_sha256": backbone.get("weights_sha256") or "",
+        "fid_resize": backbone["resize"],
+        "fid_feature_dim": str(backbone["feature_dim"]),
+        "segmenter_arch": seg["arch"],
+        "eval_device": modes["device"],
+        "eval_generator_precision": modes["generator"],
     }

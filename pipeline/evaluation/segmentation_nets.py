@@ -23,9 +23,8 @@ TORCHVISION_ARCHS = (
     "lraspp_mobilenet_v3_large",
 )
 ARCHS = ("unet-small",) + TORCHVISION_ARCHS
-# torchvision's segmentation models were trained with ImageNet normalisation; the UNet uses it too.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+# Input normalisation comes from the segmenter's spec (segmenter_spec.py; ImageNet's by default,
+# as torchvision's segmentation models were trained).
 
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:

@@ -20,7 +20,8 @@ from gaugan.classes import DONTCARE
 from gaugan.transforms import resize_image, resize_map
 from pipeline.errors import SegmenterError
 from pipeline.evaluation.segmentation_nets import TORCHVISION_ARCHS, TorchvisionLogits, build_network
-from pipeline.evaluation.segmenter import FORMAT, normalise
+from pipeline.evaluation.segmenter import FORMAT
+from pipeline.evaluation.segmenter_spec import SegmenterSpec
 from pipeline.logs import Progress
 from pipeline.params import SegmenterSettings
 
@@ -154,6 +155,7 @@ def fit(
     ignore: Sequence[int],
     seed: int,
     device: torch.device,
+    spec: SegmenterSpec,
 ) -> list[float]:
     """``segmenter.steps`` AdamW steps (polynomial decay) on seeded draws of ``train_set``; -> the losses."""
     gen = torch.Generator().manual_seed(seed)
@@ -173,7 +175,7 @@ def fit(
     losses: list[float] = []
     with Progress(s.steps, "train-segmenter", every=max(1, s.steps // 10)) as progress:
         for images, labels in loader:
-            images = normalise(images.to(device, non_blocking=True))
+            images = spec.normalise(images.to(device, non_blocking=True))
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = net(images)

@@ -1,15 +1,19 @@
 """The evaluate stage: synthesize the validation split with the trained generator and score it.
 
-Outputs in ``evaluate.out_dir``: ``metrics.json`` (FID, KID, mIoU and pixel accuracy of generated
-images, the same for real images as the ceiling and for random images as the floor, and what
-produced them), ``per_class_iou.csv`` and ``samples.png`` (label | generated | real). The same
-numbers, tags and files go into the training's MLflow run when ``<train.out_dir>/run.json`` exists,
-or into the run a generator file records with its store (an imported reference model's).
-``gaugan-pipeline evaluate --model FILE --out-dir DIR`` scores another generator file (it sets
-``train.model_out`` and ``evaluate.out_dir`` for that call).
+Outputs in ``evaluate.out_dir``: ``metrics.json`` (FID with a bootstrap interval, KID, precision
+and recall, mIoU and pixel accuracy of generated images, the same for real images as the ceiling
+and for random images as the floor, LPIPS diversity of multimodal models, whether the numbers are
+paper-comparable and why not, and what produced them), ``per_class_iou.csv``, ``confusion.npy`` /
+``confusion.csv`` and ``samples.png`` (label | generated | real). The same numbers, tags and files
+go into the training's MLflow run when ``<train.out_dir>/run.json`` exists, or into the run a
+generator file records with its store (an imported reference model's). ``gaugan-pipeline evaluate
+--model FILE --out-dir DIR`` scores another generator file (it sets ``train.model_out`` and
+``evaluate.out_dir`` for that call).
 
 Resolution: the generator's own output size, ``(round(crop_size / aspect_ratio), crop_size)`` from
-its config; label and instance maps are resized nearest, real images bicubic.
+its config; label and instance maps are resized nearest, real images bicubic (the training
+transforms' resize). Segmentation is scored at the segmenter's own size when its spec sets one.
+On GPU, TF32 is off for the stage (the generator still autocasts; ``precision_modes`` says so).
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.evaluation.features import RealFeatureCache
-from pipeline.evaluation.inputs import load_inputs
+from pipeline.evaluation.features import RealFeatureCache, resize_identity
+from pipeline.evaluation.inputs import full_float32, load_inputs
 from pipeline.evaluation.report import metrics_record, mlflow_tags, write_report
 from pipeline.evaluation.scoring import score_split
 from pipeline.params import Params, scoped
@@ -32,8 +36,14 @@ log = logging.getLogger(__name__)
 def run(params: Params, root: Path = Path(".")) -> dict:
     """Score ``train.model_out`` on the validation split; returns metrics.json's content (+ the MLflow run id)."""
     params = scoped(params, PARAMS, "evaluate")
-    e, root = params.evaluate, Path(root)
+    root = Path(root)
     started = time.perf_counter()
+    with full_float32():
+        return _evaluate(params, root, started)
+
+
+def _evaluate(params: Params, root: Path, started: float) -> dict:
+    e = params.evaluate
     inputs = load_inputs(params, root)  # everything that can fail cheaply fails before any synthesis
     log.info(
         "evaluate: %d validation images of dataset %s at %dx%d on %s; FID backbone %s; segmenter %s",
@@ -42,26 +52,28 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         *inputs.hw,
         inputs.device,
         inputs.backbone.info["name"],
-        inputs.segmenter.arch,
+        f"{inputs.segmenter.arch} ({inputs.segmenter.scorer_id})",
     )
     cache_key = {
         "dataset": inputs.dataset_id,
         "backbone": inputs.backbone.key,
         "hw": list(inputs.hw),
         "n": inputs.num_images,
+        "resize": resize_identity(),  # real images are resized before their features: a new resize, new features
     }
     cache = RealFeatureCache(root / e.stats_cache if e.stats_cache else None, cache_key)
     scores = score_split(inputs, e, params.seed, cache)
     metrics = metrics_record(inputs, scores, e, params.seed, time.perf_counter() - started)
     files = write_report(root / e.out_dir, metrics, inputs, scores)
     ref = run_for_model(inputs.synth.meta, root / params.train.out_dir / "run.json")
-    metrics["mlflow_run_id"] = log_to_run(ref, metrics, mlflow_tags(inputs), files, "evaluate")
+    metrics["mlflow_run_id"] = log_to_run(ref, metrics, mlflow_tags(metrics), files, "evaluate")
     log.info(
-        "evaluate: FID %.4g, KID %.4g, mIoU %.3f (real images %.3f, random %.3f)",
+        "evaluate: FID %.4g, KID %.4g, mIoU %.3f (real images %.3f, random %.3f); paper-comparable: %s",
         metrics["fid"],
         metrics["kid_mean"],
         metrics["miou"],
         metrics["miou_real"],
         metrics["miou_random"],
+        "yes" if metrics["paper_comparable"] else "no: " + "; ".join(metrics["paper_comparable_reasons"]),
     )
     return metrics

@@ -1,8 +1,10 @@
 """The train-segmenter stage: the segmentation network that scores generated images (mIoU).
 
-Trains ``segmenter.arch`` on the real training images at the evaluation size (or only packages
-``segmenter.weights`` with ``segmenter.steps: 0``) and writes ``segmenter.out`` with the dataset's
-class table and id, and ``segmenter.metrics`` (train loss, mIoU on the real validation images).
+Trains ``segmenter.arch`` on the real training images (or only packages ``segmenter.weights``
+with ``segmenter.steps: 0``), or packages a network exported elsewhere (``torchscript``/``onnx``:
+the paper's DeepLabV2, UperNet101, DRN-D-105), and writes ``segmenter.out`` with the spec
+(preprocessing, scoring size, class map, averaging), the dataset's class table and id, and
+``segmenter.metrics`` (train loss, mIoU on the real validation images: the ceiling).
 """
 
 from __future__ import annotations
@@ -19,18 +21,19 @@ from gaugan.config import size_hw
 from gaugan.data import PreparedDataset, dataset_id, split_size
 from pipeline.distributed import pick_device
 from pipeline.errors import SegmenterError
-from pipeline.evaluation.segmentation_nets import MEAN, STD
+from pipeline.evaluation.external_segmenters import EXTERNAL_ARCHS, load_external, probe_outputs
 from pipeline.evaluation.segmenter import Segmenter, save_segmenter, score_on_split
+from pipeline.evaluation.segmenter_spec import SegmenterSpec, read_class_map
 from pipeline.evaluation.segmenter_training import fit, initial_network
-from pipeline.io import atomic_write_json, json_safe
-from pipeline.params import Params, scoped
+from pipeline.io import atomic_write_json, json_safe, sha256_file
+from pipeline.params import Params, SegmenterSettings, scoped
 
 PARAMS = ("seed", "segmenter", "train.crop_size", "train.aspect_ratio", "data.out")
 log = logging.getLogger(__name__)
 
 
 def run(params: Params, root: Path = Path(".")) -> Path:
-    """Train (or load and package) the segmenter; returns the path of ``segmenter.out``."""
+    """Train, or package, the segmenter; returns the path of ``segmenter.out``."""
     params = scoped(params, PARAMS, "train-segmenter")
     s, root = params.segmenter, Path(root)
     data_root = root / params.data.out
@@ -38,21 +41,14 @@ def run(params: Params, root: Path = Path(".")) -> Path:
     ignore = classes.ignored()  # the dataset's own list; evaluate.ignore_classes only changes scoring
     hw = size_hw(params.train.crop_size, params.train.aspect_ratio)
     device = pick_device(s.device, key="segmenter.device")
-    torch.manual_seed(params.seed)  # initial weights (and a new head) depend on the seed only
-    net, fresh = initial_network(s, classes.label_nc, root)
-    net.to(device)
-    train_set = _split(data_root, "train", required=s.steps > 0)
-    log.info(
-        "train-segmenter: %s for %d steps on %d training images at %dx%d on %s",
-        s.arch,
-        s.steps,
-        len(train_set),
-        *hw,
-        device,
-    )
+    spec, class_map_file = spec_from_settings(s, root)
     started = time.perf_counter()
-    losses = fit(net, train_set, s, hw, ignore, params.seed, device) if s.steps > 0 else []
-    segmenter = Segmenter(net.eval(), s.arch, classes.label_nc, device=device)
+    if s.arch in EXTERNAL_ARCHS:
+        segmenter, extra = _package_external(s, spec, classes.label_nc, hw, root, device)
+        losses: list[float] = []
+    else:
+        segmenter, losses = _train(s, spec, classes.label_nc, hw, ignore, params.seed, data_root, root, device)
+        extra = {"fresh_head_keys": segmenter.meta.pop("fresh_head_keys")}
     val_set = _split(data_root, "val", required=False)
     scores = score_on_split(segmenter, val_set, hw, ignore, batch_size=s.batch_size) if len(val_set) else None
     tail = losses[-max(1, len(losses) // 10) :]
@@ -60,26 +56,118 @@ def run(params: Params, root: Path = Path(".")) -> Path:
         "train_loss": float(np.mean(tail)) if tail else None,
         "steps": len(losses),
         "train_seconds": round(time.perf_counter() - started, 2),
-        "num_train_images": len(train_set),
+        "num_train_images": split_size(data_root, "train"),
         "num_val_images": len(val_set),
         "miou_real_val": scores.miou if scores else None,
         "accuracy_real_val": scores.accuracy if scores else None,
-        "fresh_head_keys": len(fresh),
+        "fresh_head_keys": extra.pop("fresh_head_keys", 0),
     }
     meta = {
         "input_hw": list(hw),
-        "normalize": {"mean": list(MEAN), "std": list(STD)},
         "classes": classes.to_dict(),
         "dataset_id": dataset_id(data_root),
         "ignore": ignore,
         "seed": int(params.seed),
         "pretrained_from": s.weights,
+        "class_map_file": class_map_file,
         "metrics": {k: v for k, v in metrics.items() if v is not None},
+        **extra,
     }
-    out = save_segmenter(root / s.out, net, s.arch, classes.label_nc, s.width, meta)
+    out = save_segmenter(
+        root / s.out,
+        segmenter.net if s.arch not in EXTERNAL_ARCHS else None,
+        s.arch,
+        classes.label_nc,
+        s.width,
+        meta,
+        spec=spec,
+        model_bytes=_external_path(s, root).read_bytes() if s.arch in EXTERNAL_ARCHS else None,
+        num_outputs=segmenter.outputs,
+    )
     atomic_write_json(root / s.metrics, json_safe(metrics))
     log.info("train-segmenter: mIoU on the real validation images %s; written to %s", metrics["miou_real_val"], out)
     return out
+
+
+def spec_from_settings(s: SegmenterSettings, root: Path) -> tuple[SegmenterSpec, str | None]:
+    """The ``segmenter`` settings as a spec (and the class-map CSV it read, if any)."""
+    class_map, class_map_file = read_class_map(s.class_map, root)
+    spec = SegmenterSpec(
+        channel_order=s.channel_order,
+        pixel_range=float(s.pixel_range),
+        mean=tuple(s.mean),
+        std=tuple(s.std) if s.std is not None else None,
+        input_size=s.input_size,
+        upsample=s.upsample,
+        class_map=class_map,
+        average=s.average,
+    )
+    if class_map is not None and s.arch not in EXTERNAL_ARCHS:
+        raise SegmenterError(
+            f"segmenter.class_map is for networks exported elsewhere (torchscript, onnx); {s.arch} is trained here on "
+            "the dataset's own classes. Set segmenter.class_map: null."
+        )
+    return spec, class_map_file
+
+
+def _external_path(s: SegmenterSettings, root: Path) -> Path:
+    if not s.weights:
+        raise SegmenterError(
+            f"segmenter.arch {s.arch} needs the exported network: set segmenter.weights to its file (e.g. "
+            f"weights/drn_d_105_cityscapes.{'pt' if s.arch == 'torchscript' else 'onnx'}; README: Evaluation)"
+        )
+    path = Path(s.weights) if Path(s.weights).is_absolute() else root / s.weights
+    if not path.is_file():
+        raise SegmenterError(f"segmenter.weights points to {path}, which does not exist (segmenter.arch {s.arch})")
+    return path
+
+
+def _package_external(
+    s: SegmenterSettings, spec: SegmenterSpec, num_classes: int, hw, root: Path, device
+) -> tuple[Segmenter, dict]:
+    """Load, probe and check an exported network; -> (segmenter, facts to record)."""
+    if s.steps:
+        raise SegmenterError(
+            f"segmenter.arch {s.arch} packages an exported network and cannot train it: set segmenter.steps: 0"
+        )
+    path = _external_path(s, root)
+    net = load_external(s.arch, path.read_bytes(), device)
+    probe_hw = spec.input_size if spec.input_size is not None and spec.upsample == "image" else hw
+    zero = spec.normalise(torch.zeros(1, 3, *probe_hw, device=device))
+    outputs = probe_outputs(net, probe_hw, zero)
+    spec.check(outputs, num_classes, f"the network {path}")
+    segmenter = Segmenter(net, s.arch, num_classes, spec=spec, num_outputs=outputs).to(device)
+    unreachable = sorted(set(range(num_classes)) - segmenter.reachable())
+    log.info(
+        "train-segmenter: %s %s: %d outputs; %d dataset classes cannot be predicted and are not scored%s",
+        s.arch,
+        path,
+        outputs,
+        len(unreachable),
+        f" ({unreachable[:12]}{' ...' if len(unreachable) > 12 else ''})" if unreachable else "",
+    )
+    return segmenter, {"model_file": str(path), "model_sha256": sha256_file(path), "unreachable_classes": unreachable}
+
+
+def _train(s: SegmenterSettings, spec, num_classes: int, hw, ignore, seed: int, data_root, root, device):
+    """Train (or fine-tune) a network of ``segmenter.arch`` on the real training images."""
+    torch.manual_seed(seed)  # initial weights (and a new head) depend on the seed only
+    net, fresh = initial_network(s, num_classes, root)
+    net.to(device)
+    train_set = _split(data_root, "train", required=s.steps > 0)
+    train_hw = spec.input_size if spec.input_size is not None and spec.upsample == "image" else hw
+    log.info(
+        "train-segmenter: %s for %d steps on %d training images at %dx%d on %s",
+        s.arch,
+        s.steps,
+        len(train_set),
+        *train_hw,
+        device,
+    )
+    losses = fit(net, train_set, s, train_hw, ignore, seed, device, spec) if s.steps > 0 else []
+    segmenter = Segmenter(net.eval(), s.arch, num_classes, spec=spec, device=device)
+    segmenter.meta["fresh_head_keys"] = len(fresh)
+    return segmenter, losses
 
 
 def _split(data_root: Path, split: str, required: bool) -> PreparedDataset | list:
