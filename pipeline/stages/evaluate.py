@@ -20,7 +20,7 @@ from pipeline.evaluation.inputs import load_inputs
 from pipeline.evaluation.report import metrics_record, mlflow_tags, write_report
 from pipeline.evaluation.scoring import score_split
 from pipeline.params import Params, scoped
-from pipeline.tracking import log_to_run
+from pipeline.tracking import log_to_run, require_run_server
 
 PARAMS = ("seed", "evaluate", "data.out", "train.model_out", "train.out_dir", "segmenter.out")
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     params = scoped(params, PARAMS, "evaluate")
     e, root = params.evaluate, Path(root)
     started = time.perf_counter()
+    require_run_server(root / params.train.out_dir / "run.json")  # a tracking server that is down: stop now
     inputs = load_inputs(params, root)  # everything that can fail cheaply fails before any synthesis
     log.info(
         "evaluate: %d validation images of dataset %s at %dx%d on %s; FID backbone %s; segmenter %s",

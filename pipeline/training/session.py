@@ -18,10 +18,10 @@ from gaugan.data import PreparedDataset, split_size
 from gaugan.trainer import GauGANTrainer
 from gaugan.transforms import Geometry
 from pipeline.distributed import DistContext, broadcast_object
-from pipeline.errors import TrainError
+from pipeline.errors import TrackingError, TrainError
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.params import Params
-from pipeline.tracking import RunRef, Tracker, git_commit, resolve_tracking_uri, write_run_ref
+from pipeline.tracking import RunRef, Tracker, git_commit, resolve_tracking_uri, server_problem, write_run_ref
 from pipeline.training.checkpoints import CheckpointStore, losses_csv
 from pipeline.training.loader import build_train_loader
 from pipeline.training.loop import TrainingLoop
@@ -35,6 +35,24 @@ def build_trainer(params: Params, classes: ClassTable, ctx: DistContext) -> GauG
     """The trainer at its initial weights: the same on every rank and in every run of these settings."""
     torch.manual_seed(params.seed)
     return GauGANTrainer(model_config(params, classes), train_options(params, ctx.device), ctx.device)
+
+
+def check_tracking(params: Params, root: Path, ctx: DistContext) -> None:
+    """Before any work: rank 0 asks the MLflow tracking server for its health once; if it does not
+    answer, every rank stops at once with the same message naming the URI."""
+    problem = None
+    if ctx.is_main:
+        uri = resolve_tracking_uri(params.mlflow.tracking_uri, root)
+        found = server_problem(uri)
+        if found is not None:
+            problem = (
+                f"the MLflow tracking server at {uri} is not reachable ({found}); nothing was trained. Start it "
+                "(deploy/compose.yaml: docker compose up -d mlflow), or point MLFLOW_TRACKING_URI (or "
+                "mlflow.tracking_uri in params.yaml) at a running one"
+            )
+    problem = broadcast_object(ctx, problem)
+    if problem is not None:
+        raise TrackingError(problem)
 
 
 def restore(
