@@ -229,6 +229,11 @@ class Tracker:
         assert self.run is not None  # start_run always returns the active run
         return self.run.info.run_id
 
+    def log_dataset(self, dataset, tags: dict[str, str]) -> None:
+        """The training data as the run's dataset input (MLflow's lineage: the UI's Datasets column)."""
+        with mlflow_errors(self.uri, "logging the training dataset"):
+            self.mlflow.log_input(dataset, context="training", tags=tags)
+
     def log_metrics(self, metrics: dict, step: int) -> None:
         numbers = finite_numbers(metrics)
         self.pending.append(lambda: self.mlflow.log_metrics(numbers, step=step))

@@ -20,6 +20,7 @@ from gaugan.transforms import Geometry
 from pipeline.distributed import DistContext, broadcast_object
 from pipeline.errors import TrackingError, TrainError
 from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.lineage import dvc_lineage
 from pipeline.params import Params
 from pipeline.tracking import RunRef, Tracker, git_commit, resolve_tracking_uri, server_problem, write_run_ref
 from pipeline.training.checkpoints import CheckpointStore, losses_csv
@@ -152,6 +153,9 @@ def start_tracking(
         "mlflow": params.mlflow.model_dump(),
     }
     loop.run_id = tracker.start(run_id, settings, tags)
+    if run_id is None:  # a new run: its training data, as DVC knows it (a resumed run has it already)
+        lineage = dvc_lineage(root, params.data.out)
+        tracker.log_dataset(lineage.mlflow_dataset(root, classes.dataset, dataset), lineage.tags(dataset))
     write_run_ref(root / t.out_dir / "run.json", RunRef(loop.run_id, tracker.uri, tracker.experiment))
     loop.tracker = tracker
     loop.history = loop.store.read_history(start_step)
