@@ -154,6 +154,7 @@ class RegisterSettings(_Section):
     metric: str
     greater_is_better: bool
     promote: Literal["if_better", "always", "never"]
+    wait_seconds: float = Field(gt=0)
     out: str
 
 
