@@ -163,6 +163,10 @@ class MlflowSettings(_Section):
     experiment: str | None
 
 
+class PrefectSettings(_Section):
+    failure_webhook: str | None
+
+
 class Params(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -175,6 +179,7 @@ class Params(_Section):
     # "register" would shadow ABCMeta.register on the model class, so the field is named registry in code.
     registry: RegisterSettings = Field(alias="register")
     mlflow: MlflowSettings
+    prefect: PrefectSettings
 
 
 # ------------------------------------------------------------------------------------------------
