@@ -77,7 +77,7 @@ def server_problem(tracking_uri: str, timeout: float = 5.0) -> str | None:
         return None
     url = tracking_uri.rstrip("/") + "/health"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - an http(s) URL by the check above
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return None if response.status == 200 else f"GET {url} answered HTTP {response.status}"
     except urllib.error.HTTPError as err:
         return f"GET {url} answered HTTP {err.code}"

@@ -22,7 +22,7 @@ from pipeline.errors import TrackingError, TrainError
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.lineage import dvc_lineage
 from pipeline.params import Params
-from pipeline.tracking import RunRef, Tracker, git_commit, resolve_tracking_uri, server_problem, write_run_ref
+from pipeline.tracking import RunRef, Tracker, git_commit, require_server, resolve_tracking_uri, write_run_ref
 from pipeline.training.checkpoints import CheckpointStore, losses_csv
 from pipeline.training.loader import build_train_loader
 from pipeline.training.loop import TrainingLoop
@@ -43,14 +43,10 @@ def check_tracking(params: Params, root: Path, ctx: DistContext) -> None:
     answer, every rank stops at once with the same message naming the URI."""
     problem = None
     if ctx.is_main:
-        uri = resolve_tracking_uri(params.mlflow.tracking_uri, root)
-        found = server_problem(uri)
-        if found is not None:
-            problem = (
-                f"the MLflow tracking server at {uri} is not reachable ({found}); nothing was trained. Start it "
-                "(deploy/compose.yaml: docker compose up -d mlflow), or point MLFLOW_TRACKING_URI (or "
-                "mlflow.tracking_uri in params.yaml) at a running one"
-            )
+        try:
+            require_server(resolve_tracking_uri(params.mlflow.tracking_uri, root))
+        except TrackingError as err:
+            problem = f"{err}; nothing was trained"
     problem = broadcast_object(ctx, problem)
     if problem is not None:
         raise TrackingError(problem)
