@@ -283,12 +283,15 @@ def model_info(
 
 
 @flow_app.command("run")
-def flow_run(repo: Path = typer.Option(Path("."), "--repo")) -> None:
-    """Run the whole DVC pipeline as a Prefect flow (retries, logs, run history)."""
+def flow_run(
+    repo: Path = typer.Option(Path("."), "--repo"),
+    push: bool = typer.Option(True, "--push/--no-push", help="dvc push at the end when a default remote is set"),
+) -> None:
+    """Run the whole DVC pipeline as a Prefect flow (retries, logs, run history), then push to the DVC remote."""
     from pipeline.flows import pipeline_flow
 
     with _reported("flow run"):
-        pipeline_flow(repo=str(repo.resolve()))
+        pipeline_flow(repo=str(repo.resolve()), push=push)
 
 
 @flow_app.command("retrain")
@@ -301,6 +304,23 @@ def flow_retrain(
 
     with _reported("flow retrain"):
         retrain_flow(repo=str(repo.resolve()), force=force)
+
+
+@flow_app.command("alerts")
+def flow_alerts(
+    params: Path = PARAMS_OPTION,
+    url: str | None = typer.Option(None, "--url", help="the webhook URL (default: prefect.failure_webhook)"),
+) -> None:
+    """On the Prefect server of PREFECT_API_URL: POST to a webhook when a deployment run of the pipeline fails."""
+    from pipeline.flows import set_failure_alert
+
+    target = url or _params(params).prefect.failure_webhook
+    with _reported("flow alerts"):
+        automation = set_failure_alert(target)
+    if automation is None:
+        typer.echo("no failure webhook (prefect.failure_webhook is null): the alert is off")
+    else:
+        typer.echo(f"failed deployment runs now POST to the webhook (automation {automation})")
 
 
 @app.command()

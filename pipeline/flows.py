@@ -32,8 +32,16 @@ so deployments and run history persist) and stops it on exit; or run one yoursel
     gaugan-pipeline notify-new-data               # anywhere with the same PREFECT_API_URL
 
 Any other Prefect server (or Prefect Cloud) works the same way through ``PREFECT_API_URL``. DVC
-must not run twice at once in one workspace: every stage task carries the tag ``dvc-workspace``,
-so ``prefect concurrency-limit create dvc-workspace 1`` serializes them across flow runs.
+must not run twice at once in one workspace: each DVC command of a flow waits while another one
+(a teammate's ``dvc repro``, another flow run) uses the workspace, and every DVC task carries the
+tag ``dvc-workspace``, so ``prefect concurrency-limit create dvc-workspace 1`` also serializes them
+across flow runs.
+
+For a team (README "Running as a team"): ``prefect.yaml`` deploys :func:`pipeline_flow` and
+:func:`retrain_flow` on the work pool ``gaugan`` (schedule and new-data trigger included), workers
+on GPU machines run them, :func:`pipeline_flow` ends with ``dvc push`` when a default DVC remote is
+set, and :func:`set_failure_alert` (``gaugan-pipeline flow alerts``) has the Prefect server POST to
+a webhook when a deployment run fails.
 """
 
 from __future__ import annotations
@@ -64,6 +72,9 @@ NEW_DATA_EVENT = "gaugan.dataset.updated"
 SNAPSHOT = Path(".gaugan") / "source_snapshot.json"
 DEPLOYMENT = "gaugan-retrain"
 TAIL_LINES = 40
+# DVC's messages when another DVC command holds the workspace (its repository lock; a stage's files)
+DVC_BUSY = ("Unable to acquire lock", "is busy, it is being blocked by")
+BUSY_POLL_SECONDS = 5
 
 log = logging.getLogger(__name__)
 
@@ -102,19 +113,29 @@ def _outcome(stage: str, lines: list[str]) -> str:
     return "skipped"
 
 
-@task(
-    name="dvc-stage",
-    task_run_name="dvc repro {stage}",
-    retries=1,
-    retry_delay_seconds=10,
-    cache_policy=NO_CACHE,
-    tags=["dvc-workspace"],
-)
-def dvc_stage(stage: str, repo: str) -> str:
-    """``dvc repro --single-item <stage>``; returns 'ran', 'skipped' (up to date) or 'restored' (run-cache)."""
+def _run_dvc(args: list[str], repo: str, label: str, wait_seconds: float) -> tuple[int, list[str], list[str]]:
+    """``dvc <args>`` in ``repo``; -> (exit code, the first lines, the last lines of its output).
+
+    While another DVC command uses the workspace (a teammate's ``dvc repro``, another flow run),
+    wait for it, up to ``wait_seconds``, rather than fail: ``--wait-for-lock`` waits for DVC's
+    repository lock, and a command stopped by DVC's lock on a stage's files ("is busy") is run again
+    every few seconds. Two DVC commands thus never work on one workspace at once.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        code, lines, tail = _stream_dvc(args, repo, label)
+        busy = code != 0 and any(message in line for line in tail for message in DVC_BUSY)
+        if not busy or time.monotonic() > deadline:
+            return code, lines, tail
+        get_run_logger().warning("another DVC command is using %s; trying again in %g s", repo, BUSY_POLL_SECONDS)
+        time.sleep(BUSY_POLL_SECONDS)
+
+
+def _stream_dvc(args: list[str], repo: str, label: str) -> tuple[int, list[str], list[str]]:
+    """``dvc --wait-for-lock <args>`` once, each output line into the Prefect run log."""
     logger = get_run_logger()
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
-    logger.info("%s$ %s", repo, " ".join(["dvc", *cmd[3:]]))
+    cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
+    logger.info("%s$ dvc %s", repo, " ".join(args))
     lines: list[str] = []
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     proc = subprocess.Popen(
@@ -134,28 +155,71 @@ def dvc_stage(stage: str, repo: str) -> str:
             if len(lines) < 10_000:
                 lines.append(line)
             tail.append(line)
-            logger.info("[%s] %s", stage, line)
+            logger.info("[%s] %s", label, line)
         code = proc.wait()
-    except BaseException:  # cancelled or interrupted: do not leave the stage running
+    except BaseException:  # cancelled or interrupted: do not leave DVC running
         proc.terminate()
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
         raise
+    return code, lines, list(tail)
+
+
+@task(
+    name="dvc-stage",
+    task_run_name="dvc repro {stage}",
+    retries=1,
+    retry_delay_seconds=10,
+    cache_policy=NO_CACHE,
+    tags=["dvc-workspace"],
+)
+def dvc_stage(stage: str, repo: str, wait_seconds: float = 3600) -> str:
+    """``dvc repro --single-item <stage>``; returns 'ran', 'skipped' (up to date) or 'restored' (run-cache)."""
+    code, lines, tail = _run_dvc(["repro", "--single-item", stage], repo, stage, wait_seconds)
     if code != 0:
         raise StageFailed(f"stage {stage!r} failed (dvc exit code {code}); last lines:\n" + "\n".join(tail))
     return _outcome(stage, lines)
 
 
+def default_remote(repo: Path | str) -> str | None:
+    """The name of the project's default DVC remote (``dvc remote add -d``), or None."""
+    from dvc.repo import Repo
+
+    with Repo(str(Path(repo).resolve())) as dvc_repo:
+        return dvc_repo.config["core"].get("remote") or None
+
+
+@task(name="dvc-push", retries=2, retry_delay_seconds=30, cache_policy=NO_CACHE, tags=["dvc-workspace"])
+def dvc_push(repo: str, wait_seconds: float = 3600) -> str | None:
+    """``dvc push`` to the default remote; returns its name, or None (and pushes nothing) when none is set."""
+    remote = default_remote(repo)
+    if remote is None:
+        get_run_logger().info("no default DVC remote (dvc remote add -d NAME URL): nothing pushed")
+        return None
+    code, _, tail = _run_dvc(["push"], repo, "push", wait_seconds)
+    if code != 0:
+        raise StageFailed(f"dvc push to remote {remote!r} failed (exit code {code}); last lines:\n" + "\n".join(tail))
+    return remote
+
+
 @flow(name="gaugan-pipeline", log_prints=True)
 def pipeline_flow(
-    repo: str = ".", stages: list[str] | None = None, retries: int = 1, retry_delay_seconds: float = 10
+    repo: str = ".",
+    stages: list[str] | None = None,
+    retries: int = 1,
+    retry_delay_seconds: float = 10,
+    push: bool = True,
+    wait_seconds: float = 3600,
 ) -> dict[str, str]:
     """Run the DVC stages (all by default, else the named ones) in DVC's order; returns stage -> outcome.
 
     Each stage runs alone (``--single-item``): naming a subset does not run the stages before it.
-    A failing stage is retried ``retries`` times, then the flow fails with its output's tail.
+    A failing stage is retried ``retries`` times, then the flow fails with its output's tail. With
+    ``push`` and a default DVC remote, the outputs are then pushed (``dvc push``), so that a
+    teammate's ``dvc pull`` gets them. Another DVC command using the workspace is waited for, up to
+    ``wait_seconds``.
     """
     root = Path(repo).resolve()
     order = dvc_stages(root)
@@ -167,8 +231,12 @@ def pipeline_flow(
     run_stage = dvc_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
     outcomes: dict[str, str] = {}
     for stage in order:
-        outcomes[stage] = run_stage(stage, str(root))
+        outcomes[stage] = run_stage(stage, str(root), wait_seconds)
     print("stages: " + ", ".join(f"{s} {o}" for s, o in outcomes.items()))
+    if push:
+        remote = dvc_push(str(root), wait_seconds)
+        if remote is not None:
+            print(f"pushed to the DVC remote {remote!r}")
     return outcomes
 
 
@@ -412,3 +480,73 @@ def notify_new_data(repo: Path | str = ".", detail: dict | None = None) -> str:
 
     asyncio.run(send())
     return str(event.id)
+
+
+# ------------------------------------------------------------------------------------------------
+# failure alert
+
+ALERT_NAME = "gaugan-flow-run-failed"  # the Webhook block and the automation
+ALERTED_FLOWS = ("gaugan-pipeline", "gaugan-retrain")
+# Prefect renders this Jinja template for each failed run (tojson: quotes in a message stay valid JSON).
+ALERT_PAYLOAD = """{
+  "event": "gaugan.flow-run.failed",
+  "flow": {{ flow.name | tojson }},
+  "flow_run": {{ flow_run.name | tojson }},
+  "flow_run_id": "{{ flow_run.id }}",
+  "state": {{ flow_run.state.name | tojson }},
+  "message": {{ flow_run.state.message | tojson }},
+  "deployment": {{ (deployment.name if deployment else none) | tojson }}
+}"""
+
+
+def set_failure_alert(url: str | None) -> str | None:
+    """On the Prefect server of ``PREFECT_API_URL``: a Webhook block with ``url`` and an automation that
+    calls it (POST, JSON) when a deployment run of the pipeline's flows fails or crashes; returns the
+    automation's id. Replaces an earlier one; ``url`` None removes it.
+
+    Only deployment runs (the schedule, the new-data event, the worker's runs) alert, once each: the
+    pipeline run inside a failing retraining run does not alert a second time, and a ``flow run`` at
+    a terminal shows its error there.
+    """
+    import asyncio
+
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise PipelineError("PREFECT_API_URL is not set: the failure alert lives on the team's Prefect server; set it")
+    return asyncio.run(_set_failure_alert(url))
+
+
+async def _set_failure_alert(url: str | None) -> str | None:
+    from prefect.automations import Automation
+    from prefect.blocks.webhook import Webhook
+    from prefect.events.actions import CallWebhook
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.types import SecretDict
+    from pydantic import SecretStr
+
+    while True:
+        try:
+            await (await Automation.aread(name=ALERT_NAME)).adelete()
+        except ValueError:  # no (more) automation of that name
+            break
+    if url is None:
+        return None
+    webhook = Webhook(method="POST", url=SecretStr(url), headers=SecretDict({"Content-Type": "application/json"}))
+    block_id = await webhook.asave(ALERT_NAME, overwrite=True)
+    automation = await Automation(
+        name=ALERT_NAME,
+        description="POST to the team's webhook when a gaugan pipeline or retraining run fails",
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=[
+                {"prefect.resource.role": "flow", "prefect.resource.name": list(ALERTED_FLOWS)},
+                {"prefect.resource.role": "deployment"},
+            ],
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[CallWebhook(block_document_id=block_id, payload=ALERT_PAYLOAD)],
+    ).acreate()
+    return str(automation.id)

@@ -198,12 +198,17 @@ class RegisterSettings(_Section):
     metric: str
     greater_is_better: bool
     promote: Literal["if_better", "always", "never"]
+    wait_seconds: float = Field(gt=0)
     out: str
 
 
 class MlflowSettings(_Section):
     tracking_uri: str | None
     experiment: str | None
+
+
+class PrefectSettings(_Section):
+    failure_webhook: str | None
 
 
 class Params(_Section):
@@ -218,6 +223,7 @@ class Params(_Section):
     # "register" would shadow ABCMeta.register on the model class, so the field is named registry in code.
     registry: RegisterSettings = Field(alias="register")
     mlflow: MlflowSettings
+    prefect: PrefectSettings
 
 
 # ------------------------------------------------------------------------------------------------

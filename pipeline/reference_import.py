@@ -480,6 +480,7 @@ def register_import(tracker, out: Path, model: ReferenceModel, meta: dict, name:
         greater_is_better=False,
         promote="always" if champion else "never",
         out=str(out.with_suffix(".registration.json")),
+        wait_seconds=120,  # as a register stage waits for its turn (register.wait_seconds in params.yaml)
     )
     result = register_version(ref, name, info, tags, None, settings, Path(settings.out))
     tag_run(ref, result)

@@ -9,6 +9,8 @@ and the same feature extractor (FID, KID, precision, recall) or segmenter (mIoU,
 any differs, or one side does not record it, the champion stays and the reason names each one.
 Registry changes are undone when anything after the version's creation fails (aliases restored,
 version deleted, a registered model created by that call deleted).
+Registrations of one model running at the same time take turns (:func:`register_version`), so
+exactly one champion results.
 
 Lookups (:func:`load_synthesizer`) accept ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, any
 other MLflow model URI, or a local generator file, and say what exists when a name, alias or
@@ -20,17 +22,19 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.errors import MissingInputError, ModelNotFoundError, RegistryError
-from pipeline.io import atomic_write_json, sha256_file
+from pipeline.io import atomic_write_bytes, atomic_write_json, sha256_file
 from pipeline.tracking import RunRef, git_commit, mlflow_errors, resolve_tracking_uri, resume_run
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+PENDING = "pending"  # validation_status of a version whose registration has not decided yet
 # What two evaluations must share before any of their numbers are compared (tags written by the
 # evaluate stage, pipeline/evaluation/comparable.py): the same data, the same number of images, the
 # same size, the same style source ...
@@ -38,8 +42,15 @@ COMPARABILITY_TAGS = ("eval_dataset_id", "eval_num_images", "eval_resolution", "
 # ... and what produced the number: the feature extractor for FID-like numbers, the segmenter for
 # segmentation scores.
 BACKBONE_METRICS = (
-    "fid", "fid_ci_low", "fid_ci_high", "fid_bootstrap_std", "kid_mean", "kid_std", "precision", "recall",
-)  # fmt: skip
+    "fid",
+    "fid_ci_low",
+    "fid_ci_high",
+    "fid_bootstrap_std",
+    "kid_mean",
+    "kid_std",
+    "precision",
+    "recall",
+)
 SEGMENTER_METRICS = ("miou", "accuracy", "miou_real", "accuracy_real", "miou_random", "accuracy_random")
 
 
@@ -167,88 +178,159 @@ def log_model(ref: RunRef, model_path: Path, config):
     return info
 
 
-def _registered_model(client, tracking_uri: str, name: str, dataset: str):
-    """(the registered model ``name``, whether this call created it)."""
-    from mlflow.exceptions import MlflowException
-
-    with mlflow_errors(tracking_uri, f"reading the registered model {name!r}"):
-        try:
-            return client.get_registered_model(name), False
-        except MlflowException:
-            created = client.create_registered_model(
-                name, tags={"dataset": dataset}, description=f"GauGAN generator for the {dataset} dataset"
-            )
-            return created, True
-
-
 def register_version(ref: RunRef, name: str, info, tags: dict, value: float | None, settings, out: Path) -> dict:
     """A new version of ``name`` with its aliases, and ``out`` (registration.json); undone on failure.
 
-    ``value`` None: a model registered without an evaluation (an imported reference checkpoint); then
-    ``settings.promote`` must be 'always' or 'never'.
+    Registrations of one model that run at once (two ``register`` stages, on one machine or two)
+    take turns in the order of their version numbers, which the registry hands out one at a time:
+    each version is created ``validation_status=pending``, waits until no older version is still
+    pending (:func:`wait_for_turn`), and only then compares itself with the champion of that moment.
+    Every decision thus sees the one before it, and exactly one champion results, the one that the
+    same registrations made one after the other would give. ``value`` None: a model registered
+    without an evaluation (an imported reference checkpoint); then ``settings.promote`` must be
+    'always' or 'never'.
     """
     import mlflow
 
     client = mlflow.MlflowClient(ref.tracking_uri)
-    registered, created = _registered_model(client, ref.tracking_uri, name, tags["dataset"])
-    before = dict(registered.aliases or {})
-    champion = client.get_model_version(name, before[CHAMPION]) if CHAMPION in before else None
-    promoted, champion_value, reason = decide(
-        math.nan if value is None else value, tags, champion, settings.metric, settings.greater_is_better,
-        settings.promote,
-    )  # fmt: skip
+    created = _ensure_registered_model(client, ref.tracking_uri, name, tags["dataset"])
+    version, before, previous_file = None, {}, out.read_bytes() if out.is_file() else None
     evaluated = f"{settings.metric} = {value:.6g}" if value is not None else "not evaluated"
-    version = None
     try:
         version = client.create_model_version(
             name,
             source=info.model_uri,
             run_id=ref.run_id,
             model_id=info.model_id,
-            tags={**tags, "validation_status": CHAMPION if promoted else CHALLENGER},
-            description=f"{evaluated}; {reason}",
+            tags={**tags, "validation_status": PENDING},
+            description=f"{evaluated}; waiting for its turn to be compared with the champion",
+        )
+        wait_for_turn(client, name, int(version.version), settings.wait_seconds)
+        before = dict(client.get_registered_model(name).aliases or {})
+        champion = client.get_model_version(name, before[CHAMPION]) if CHAMPION in before else None
+        promoted, champion_value, reason = decide(
+            math.nan if value is None else value,
+            tags,
+            champion,
+            settings.metric,
+            settings.greater_is_better,
+            settings.promote,
         )
         client.set_registered_model_alias(name, CHALLENGER, version.version)
         if promoted:
             client.set_registered_model_alias(name, CHAMPION, version.version)
-        result = {
-            "name": name,
-            "version": int(version.version),
-            "promoted": promoted,
-            "aliases": [CHALLENGER, CHAMPION] if promoted else [CHALLENGER],
-            "metric": settings.metric,
-            "greater_is_better": settings.greater_is_better,
-            "value": value,
-            "champion_value_before": champion_value,
-            "champion_version_before": int(champion.version) if champion is not None else None,
-            "reason": reason,
-            "model_uri": f"models:/{name}/{version.version}",
-            "logged_model_uri": info.model_uri,
-            "run_id": ref.run_id,
-            "tracking_uri": ref.tracking_uri,
-        }
+        client.update_model_version(name, version.version, description=f"{evaluated}; {reason}")
+        result = _record(
+            ref, name, int(version.version), info, value, settings, promoted, champion, champion_value, reason
+        )
         atomic_write_json(out, result)
+        # the last step: it ends this registration's turn
+        client.set_model_version_tag(name, version.version, "validation_status", CHAMPION if promoted else CHALLENGER)
     except BaseException as err:
         _rollback(client, name, version, before, created)
+        if previous_file is not None and out.is_file() and out.read_bytes() != previous_file:
+            atomic_write_bytes(out, previous_file)
         raise RegistryError(f"registering {name!r} failed and the registry was restored: {err}") from err
     return result
 
 
+def _record(
+    ref: RunRef, name: str, version: int, info, value, settings, promoted: bool, champion, champion_value, reason: str
+) -> dict:
+    """What registration.json says: the version, its aliases, the decision and why."""
+    return {
+        "name": name,
+        "version": version,
+        "promoted": promoted,
+        "aliases": [CHALLENGER, CHAMPION] if promoted else [CHALLENGER],
+        "metric": settings.metric,
+        "greater_is_better": settings.greater_is_better,
+        "value": value,
+        "champion_value_before": champion_value,
+        "champion_version_before": int(champion.version) if champion is not None else None,
+        "reason": reason,
+        "model_uri": f"models:/{name}/{version}",
+        "logged_model_uri": info.model_uri,
+        "run_id": ref.run_id,
+        "tracking_uri": ref.tracking_uri,
+    }
+
+
+def _ensure_registered_model(client, tracking_uri: str, name: str, dataset: str) -> bool:
+    """Create the registered model if it does not exist yet; True if this call created it."""
+    from mlflow.exceptions import MlflowException
+
+    with mlflow_errors(tracking_uri, f"reading the registered model {name!r}"):
+        try:
+            client.get_registered_model(name)
+            return False
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        try:
+            client.create_registered_model(
+                name, tags={"dataset": dataset}, description=f"GauGAN generator for the {dataset} dataset"
+            )
+            return True
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return False  # a registration running at the same time created it first
+
+
+def wait_for_turn(client, name: str, mine: int, wait_seconds: float) -> None:
+    """Wait until no version of ``name`` older than ``mine`` is pending.
+
+    A version pending for longer than ``wait_seconds`` (the registration that created it died) is
+    passed over with a warning; delete it (or tag it) by hand to stop the warnings.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        now_ms = time.time() * 1000
+        older = [
+            v
+            for v in client.search_model_versions(f"name='{name}'")
+            if int(v.version) < mine and (v.tags or {}).get("validation_status") == PENDING
+        ]
+        alive = [v for v in older if now_ms - (v.creation_timestamp or 0) < wait_seconds * 1000]
+        if not alive or time.monotonic() > deadline:
+            if older:
+                log.warning(
+                    "%s: versions %s are still pending (their registrations died?); deciding without them",
+                    name,
+                    sorted(int(v.version) for v in older),
+                )
+            return
+        time.sleep(0.5)
+
+
 def _rollback(client, name: str, version, aliases_before: dict, created_model: bool) -> None:
-    """Put aliases back, delete the new version (and the registered model if this call made it)."""
+    """Put back the aliases this call moved, delete the new version, and the registered model if this
+    call made it and no other registration has put a version into it since."""
     steps: list[Callable[..., object]] = []
     if version is not None:
         for alias in (CHAMPION, CHALLENGER):
             if alias in aliases_before:
-                steps.append(lambda a=alias: client.set_registered_model_alias(name, a, aliases_before[a]))
+                steps.append(lambda a=alias: _restore_alias(client, name, a, str(version.version), aliases_before[a]))
         steps.append(lambda: client.delete_model_version(name, version.version))
     if created_model:
-        steps.append(lambda: client.delete_registered_model(name))
+        steps.append(lambda: _delete_if_empty(client, name))
     for step in steps:
         try:
             step()
         except Exception as err:  # noqa: BLE001 - keep undoing what can be undone
             log.error("rollback of %s: %s", name, err)
+
+
+def _delete_if_empty(client, name: str) -> None:
+    if not client.search_model_versions(f"name='{name}'"):
+        client.delete_registered_model(name)
+
+
+def _restore_alias(client, name: str, alias: str, mine: str, before: str) -> None:
+    """Point ``alias`` back at ``before`` if it still points at ``mine`` (another registration may have moved it)."""
+    if str(dict(client.get_registered_model(name).aliases or {}).get(alias)) == mine:
+        client.set_registered_model_alias(name, alias, before)
 
 
 def tag_run(ref: RunRef, result: dict) -> None:

@@ -5,6 +5,13 @@ evaluate and register read that file and log into the same run (:func:`log_to_ru
 the MLflow UI is one model. mlflow is imported lazily: it costs seconds, and ranks other than 0
 never need it. MLflow failures (a server that is down, a refused request) become
 :class:`~pipeline.errors.TrackingError` naming the tracking URI.
+
+A tracking server that is down is handled in two ways. At the start of a stage,
+:func:`require_server` asks its ``/health`` once, with a short timeout, and the stage stops at once
+naming the URI (MLflow's client would otherwise retry for minutes, after the work). During training,
+the :class:`Tracker` relies on the client's own retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, 7, and
+``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``, 2: about four minutes), which carry a server restart; past
+that, it keeps the records in memory, keeps training, and sends them once the server answers again.
 """
 
 from __future__ import annotations
@@ -14,7 +21,11 @@ import logging
 import math
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +62,45 @@ def artifact_root_for(tracking_uri: str) -> str | None:
         db = Path(tracking_uri[len("sqlite:///") :])
         return (db.parent / "mlartifacts").resolve().as_uri()
     return None
+
+
+def is_server_uri(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def server_problem(tracking_uri: str, timeout: float = 5.0) -> str | None:
+    """None when the tracking server at ``tracking_uri`` answers its ``/health``; else what went wrong.
+
+    One request, no retries: a local store (sqlite) always passes.
+    """
+    if not is_server_uri(tracking_uri):
+        return None
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return None if response.status == 200 else f"GET {url} answered HTTP {response.status}"
+    except urllib.error.HTTPError as err:
+        return f"GET {url} answered HTTP {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        return f"GET {url} failed: {reason}"
+
+
+def require_server(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Stop at once, naming the URI, when the MLflow tracking server does not answer."""
+    problem = server_problem(tracking_uri, timeout)
+    if problem is not None:
+        raise TrackingError(
+            f"the MLflow tracking server at {tracking_uri} is not reachable ({problem}); start it "
+            "(deploy/compose.yaml: docker compose up -d mlflow), or point MLFLOW_TRACKING_URI "
+            "(or mlflow.tracking_uri in params.yaml) at a running one"
+        )
+
+
+def require_run_server(run_json: Path) -> None:
+    """The server of the training run named by ``run_json`` (if there is one) answers."""
+    if run_json.is_file():
+        require_server(read_run_ref(run_json).tracking_uri)
 
 
 @contextmanager
@@ -163,7 +213,13 @@ def _flatten(prefix: str, value, out: dict) -> dict:
 
 
 class Tracker:
-    """The training run of one model: opened (or re-opened, on resume) by rank 0 of the train stage."""
+    """The training run of one model: opened (or re-opened, on resume) by rank 0 of the train stage.
+
+    Metrics and files logged while training that cannot reach the server (after the client's own
+    retries) wait in order in memory and are sent, oldest first, once the server answers again;
+    training does not stop for the tracking server. :meth:`end` sends what is left, or fails
+    naming the URI.
+    """
 
     def __init__(self, tracking_uri: str, experiment: str):
         import mlflow
@@ -173,6 +229,8 @@ class Tracker:
         self.experiment = experiment
         self.experiment_id = ensure_experiment(experiment, tracking_uri)
         self.run: mlflow.ActiveRun | None = None
+        self.pending: deque[Callable[[], object]] = deque()  # MLflow calls not made yet, oldest first
+        self.failing_since: float | None = None
 
     def start(self, run_id: str | None, settings: dict, tags: dict) -> str:
         """Re-open ``run_id``, or start a run logging ``settings`` (nested dicts, flattened) as params."""
@@ -190,13 +248,65 @@ class Tracker:
         assert self.run is not None  # start_run always returns the active run
         return self.run.info.run_id
 
+    def log_dataset(self, dataset, tags: dict[str, str]) -> None:
+        """The training data as the run's dataset input (MLflow's lineage: the UI's Datasets column)."""
+        with mlflow_errors(self.uri, "logging the training dataset"):
+            self.mlflow.log_input(dataset, context="training", tags=tags)
+
     def log_metrics(self, metrics: dict, step: int) -> None:
-        self.mlflow.log_metrics(finite_numbers(metrics), step=step)
+        numbers = finite_numbers(metrics)
+        self.pending.append(lambda: self.mlflow.log_metrics(numbers, step=step))
+        self._send()
 
     def log_artifact(self, path: Path, folder: str) -> None:
-        self.mlflow.log_artifact(str(path), artifact_path=folder)
+        self.pending.append(lambda: self.mlflow.log_artifact(str(path), artifact_path=folder))
+        self._send()
+
+    def _send(self, final: bool = False) -> None:
+        """Send the waiting records in order; on failure keep them (and, while the server stays down,
+        only ask its /health, so that training does not wait for the client's retries each time)."""
+        from mlflow.exceptions import MlflowException
+
+        if self.failing_since is not None and not final and server_problem(self.uri, timeout=2.0) is not None:
+            return
+        while self.pending:
+            try:
+                self.pending[0]()
+            except (MlflowException, OSError) as err:
+                if final:
+                    raise TrackingError(
+                        f"{len(self.pending)} records of run {self._run_id()} could not be sent to the MLflow "
+                        f"tracking URI {self.uri}: {err}; the stage's files (losses.csv, metrics.json) are "
+                        "complete, and rerunning the stage resumes this run"
+                    ) from err
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+                    log.warning("MLflow at %s is not answering (%s); training goes on, records wait", self.uri, err)
+                return
+            self.pending.popleft()
+        if self.failing_since is not None:
+            log.warning(
+                "MLflow at %s answers again after %.0f s; the waiting records were sent",
+                self.uri,
+                time.monotonic() - self.failing_since,
+            )
+            self.failing_since = None
+
+    def _run_id(self) -> str | None:
+        return self.run.info.run_id if self.run is not None else None
 
     def end(self, status: str) -> None:
-        if self.run is not None:
-            self.mlflow.end_run(status=status)
+        """Send what waits, then close the run with ``status``. If that fails, a finished run raises
+        (the run stays open in MLflow; rerunning the stage resumes it); a failed or killed one only
+        logs the problem, so that it does not hide the error that stopped training."""
+        if self.run is None:
+            return
+        try:
+            self._send(final=True)
+            with mlflow_errors(self.uri, f"ending run {self._run_id()}"):
+                self.mlflow.end_run(status=status)
             self.run = None
+        except TrackingError as err:
+            if status == "FINISHED":
+                raise
+            log.error("closing MLflow run %s as %s: %s", self._run_id(), status, err)

@@ -6,13 +6,16 @@ Builders (import them with ``from conftest import ...``):
   mapping (to write into a test project) or validated; the settings have no defaults in code;
 - :func:`tiny_config`: a few-channel GauGAN architecture for fast model tests;
 - :func:`toy_classes`, :func:`write_toy_prepared`: a small prepared dataset written directly in the
-  prepared format; :func:`write_tiny_generator`: a random generator file as the train stage writes it.
+  prepared format; :func:`write_tiny_generator`: a random generator file as the train stage writes it;
+- :func:`copy_project`: this project's files in a fresh folder (for real ``dvc``/``git`` runs);
+- :func:`network_outputs`: a trained G and D as functions (their outputs for fixed inputs).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,9 @@ from pipeline.offline import set_offline_env
 
 set_offline_env()
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# the team stack's session fixtures (PostgreSQL, MLflow and Prefect servers): tests/team_stack.py
+pytest_plugins = ["team_stack"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -160,3 +166,31 @@ def ingest_dataset(fmt: str, source: Path, out: Path, **data) -> dict:
 
     settings = make_params({"data": {"format": fmt, **data}}).data
     return prepare(settings, Path(source), Path(out), progress=False)
+
+
+def copy_project(root: Path, names) -> Path:
+    """The named files and folders of this project, and its DVC config (no cache), copied into ``root``."""
+    for name in names:
+        src = REPO_ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, root / name)
+    shutil.copytree(REPO_ROOT / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    return root
+
+
+def network_outputs(config, state: dict, semantics):
+    """(images, last discriminator scores) of the trainer state's G and D on ``semantics``: networks
+    compared as functions (raw weights can differ where no output depends on them)."""
+    import torch
+
+    from gaugan.discriminator import MultiscaleDiscriminator
+    from gaugan.generator import SPADEGenerator
+
+    netG, netD = SPADEGenerator(config).eval(), MultiscaleDiscriminator(config).eval()
+    netG.load_state_dict(state["G"])
+    netD.load_state_dict(state["D"])
+    with torch.no_grad():
+        fake = netG(semantics)
+        return fake, netD(torch.cat([semantics, fake], 1))[0][-1]

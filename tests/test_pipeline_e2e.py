@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_project_params
+from conftest import copy_project, write_project_params
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = [
@@ -51,14 +50,7 @@ def _git(cwd: Path, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("project")
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
-    shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    root = copy_project(tmp_path_factory.mktemp("project"), PROJECT_FILES)
     write_project_params(root, TINY)
     _git(root, "init", "-q")
     _git(root, "add", "-A")

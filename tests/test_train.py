@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import deep_merge, ingest_dataset, make_params, write_project_params
+from conftest import deep_merge, ingest_dataset, make_params, network_outputs, write_project_params
 
 from pipeline.errors import ParamsError, TrainError
 from pipeline.training.loader import StepBatchSampler
@@ -186,9 +186,7 @@ def test_two_gloo_processes_match_one_process(prepared, tmp_path):
     # front of an instance norm has a zero true gradient, so Adam turns float noise of either
     # sign into a full +-lr step there, with no effect on any output.
     from gaugan.classes import ClassTable
-    from gaugan.discriminator import MultiscaleDiscriminator
     from gaugan.encoding import encode_labels
-    from gaugan.generator import SPADEGenerator
     from gaugan.trainer import GauGANTrainer
     from pipeline.params import load_params
     from pipeline.training.settings import model_config, train_options
@@ -200,12 +198,7 @@ def test_two_gloo_processes_match_one_process(prepared, tmp_path):
     semantics = encode_labels(labels, config.label_nc, True, torch.zeros(2, 1, 64, 64))
 
     def outputs(state: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        netG, netD = SPADEGenerator(config).eval(), MultiscaleDiscriminator(config).eval()
-        netG.load_state_dict(state["G"])
-        netD.load_state_dict(state["D"])
-        with torch.no_grad():
-            fake = netG(semantics)
-            return fake, netD(torch.cat([semantics, fake], 1))[0][-1]
+        return network_outputs(config, state, semantics)
 
     (fake_a, score_a), (fake_b, score_b) = outputs(a["trainer"]), outputs(b["trainer"])
     torch.testing.assert_close(fake_a, fake_b, atol=2e-3, rtol=0)

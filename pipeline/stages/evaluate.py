@@ -27,7 +27,7 @@ from pipeline.evaluation.inputs import full_float32, load_inputs
 from pipeline.evaluation.report import metrics_record, mlflow_tags, write_report
 from pipeline.evaluation.scoring import score_split
 from pipeline.params import Params, scoped
-from pipeline.tracking import log_to_run, run_for_model
+from pipeline.tracking import log_to_run, require_run_server, run_for_model
 
 PARAMS = ("seed", "evaluate", "data.out", "train.model_out", "train.out_dir", "segmenter.out")
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     params = scoped(params, PARAMS, "evaluate")
     root = Path(root)
     started = time.perf_counter()
+    require_run_server(root / params.train.out_dir / "run.json")  # a tracking server that is down: stop now
     with full_float32():
         return _evaluate(params, root, started)
 

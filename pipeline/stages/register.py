@@ -22,7 +22,7 @@ from pathlib import Path
 from gaugan.checkpoint import load_generator
 from pipeline.params import Params, scoped
 from pipeline.registry import log_model, read_metric, register_version, tag_run, version_tags
-from pipeline.tracking import read_run_ref
+from pipeline.tracking import read_run_ref, require_server
 
 PARAMS = ("register", "train.model_out", "train.out_dir", "evaluate.out_dir")
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     params = scoped(params, PARAMS, "register")
     settings, root = params.registry, Path(root)
     ref = read_run_ref(root / params.train.out_dir / "run.json")
+    require_server(ref.tracking_uri)  # a tracking server that is down: stop now, naming it
     metrics, value = read_metric(root / params.evaluate.out_dir / "metrics.json", settings.metric)
     model_path = root / params.train.model_out
     loaded = load_generator(model_path, "cpu")

@@ -25,6 +25,7 @@ from pipeline.training.loop import TrainingLoop
 from pipeline.training.session import (
     build_loader,
     build_trainer,
+    check_tracking,
     log_start,
     restore,
     start_tracking,
@@ -43,6 +44,7 @@ def run(params: Params, root: Path = Path("."), resume: str = "auto") -> dict:
     classes = ClassTable.load(data_root)
     ctx = init_distributed(t.device)
     try:
+        check_tracking(params, root, ctx)
         check_settings(params, classes, ctx.world_size, data_root)
         dataset = dataset_id(data_root)
         fingerprint = settings_fingerprint(params, dataset)

@@ -18,10 +18,11 @@ from gaugan.data import PreparedDataset, split_size
 from gaugan.trainer import GauGANTrainer
 from gaugan.transforms import Geometry
 from pipeline.distributed import DistContext, broadcast_object
-from pipeline.errors import TrainError
+from pipeline.errors import TrackingError, TrainError
 from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.lineage import dvc_lineage
 from pipeline.params import Params
-from pipeline.tracking import RunRef, Tracker, git_commit, resolve_tracking_uri, write_run_ref
+from pipeline.tracking import RunRef, Tracker, git_commit, require_server, resolve_tracking_uri, write_run_ref
 from pipeline.training.checkpoints import CheckpointStore, losses_csv
 from pipeline.training.loader import build_train_loader
 from pipeline.training.loop import TrainingLoop
@@ -35,6 +36,20 @@ def build_trainer(params: Params, classes: ClassTable, ctx: DistContext) -> GauG
     """The trainer at its initial weights: the same on every rank and in every run of these settings."""
     torch.manual_seed(params.seed)
     return GauGANTrainer(model_config(params, classes), train_options(params, ctx.device), ctx.device)
+
+
+def check_tracking(params: Params, root: Path, ctx: DistContext) -> None:
+    """Before any work: rank 0 asks the MLflow tracking server for its health once; if it does not
+    answer, every rank stops at once with the same message naming the URI."""
+    problem = None
+    if ctx.is_main:
+        try:
+            require_server(resolve_tracking_uri(params.mlflow.tracking_uri, root))
+        except TrackingError as err:
+            problem = f"{err}; nothing was trained"
+    problem = broadcast_object(ctx, problem)
+    if problem is not None:
+        raise TrackingError(problem)
 
 
 def restore(
@@ -134,6 +149,9 @@ def start_tracking(
         "mlflow": params.mlflow.model_dump(),
     }
     loop.run_id = tracker.start(run_id, settings, tags)
+    if run_id is None:  # a new run: its training data, as DVC knows it (a resumed run has it already)
+        lineage = dvc_lineage(root, params.data.out)
+        tracker.log_dataset(lineage.mlflow_dataset(root, classes.dataset, dataset), lineage.tags(dataset))
     write_run_ref(root / t.out_dir / "run.json", RunRef(loop.run_id, tracker.uri, tracker.experiment))
     loop.tracker = tracker
     loop.history = loop.store.read_history(start_step)
