@@ -52,6 +52,7 @@ class DataSettings(_Section):
     out: str
     workers: int = Field(ge=1)
     on_error: Literal["fail", "skip"]
+    coco_portraits: bool
     coco_crowd: Literal["ignore", "instance"]
     ade20k_short_side: int = Field(ge=16)
     instance_background: Literal["per_class", "none"]

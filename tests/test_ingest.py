@@ -72,6 +72,36 @@ def spade_source(tmp_path, real_fixtures) -> Path:
     return src
 
 
+def _portraits(src: Path, stems: dict[str, str]) -> None:
+    """Portrait folders as the reference's COCO dataroot has them, made of renamed val samples."""
+    for kind, ext in (("img", "jpg"), ("label", "png"), ("inst", "png")):
+        (src / f"train_{kind}_portrait").mkdir()
+        for old, new in stems.items():
+            shutil.copy(src / f"val_{kind}/{old}.{ext}", src / f"train_{kind}_portrait/{new}.{ext}")
+
+
+def test_spade_portrait_folders_train_as_the_reference(spade_source, tmp_path):
+    """COCO's train_*_portrait folders join the train split (the reference without --coco_no_portraits)."""
+    _portraits(spade_source, {"000000000139": "portrait_a", "000000000785": "portrait_b"})
+    stats = ingest_dataset("spade", spade_source, tmp_path / "with", workers=2)
+    assert stats["num_samples"] == {"train": 15, "val": 8}
+    manifest = pd.read_parquet(tmp_path / "with/manifest.parquet").set_index("id")
+    assert manifest.loc["portrait_a", "split"] == "train"
+    assert manifest.loc["portrait_a", "source"] == "train_img_portrait/portrait_a.jpg"
+    label = _read(tmp_path / "with" / manifest.loc["portrait_b", "label"])
+    np.testing.assert_array_equal(label, _read(spade_source / "val_label/000000000785.png"))
+    stats = ingest_dataset("spade", spade_source, tmp_path / "without", workers=2, coco_portraits=False)
+    assert stats["num_samples"] == {"train": 13, "val": 8}
+
+
+def test_spade_portrait_id_colliding_with_a_train_sample_is_refused(spade_source, tmp_path):
+    train_stem = sorted(p.stem for p in (spade_source / "train_img").iterdir())[0]
+    _portraits(spade_source, {"000000000139": train_stem})
+    with pytest.raises(IngestError, match=f"train_img_portrait/{train_stem}.jpg.*coco_portraits: false"):
+        ingest_dataset("spade", spade_source, tmp_path / "out", workers=2)
+    assert not (tmp_path / "out").exists()
+
+
 def test_spade_dataroot_labels_identical_instances_same_regions(spade_source, tmp_path):
     out = tmp_path / "prepared"
     stats = ingest_dataset("spade", spade_source, out, workers=2)

@@ -13,6 +13,9 @@
     <source>/{train,val}_img/<name>.jpg|png
     <source>/{train,val}_label/<name>.png
     <source>/{train,val}_inst/<name>.png      optional
+    <source>/train_{img,label,inst}_portrait/   optional, COCO-Stuff's portrait-oriented images: trained
+                                              on as the reference does (data.coco_portraits; false is
+                                              its --coco_no_portraits); never part of val
     <source>/classes.json | classes.txt | labels.txt   (labels.txt: the COCO-Stuff list, 182 classes)
 
 The reference's instance maps are uint8 label maps with a running object counter painted over
@@ -111,20 +114,35 @@ def folder_tasks(source: Path, settings=None, classes: ClassTable | None = None)
 def spade_tasks(source: Path, settings=None, classes: ClassTable | None = None) -> tuple[list[SampleTask], ClassTable]:
     """``classes``: the table to use (data.classes, e.g. coco-stuff); None: the dataroot's class file."""
     has_inst = any((source / f"{s}_inst").is_dir() for s in ("train", "val"))
+    folders = [("train", ""), ("val", "")] + ([("train", "_portrait")] if settings.coco_portraits else [])
     tasks = []
-    for split in ("train", "val"):
+    for split, suffix in folders:
         tasks += pair_tasks(
-            source / f"{split}_img",
-            source / f"{split}_label",
-            source / f"{split}_inst" if has_inst else None,
+            source / f"{split}_img{suffix}",
+            source / f"{split}_label{suffix}",
+            source / f"{split}_inst{suffix}" if has_inst else None,
             split,
             source,
             "spade",
             "spade/1",
         )
+    _check_unique_ids(tasks)
     if classes is not None:
         return tasks, with_instances(classes, has_inst)
     return tasks, _spade_class_table(source, has_inst)
+
+
+def _check_unique_ids(tasks: list[SampleTask]) -> None:
+    """Sample ids are file stems: a portrait image named like a landscape one of its split would collide."""
+    seen: dict[tuple[str, str], str] = {}
+    for task in tasks:
+        key = (task.split, task.id)
+        if key in seen:
+            raise IngestError(
+                f"{task.source}: sample id {task.id!r} is also {seen[key]} in the {task.split} split; "
+                "rename one of them, or set data.coco_portraits: false to leave the portrait folders out"
+            )
+        seen[key] = task.source
 
 
 def _spade_class_table(source: Path, has_inst: bool) -> ClassTable:
