@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,8 +124,9 @@ class GeneratorModel(nn.Module):
 
 
 class GauGANTrainer:
-    """``train_step(batch)`` -> losses. Batch: ``label`` long [B,H,W] (255 = dontcare), ``image``
-    float [B,3,H,W] in [-1, 1], ``edge`` float [B,1,H,W] when the model uses instance edges."""
+    """``train_step(batch)`` -> losses. Batch: ``label`` integer [B,H,W] (255 = dontcare), ``image``
+    float [B,3,H,W] in [-1, 1] or uint8 [B,3,H,W], ``edge`` float [B,1,H,W] (or uint8, 255 on
+    boundaries) when the model uses instance edges; uint8 is converted on the trainer's device."""
 
     def __init__(self, config: GauGANConfig, options: TrainOptions | None = None, device: torch.device | str = "cpu"):
         self.config = config
@@ -209,9 +211,12 @@ class GauGANTrainer:
             device_ids = None
         # no buffer broadcast: every rank's buffers are identical by construction (same seed, same
         # weights: spectral norm's power iteration gives the same u/v everywhere; SyncBatchNorm's
-        # statistics are global); on CPU each rank's BatchNorm statistics are its own either way
-        self._G = DDP(self.generator, device_ids=device_ids, process_group=process_group, broadcast_buffers=False)
-        self._D = DDP(self.discriminator, device_ids=device_ids, process_group=process_group, broadcast_buffers=False)
+        # statistics are global); on CPU each rank's BatchNorm statistics are its own either way.
+        # Newer torch: forward_sync_buffers (buffers still synced once, at construction)
+        no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters else {}
+        kw = no_sync or {"broadcast_buffers": False}
+        self._G = DDP(self.generator, device_ids=device_ids, process_group=process_group, **kw)
+        self._D = DDP(self.discriminator, device_ids=device_ids, process_group=process_group, **kw)
         self._compile_wrappers()
 
     def _autocast(self):
@@ -225,6 +230,8 @@ class GauGANTrainer:
         if self.config.use_instance and edges is None:
             raise InputError("the model uses instance edges (use_instance) but the batch has no 'edge' tensor")
         nb = self.device.type == "cuda"
+        if edges is not None and edges.dtype == torch.uint8:  # the loader's 0/255 edges, converted here
+            edges = edges.to(self.device, non_blocking=nb).float().div_(255.0)
         semantics = encode_labels(
             batch["label"].to(self.device, non_blocking=nb),
             self.config.label_nc,
