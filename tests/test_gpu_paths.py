@@ -371,3 +371,21 @@ def test_loader_workers_limit_opencv_threads(monkeypatch):
         assert fake.threads == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------ evaluation
+def test_real_feature_cache_key_holds_device_and_arithmetic(monkeypatch):
+    import types
+
+    from pipeline.evaluation.features import FeatureBackbone, build_backbone
+
+    cpu = build_backbone("tiny", tiny_dim=16)
+    assert cpu.key.endswith("-cpu-fp32")
+    fake_gpu = types.SimpleNamespace(parameters=lambda: iter([types.SimpleNamespace(device=torch.device("cuda", 0))]))
+    gpu = FeatureBackbone(fake_gpu, dict(cpu.info))  # type: ignore[arg-type]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert gpu.key.endswith("-cuda-NVIDIA_H200-fp32") and gpu.key != cpu.key
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert gpu.key.endswith("-cuda-NVIDIA_H200-tf32")
