@@ -384,8 +384,13 @@ def test_real_feature_cache_key_holds_device_and_arithmetic(monkeypatch):
     fake_gpu = types.SimpleNamespace(parameters=lambda: iter([types.SimpleNamespace(device=torch.device("cuda", 0))]))
     gpu = FeatureBackbone(fake_gpu, dict(cpu.info))  # type: ignore[arg-type]
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    assert gpu.key.endswith("-cuda-NVIDIA_H200-fp32") and gpu.key != cpu.key
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    assert gpu.key.endswith("-cuda-NVIDIA_H200-tf32")
+    from pipeline.evaluation.inputs import full_float32
+
+    with full_float32():  # as the evaluate stage takes the key
+        assert gpu.key.endswith("-cuda-NVIDIA_H200-fp32") and gpu.key != cpu.key
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        assert gpu.key.endswith("-cuda-NVIDIA_H200-tf32")
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
