@@ -190,8 +190,8 @@ def check_syncs_per_step(device: torch.device) -> tuple[bool | None, str]:
         batches = [make_batch(cfg, device, seed=s) for s in range(4)]
         trainer.train_step(batches[0])  # lazy optimizer and scaler state: out of the count
         with _SyncCounter(device.type == "cuda") as counter:
-            unread = [counter.step(lambda b=b: trainer.train_step(b, read=False)) for b in batches[1:3]]
-            read = counter.step(lambda: trainer.train_step(batches[3]))
+            unread = [counter.step(lambda b=b, t=trainer: t.train_step(b, read=False)) for b in batches[1:3]]
+            read = counter.step(lambda b=batches[3], t=trainer: t.train_step(b))
         ok = ok and all(u == (0, 0) for u in unread) and read[0] <= 1 and read[1] <= 1
         parts.append(f"{precision}: unread {unread}, read {read}")
     return ok, "(method calls, CUDA sync warnings) per step; " + "; ".join(parts)
@@ -222,7 +222,9 @@ def check_resume_placement(device: torch.device) -> tuple[bool | None, str]:
         for p in g["params"]
         for v in opt.state[p].values()
     )
-    lr_placed = all(torch.as_tensor(o.param_groups[0]["lr"]).device == target.device for o in (target.opt_G, target.opt_D))
+    lr_placed = all(
+        torch.as_tensor(o.param_groups[0]["lr"]).device == target.device for o in (target.opt_G, target.opt_D)
+    )
     equal = same(weights(source), weights(target))
     ok = on_cpu and grew == 0 and placed and lr_placed and equal
     return ok, f"loaded on CPU {on_cpu} (GPU memory +{grew} B), optimizer state on {device} {placed}, lr {lr_placed}"
@@ -258,7 +260,10 @@ def check_determinism(device: torch.device) -> tuple[bool | None, str]:
     bitwise = same(a, b)
     diff = 0.0 if bitwise else max_diff(a, b)
     ok = bitwise if device.type != "cuda" else diff < 1e-3
-    return ok and benchmark, f"deterministic on: bit-identical {bitwise} (max abs diff {diff:.2e}); off: benchmark {benchmark}"
+    return (
+        ok and benchmark,
+        f"deterministic on: bit-identical {bitwise} (max abs diff {diff:.2e}); off: benchmark {benchmark}",
+    )
 
 
 def _ddp_worker(rank: int, world: int, kind: str, init_file: str, out_dir: str) -> None:
@@ -356,7 +361,10 @@ def check_eval_features_fp32(device: torch.device) -> tuple[bool | None, str]:
     rel_tf32 = float((tf32 - ref).abs().max() / ref.abs().max())
     fid = frechet_distance(ref, fp32)
     ok = rel < 1e-4 and key != cpu.key and fp32.dtype == torch.float32
-    detail = f"fp32 vs CPU max rel diff {rel:.1e} (TF32 on: {rel_tf32:.1e}), FID(CPU, GPU) {fid:.2e}; keys differ {key != cpu.key}"
+    detail = (
+        f"fp32 vs CPU max rel diff {rel:.1e} (TF32 on: {rel_tf32:.1e}), FID(CPU, GPU) {fid:.2e}; "
+        f"keys differ {key != cpu.key}"
+    )
     return ok, detail
 
 

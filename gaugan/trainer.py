@@ -213,10 +213,11 @@ class GauGANTrainer:
         # weights: spectral norm's power iteration gives the same u/v everywhere; SyncBatchNorm's
         # statistics are global); on CPU each rank's BatchNorm statistics are its own either way.
         # Newer torch: forward_sync_buffers (buffers still synced once, at construction)
-        no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters else {}
-        kw = no_sync or {"broadcast_buffers": False}
-        self._G = DDP(self.generator, device_ids=device_ids, process_group=process_group, **kw)
-        self._D = DDP(self.discriminator, device_ids=device_ids, process_group=process_group, **kw)
+        keep: dict[str, Any] = {"broadcast_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DDP).parameters:
+            keep = {"forward_sync_buffers": False}
+        self._G = DDP(self.generator, device_ids=device_ids, process_group=process_group, **keep)
+        self._D = DDP(self.discriminator, device_ids=device_ids, process_group=process_group, **keep)
         self._compile_wrappers()
 
     def _autocast(self):
@@ -458,7 +459,9 @@ class GauGANTrainer:
         if first_bad >= 0 or in_a_row >= MAX_SKIPPED_IN_A_ROW:
             self._counters.clear_halt()  # reported: a caller that goes on starts from the last good weights
             bad = [f"{k}={v}" for k, v in losses.items() if not math.isfinite(v)]
-            where = f"step {first_bad}" if first_bad >= 0 else f"{in_a_row} fp16 steps in a row up to step {self.step + 1}"
+            where = (
+                f"step {first_bad}" if first_bad >= 0 else f"{in_a_row} fp16 steps in a row up to step {self.step + 1}"
+            )
             now = f": {', '.join(bad)}" if bad else f" (found at step {self.step + 1})"
             raise NonFiniteLossError(
                 f"non-finite loss at {where}{now}; no update was applied from then on, the weights are those "

@@ -54,7 +54,8 @@ class TrainingLoop:
 
     def run(self, loader, start_step: int) -> dict:
         """Train from ``start_step`` to ``train.max_steps``; returns the metrics of the session."""
-        t, step, last = self.settings, start_step, {}
+        t, step = self.settings, start_step
+        last: dict = {}
         progress = Progress(t.max_steps, "train", every=t.log_every, initial=start_step, enabled=self.ctx.is_main)
         window = _Window(t.batch_size)
         started = time.perf_counter()
