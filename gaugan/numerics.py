@@ -45,3 +45,6 @@ def set_deterministic(deterministic: bool) -> None:
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # not the NaN-filling of new tensors that comes with it: a debugging aid that costs a memset
+    # per allocation and changes no result of correct code
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]

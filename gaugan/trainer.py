@@ -582,9 +582,8 @@ class _StepCounters:
         self.values = torch.stack([v[0] + okl, v[1] + 1 - okl, (v[2] + 1) * (1 - okl), first_bad])
 
     def clear_halt(self) -> None:
-        self.values = self.values * torch.tensor([1, 1, 0, 0], device=self.values.device) + torch.tensor(
-            [0, 0, 0, -1], device=self.values.device
-        )
+        v = self.values
+        self.values = torch.stack([v[0], v[1], torch.zeros_like(v[2]), torch.full_like(v[3], -1)])
 
     def stacked(self) -> torch.Tensor:
         return self.values[1:].double()

@@ -296,6 +296,7 @@ def test_deterministic_switches():
         numerics.set_deterministic(True)
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
         assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert not torch.utils.deterministic.fill_uninitialized_memory  # no memset per allocation
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
         torch.use_deterministic_algorithms(saved_algos[0], warn_only=saved_algos[1])
