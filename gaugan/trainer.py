@@ -348,26 +348,27 @@ class GauGANTrainer:
                     stack.enter_context(wrapped.no_sync())
         return stack
 
-    def _apply(
-        self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ok: torch.Tensor | None = None
-    ) -> None:
+    def _apply(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        scaler.step(optimizer)
+        scaler.update()
+
+    def _apply_where(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ok: torch.Tensor) -> None:
         """The optimizer step, applied only where ``ok`` (a device bool) holds, without a host sync:
         fp16 makes the scaler see an inf (it skips and lowers its scale); otherwise the fused Adam
         gets ``found_inf`` (the GradScaler contract: no update, its step count kept)."""
-        if ok is not None and scaler.is_enabled():
+        if scaler.is_enabled():
             _poison_first_grad(optimizer, ok)
-        elif ok is not None and self.fused:
+            self._apply(optimizer, scaler)
+        elif not self.fused:  # an optimizer without found_inf: ask the device (a sync)
+            if bool(ok):
+                self._apply(optimizer, scaler)
+        else:
             optimizer.found_inf = (~ok).float().reshape(())  # type: ignore[attr-defined]
             optimizer.grad_scale = None  # type: ignore[attr-defined]
-        elif ok is not None and not bool(ok):  # an optimizer without found_inf: ask the device
-            return
-        try:
-            scaler.step(optimizer)
-        finally:
-            for name in ("found_inf", "grad_scale"):
-                if hasattr(optimizer, name) and not scaler.is_enabled():
-                    delattr(optimizer, name)
-        scaler.update()
+            try:
+                self._apply(optimizer, scaler)
+            finally:
+                del optimizer.found_inf, optimizer.grad_scale  # type: ignore[attr-defined]
 
     def _step_ok(self, losses: dict[str, torch.Tensor], optimizers: list[torch.optim.Optimizer]) -> torch.Tensor:
         """A device bool, the same on every rank: may this step's updates be applied? No when a loss is
@@ -424,15 +425,15 @@ class GauGANTrainer:
             step_losses = _mean_losses(self._passes(chunks, g=g_turn, d=True))
             ok = self._step_ok(step_losses, [self.opt_G, self.opt_D] if g_turn else [self.opt_D])
             if g_turn:
-                self._apply(self.opt_G, self.scaler_G, ok)
+                self._apply_where(self.opt_G, self.scaler_G, ok)
         else:
             step_losses = _mean_losses(self._passes(chunks, g=True, d=False))
             ok = self._step_ok(step_losses, [self.opt_G])
-            self._apply(self.opt_G, self.scaler_G, ok)
+            self._apply_where(self.opt_G, self.scaler_G, ok)
             d_losses = _mean_losses(self._passes(chunks, g=False, d=True))
             ok = ok & self._step_ok(d_losses, [self.opt_D])
             step_losses.update(d_losses)
-        self._apply(self.opt_D, self.scaler_D, ok)
+        self._apply_where(self.opt_D, self.scaler_D, ok)
         if g_turn:
             self._update_ema(ok)
         self._counters.count(ok, self.step + 1, halt=not self.scaler_G.is_enabled())

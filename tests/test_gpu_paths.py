@@ -395,3 +395,26 @@ def test_real_feature_cache_key_holds_device_and_arithmetic(monkeypatch):
         assert gpu.key.endswith("-cuda-NVIDIA_H200-tf32")
     finally:
         torch.backends.cudnn.allow_tf32 = saved
+
+
+# ------------------------------------------------------------------------------------ the GPU check script
+def test_gpu_paths_check_runs_with_torch_and_numpy_only():
+    """bench/gpu_paths_check.py on a machine without the pipeline's extras (reduced CPU mode, a few rows)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    checks = ["precision_auto", "fp16_skipped_step", "resume_placement", "uint8_batch", "nccl_1rank"]
+    code = (
+        "import runpy, sys\n"
+        "for m in ('pydantic', 'mlflow', 'albumentations', 'yaml', 'typer', 'prefect', 'dvc'):\n"
+        "    sys.modules[m] = None\n"
+        f"sys.argv = ['gpu_paths_check.py', '--cpu', '--rows-only', '--only', '{','.join(checks)}']\n"
+        "runpy.run_path('bench/gpu_paths_check.py', run_name='__main__')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert [r[0][2:] for r in rows] == checks
+    assert [r[1] for r in rows] == ["ok", "ok", "ok", "ok", "skip"]
