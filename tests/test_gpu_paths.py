@@ -187,7 +187,7 @@ def test_the_training_loop_reads_once_per_logged_step(sync_counter, monkeypatch)
     cfg = tiny()
     torch.manual_seed(0)
     trainer = GauGANTrainer(cfg, opts())
-    t = {"max_steps": 7, "log_every": 3, "checkpoint_every": 100, "sample_every": 100, "batch_size": 2}
+    t = {"max_steps": 5, "log_every": 2, "checkpoint_every": 100, "sample_every": 100, "batch_size": 2}
     settings = type("S", (), t)()
     loop = TrainingLoop(trainer, DistContext(1, 2, 1, torch.device("cpu"), None), settings, 0, None, None, None, "")
     reads = []
@@ -195,8 +195,8 @@ def test_the_training_loop_reads_once_per_logged_step(sync_counter, monkeypatch)
     monkeypatch.setattr(trainer, "_read", lambda losses: reads.append(trainer.step + 1) or original(losses))
     monkeypatch.setattr(loop, "checkpoint", lambda step: None)
     sync_counter.clear()
-    loop.run([batch_for(cfg, seed=s) for s in range(7)], 0)
-    assert reads == [3, 6, 7]
+    loop.run([batch_for(cfg, seed=s) for s in range(5)], 0)
+    assert reads == [2, 4, 5]
     assert sync_counter.count("tolist") == 3 and len(sync_counter) <= 3 + 1  # + the first step's set-up
 
 
@@ -404,7 +404,7 @@ def test_gpu_paths_check_runs_with_torch_and_numpy_only():
     import sys
     from pathlib import Path
 
-    checks = ["precision_auto", "fp16_skipped_step", "resume_placement", "uint8_batch", "nccl_1rank"]
+    checks = ["precision_auto", "resume_placement", "uint8_batch", "nccl_1rank"]
     code = (
         "import runpy, sys\n"
         "for m in ('pydantic', 'mlflow', 'albumentations', 'yaml', 'typer', 'prefect', 'dvc'):\n"
@@ -417,4 +417,4 @@ def test_gpu_paths_check_runs_with_torch_and_numpy_only():
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert [r[0][2:] for r in rows] == checks
-    assert [r[1] for r in rows] == ["ok", "ok", "ok", "ok", "skip"]
+    assert [r[1] for r in rows] == ["ok", "ok", "ok", "skip"]
