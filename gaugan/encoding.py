@@ -9,13 +9,20 @@ from gaugan.errors import InputError
 
 
 def encode_labels(
-    label: torch.Tensor, label_nc: int, contain_dontcare_label: bool, edges: torch.Tensor | None = None
+    label: torch.Tensor,
+    label_nc: int,
+    contain_dontcare_label: bool,
+    edges: torch.Tensor | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """``label`` int [B,H,W] (or [B,1,H,W]) -> float [B, label_nc (+1 dontcare) (+1 edge), H, W].
 
     Value ``c`` sets channel ``c``; 255 sets the dontcare channel (index ``label_nc``) when the
     model has one. Any other value is an InputError naming it: silently clamping would train on
     wrong classes. ``edges`` float [B,1,H,W] (1 on instance boundaries) becomes the last channel.
+    ``check=False`` skips the range check, which waits for the device (the training step's maps
+    come from a prepared dataset whose values were checked when it was written); an out-of-range
+    value then fails inside ``scatter_`` (an index error on CPU, a device-side assert on CUDA).
     """
     if label.dim() == 4 and label.shape[1] == 1:
         label = label[:, 0]
@@ -28,8 +35,8 @@ def encode_labels(
     index = label
     if contain_dontcare_label:
         index = torch.where(label == DONTCARE, torch.full_like(label, label_nc), label)
-    bad = (index < 0) | (index >= nc)
-    if bool(bad.any()):
+    bad = (index < 0) | (index >= nc) if check else None
+    if bad is not None and bool(bad.any()):
         values = sorted(set(label[bad].unique()[:5].tolist()))
         allowed = f"0..{label_nc - 1}" + (f" or {DONTCARE} (dontcare)" if contain_dontcare_label else "")
         raise InputError(

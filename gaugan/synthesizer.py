@@ -23,6 +23,7 @@ from gaugan.config import GauGANConfig, size_hw
 from gaugan.edges import instance_edges_torch
 from gaugan.encoding import encode_labels
 from gaugan.errors import InputError
+from gaugan.numerics import autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class Synthesizer:
 
     ``synth.synthesize(labels, ...)`` -> uint8 [B,H,W,3] at the labels' size;
     ``synth(labels, ...)`` -> float [B,3,H,W] in [-1, 1] at the labels' size, which must fit the
-    generator. Both: no grad, batched, autocast (bf16, else fp16) on GPU.
+    generator. Both: no grad, batched, autocast (native bf16, else fp16) on GPU.
     """
 
     def __init__(
@@ -165,9 +166,9 @@ class Synthesizer:
 
     # ------------------------------------------------------------------ generation
     def _autocast(self):
-        if self.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
+        dtype = autocast_dtype(self.device)  # bf16 where the GPU has it natively, else fp16
+        if dtype is not None:
+            return torch.autocast(self.device.type, dtype=dtype)
         return torch.autocast(self.device.type, enabled=False)
 
     @torch.no_grad()

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -122,8 +124,9 @@ class GeneratorModel(nn.Module):
 
 
 class GauGANTrainer:
-    """``train_step(batch)`` -> losses. Batch: ``label`` long [B,H,W] (255 = dontcare), ``image``
-    float [B,3,H,W] in [-1, 1], ``edge`` float [B,1,H,W] when the model uses instance edges."""
+    """``train_step(batch)`` -> losses. Batch: ``label`` integer [B,H,W] (255 = dontcare), ``image``
+    float [B,3,H,W] in [-1, 1] or uint8 [B,3,H,W], ``edge`` float [B,1,H,W] (or uint8, 255 on
+    boundaries) when the model uses instance edges; uint8 is converted on the trainer's device."""
 
     def __init__(self, config: GauGANConfig, options: TrainOptions | None = None, device: torch.device | str = "cpu"):
         self.config = config
@@ -151,13 +154,16 @@ class GauGANTrainer:
         lr_G, lr_D = (options.lr / 2, options.lr * 2) if options.ttur else (options.lr, options.lr)
         betas = (options.beta1, options.beta2)
         self.base_lr = {"G": lr_G, "D": lr_D}
-        fused = self.device.type in ("cuda", "cpu")  # one kernel per step instead of a loop over tensors
-        self.opt_G = torch.optim.Adam(self.generator.parameters(), lr=lr_G, betas=betas, fused=fused)
-        self.opt_D = torch.optim.Adam(self.discriminator.parameters(), lr=lr_D, betas=betas, fused=fused)
+        # fused: one kernel per step, and it skips a step on the device (found_inf) without a sync;
+        # the learning rates are device tensors for the same reason (the schedule follows applied steps)
+        self.fused = self.device.type in ("cuda", "cpu")
+        self.opt_G = torch.optim.Adam(self.generator.parameters(), lr=self._lr(lr_G), betas=betas, fused=self.fused)
+        self.opt_D = torch.optim.Adam(self.discriminator.parameters(), lr=self._lr(lr_D), betas=betas, fused=self.fused)
         fp16 = options.precision == "fp16"
         self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.scaler_D = torch.amp.GradScaler(self.device.type, enabled=fp16)
-        self.step = 0
+        self.step = 0  # steps taken (batches consumed), applied or skipped
+        self._counters = _StepCounters(self.device)
         self.hooks: list[Callable[[int, dict], None]] = []
         # what the steps call; distribute() and compile swap in wrapped versions
         self._G: nn.Module | Callable[..., Any] = self.generator
@@ -176,6 +182,9 @@ class GauGANTrainer:
     @property
     def netD(self) -> MultiscaleDiscriminator:
         return cast(MultiscaleDiscriminator, _unwrap(self.discriminator))
+
+    def _lr(self, value: float) -> float | torch.Tensor:
+        return torch.tensor(value, dtype=torch.float32, device=self.device) if self.fused else value
 
     def _compile_wrappers(self) -> None:
         if self.options.compile:
@@ -200,8 +209,15 @@ class GauGANTrainer:
                 device_ids = [self.device.index]
         else:
             device_ids = None
-        self._G = DDP(self.generator, device_ids=device_ids, process_group=process_group)
-        self._D = DDP(self.discriminator, device_ids=device_ids, process_group=process_group)
+        # no buffer broadcast: every rank's buffers are identical by construction (same seed, same
+        # weights: spectral norm's power iteration gives the same u/v everywhere; SyncBatchNorm's
+        # statistics are global); on CPU each rank's BatchNorm statistics are its own either way.
+        # Newer torch: forward_sync_buffers (buffers still synced once, at construction)
+        keep: dict[str, Any] = {"broadcast_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DDP).parameters:
+            keep = {"forward_sync_buffers": False}
+        self._G = DDP(self.generator, device_ids=device_ids, process_group=process_group, **keep)
+        self._D = DDP(self.discriminator, device_ids=device_ids, process_group=process_group, **keep)
         self._compile_wrappers()
 
     def _autocast(self):
@@ -215,13 +231,17 @@ class GauGANTrainer:
         if self.config.use_instance and edges is None:
             raise InputError("the model uses instance edges (use_instance) but the batch has no 'edge' tensor")
         nb = self.device.type == "cuda"
+        if edges is not None and edges.dtype == torch.uint8:  # the loader's 0/255 edges, converted here
+            edges = edges.to(self.device, non_blocking=nb).float().div_(255.0)
         semantics = encode_labels(
             batch["label"].to(self.device, non_blocking=nb),
             self.config.label_nc,
             self.config.contain_dontcare_label,
             edges.to(self.device, non_blocking=nb) if edges is not None else None,
+            check=False,  # no host sync per step: the loader's maps are checked when the dataset is prepared
         )
-        image = batch["image"].to(self.device, non_blocking=nb).float()
+        image = batch["image"].to(self.device, non_blocking=nb)
+        image = image.float().div_(127.5).sub_(1.0) if image.dtype == torch.uint8 else image.float()
         if self.options.channels_last:
             semantics = semantics.contiguous(memory_format=torch.channels_last)
             image = image.contiguous(memory_format=torch.channels_last)
@@ -332,6 +352,39 @@ class GauGANTrainer:
         scaler.step(optimizer)
         scaler.update()
 
+    def _apply_where(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ok: torch.Tensor) -> None:
+        """The optimizer step, applied only where ``ok`` (a device bool) holds, without a host sync:
+        fp16 makes the scaler see an inf (it skips and lowers its scale); otherwise the fused Adam
+        gets ``found_inf`` (the GradScaler contract: no update, its step count kept)."""
+        if scaler.is_enabled():
+            _poison_first_grad(optimizer, ok)
+            self._apply(optimizer, scaler)
+        elif not self.fused:  # an optimizer without found_inf: ask the device (a sync)
+            if bool(ok):
+                self._apply(optimizer, scaler)
+        else:
+            optimizer.found_inf = (~ok).float().reshape(())  # type: ignore[attr-defined]
+            optimizer.grad_scale = None  # type: ignore[attr-defined]
+            try:
+                self._apply(optimizer, scaler)
+            finally:
+                del optimizer.found_inf, optimizer.grad_scale  # type: ignore[attr-defined]
+
+    def _step_ok(self, losses: dict[str, torch.Tensor], optimizers: list[torch.optim.Optimizer]) -> torch.Tensor:
+        """A device bool, the same on every rank: may this step's updates be applied? No when a loss is
+        non-finite on any rank, with fp16 when a gradient overflowed, and in fp32/bf16 after a
+        non-finite loss (nothing more is applied until the caller reads the flag and stops)."""
+        values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
+        bad = ~torch.isfinite(values).all()
+        if self.scaler_G.is_enabled():  # gradients are all-reduced: the same answer on every rank
+            grads = [p.grad for o in optimizers for g in o.param_groups for p in g["params"] if p.grad is not None]
+            bad = bad | ~torch.isfinite(torch.nn.utils.get_total_norm(grads, float("inf")))
+        flag = bad.float().reshape(1)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank skips or stops at the same step
+        ok = flag[0] == 0
+        return ok if self.scaler_G.is_enabled() else ok & ~self._counters.halted()
+
     # ------------------------------------------------------------------ public steps
     def generator_step(self, batch: dict) -> tuple[dict[str, float], torch.Tensor]:
         """One G (+E) update; returns the losses and the detached fake for :meth:`discriminator_step`."""
@@ -351,13 +404,18 @@ class GauGANTrainer:
         self._apply(self.opt_D, self.scaler_D)
         return {k: v.item() for k, v in losses.items()}
 
-    def train_step(self, batch: dict) -> dict[str, float]:
+    def train_step(self, batch: dict, read: bool = True) -> dict:
         """G step (every ``d_steps_per_g`` steps), D step, EMA, learning-rate schedule, step + 1, hooks.
 
         ``d_fake: reuse``: D learns on the images of G's step, and both updates are applied once both
         losses are known finite. ``regenerate`` (the reference's order): G is updated first, then D
         learns on images of the updated G. With ``accumulation`` k, the batch is split into k
         micro-batches whose gradients add up (each weighted 1/k) before the optimizer steps.
+
+        A step whose losses are not all finite (on any rank), or whose fp16 gradients overflowed, is
+        skipped everywhere: no G or D update, no EMA update, no learning-rate step; it is counted in
+        ``skipped_steps``. ``read=False``: the losses stay 0-d device tensors and nothing waits for
+        the device (no host sync); a later ``read=True`` step reports (and stops on) what happened.
         """
         chunks = self._micro_batches(batch)
         g_turn = self.step % self.options.d_steps_per_g == 0
@@ -365,27 +423,52 @@ class GauGANTrainer:
         self.opt_D.zero_grad(set_to_none=True)
         if self.options.d_fake == "reuse" or not g_turn:
             step_losses = _mean_losses(self._passes(chunks, g=g_turn, d=True))
-            self._check_finite(step_losses)
+            ok = self._step_ok(step_losses, [self.opt_G, self.opt_D] if g_turn else [self.opt_D])
             if g_turn:
-                self._apply(self.opt_G, self.scaler_G)
+                self._apply_where(self.opt_G, self.scaler_G, ok)
         else:
             step_losses = _mean_losses(self._passes(chunks, g=True, d=False))
-            self._check_finite(step_losses)
-            self._apply(self.opt_G, self.scaler_G)
+            ok = self._step_ok(step_losses, [self.opt_G])
+            self._apply_where(self.opt_G, self.scaler_G, ok)
             d_losses = _mean_losses(self._passes(chunks, g=False, d=True))
-            self._check_finite(d_losses)
+            ok = ok & self._step_ok(d_losses, [self.opt_D])
             step_losses.update(d_losses)
-        self._apply(self.opt_D, self.scaler_D)
+        self._apply_where(self.opt_D, self.scaler_D, ok)
         if g_turn:
-            self._update_ema()
+            self._update_ema(ok)
+        self._counters.count(ok, self.step + 1, halt=not self.scaler_G.is_enabled())
+        losses: dict = dict(step_losses)
+        if read:
+            losses = self._read(step_losses)  # raises before the step counts when it was not applied
         self.step += 1
         self._apply_lr_schedule()
-        losses = {k: v.item() for k, v in step_losses.items()}
-        losses["lr_G"] = self.opt_G.param_groups[0]["lr"]
-        losses["lr_D"] = self.opt_D.param_groups[0]["lr"]
         for hook in self.hooks:
             hook(self.step, losses)
         return losses
+
+    def _read(self, step_losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The step's losses, learning rates and skip counts as numbers: the one host sync of a step
+        that is read. Raises NonFiniteLossError when updates were stopped by a non-finite loss (fp32,
+        bf16) or when fp16 skipped ``MAX_SKIPPED_IN_A_ROW`` steps in a row."""
+        lrs = [self._lr_factor_t() * self.base_lr[k] for k in ("G", "D")]
+        parts = [v.detach().double().reshape(1) for v in step_losses.values()]
+        parts += [torch.as_tensor(v, device=self.device).double().reshape(1) for v in lrs]
+        values = torch.cat([*parts, self._counters.stacked()]).tolist()  # the sync
+        n = len(step_losses)
+        losses = dict(zip(step_losses, values[:n], strict=True))
+        skipped, in_a_row, first_bad = (int(v) for v in values[n + 2 :])
+        if first_bad >= 0 or in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            self._counters.clear_halt()  # reported: a caller that goes on starts from the last good weights
+            bad = [f"{k}={v}" for k, v in losses.items() if not math.isfinite(v)]
+            where = (
+                f"step {first_bad}" if first_bad >= 0 else f"{in_a_row} fp16 steps in a row up to step {self.step + 1}"
+            )
+            now = f": {', '.join(bad)}" if bad else f" (found at step {self.step + 1})"
+            raise NonFiniteLossError(
+                f"non-finite loss at {where}{now}; no update was applied from then on, the weights are those "
+                "of the last good step"
+            )
+        return {**losses, "lr_G": values[n], "lr_D": values[n + 1], "skipped_steps": float(skipped)}
 
     # ------------------------------------------------------------------ schedule and EMA
     def lr_factor(self, step: int) -> float:
@@ -395,15 +478,28 @@ class GauGANTrainer:
             return 1.0
         return max(0.0, 1.0 - (step - start) / (total - start))
 
+    def _lr_factor_t(self) -> torch.Tensor:
+        """:meth:`lr_factor` of the applied steps, on the device (skipped steps do not advance it)."""
+        start, total = self.options.decay_start_step, self.options.total_steps
+        applied = self._counters.applied.float()
+        if start is None or total <= start:
+            return torch.ones_like(applied)
+        return (1.0 - (applied - start) / (total - start)).clamp(0.0, 1.0)
+
     def _apply_lr_schedule(self) -> None:
-        factor = self.lr_factor(self.step)
-        for group in self.opt_G.param_groups:
-            group["lr"] = self.base_lr["G"] * factor
-        for group in self.opt_D.param_groups:
-            group["lr"] = self.base_lr["D"] * factor
+        factor = self._lr_factor_t()
+        for optimizer, key in ((self.opt_G, "G"), (self.opt_D, "D")):
+            for group in optimizer.param_groups:
+                if not self.fused:
+                    group["lr"] = self.base_lr[key] * float(factor)
+                elif torch.is_tensor(group["lr"]) and group["lr"].device == self.device:
+                    group["lr"].copy_(factor * self.base_lr[key])
+                else:  # loaded from a checkpoint (a CPU tensor, or a number)
+                    group["lr"] = (factor * self.base_lr[key]).to(torch.float32)
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
+    def _update_ema(self, ok: torch.Tensor) -> None:
+        """ema += (1 - decay) * (live - ema) where ``ok`` (a device bool), else nothing; no host sync."""
         if self.ema is None:
             return
         live = _unwrap(self.generator)
@@ -411,9 +507,11 @@ class GauGANTrainer:
         assert decay is not None  # self.ema exists only when ema_decay is set
         ema_params: list[torch.Tensor] = list(self.ema.parameters())
         live_params = [p.detach() for p in live.parameters()]
-        torch._foreach_lerp_(ema_params, live_params, 1.0 - decay)
+        delta = torch._foreach_sub(live_params, ema_params)
+        torch._foreach_mul_(delta, ok.float() * (1.0 - decay))
+        torch._foreach_add_(ema_params, delta)
         for b_ema, b_live in zip(self.ema.buffers(), live.buffers(), strict=True):
-            b_ema.copy_(b_live)  # BN statistics and spectral-norm vectors follow the live network
+            b_ema.copy_(torch.where(ok, b_live, b_ema))  # BN statistics and spectral-norm vectors follow G
 
     # ------------------------------------------------------------------ state
     def inference_generator(self) -> tuple[SPADEGenerator, ConvEncoder | None]:
@@ -439,6 +537,7 @@ class GauGANTrainer:
             "scaler_G": self.scaler_G.state_dict(),
             "scaler_D": self.scaler_D.state_dict(),
             "step": self.step,
+            "counters": self._counters.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -456,7 +555,58 @@ class GauGANTrainer:
             # a state saved without EMA starts the average from the loaded weights
             self.ema.load_state_dict(state.get("ema") or _unwrap(self.generator).state_dict())
         self.step = int(state["step"])
+        self._counters.load_state_dict(state.get("counters") or {"applied": self.step})
         self._apply_lr_schedule()
+
+
+MAX_SKIPPED_IN_A_ROW = 50  # fp16 steps skipped one after the other: no scale is that wrong, the run diverged
+
+
+class _StepCounters:
+    """Device-side step bookkeeping, read only when the caller reads a step: updates applied, steps
+    skipped (in all, and in a row), and the first step stopped by a non-finite loss (-1: none)."""
+
+    def __init__(self, device: torch.device):
+        self.values = torch.tensor([0, 0, 0, -1], dtype=torch.int64, device=device)
+
+    @property
+    def applied(self) -> torch.Tensor:
+        return self.values[0]
+
+    def halted(self) -> torch.Tensor:
+        return self.values[3] >= 0
+
+    def count(self, ok: torch.Tensor, step_number: int, halt: bool) -> None:
+        """``halt`` (fp32, bf16): a step not applied stops the updates; fp16 skips it and goes on."""
+        v, okl = self.values, ok.long()
+        first_bad = torch.where((v[3] < 0) & ~ok, step_number, v[3]) if halt else v[3]
+        self.values = torch.stack([v[0] + okl, v[1] + 1 - okl, (v[2] + 1) * (1 - okl), first_bad])
+
+    def clear_halt(self) -> None:
+        v = self.values
+        self.values = torch.stack([v[0], v[1], torch.zeros_like(v[2]), torch.full_like(v[3], -1)])
+
+    def stacked(self) -> torch.Tensor:
+        return self.values[1:].double()
+
+    def state_dict(self) -> dict:
+        applied, skipped, in_a_row, first_bad = self.values.tolist()
+        return {"applied": applied, "skipped": skipped, "in_a_row": in_a_row, "first_bad": first_bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        keys = ("applied", "skipped", "in_a_row", "first_bad")
+        defaults = {"applied": 0, "skipped": 0, "in_a_row": 0, "first_bad": -1}
+        self.values = torch.tensor([int(state.get(k, defaults[k])) for k in keys], device=self.values.device)
+
+
+def _poison_first_grad(optimizer: torch.optim.Optimizer, ok: torch.Tensor) -> None:
+    """One gradient element becomes NaN where ``ok`` is false: the GradScaler then skips the step
+    (on the device, no sync) and lowers its scale."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                p.grad[(0,) * p.grad.dim()].mul_(torch.where(ok, 1.0, float("nan")).to(p.grad.dtype))
+                return
 
 
 def _mean_losses(parts: list[dict]) -> dict[str, torch.Tensor]:

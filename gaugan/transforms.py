@@ -111,14 +111,16 @@ class PairTransform:
     """Turns a prepared-dataset sample into model tensors.
 
     Output: ``image`` float [3,H,W] in [-1, 1], ``label`` int64 [H,W], and when instance maps are
-    used, ``edge`` float [1,H,W] (1 on instance boundaries). A crop window larger than the resized
+    used, ``edge`` float [1,H,W] (1 on instance boundaries). ``uint8``: ``image`` uint8 [3,H,W] and
+    ``edge`` uint8 (255 on boundaries), for the trainer to convert on its device. A crop window larger than the resized
     image is padded: black image, dontcare label, no instance (the reference pads with zeros, i.e.
     class 0; here padding is never trained as a class).
     """
 
-    def __init__(self, geometry: Geometry, use_instance: bool):
+    def __init__(self, geometry: Geometry, use_instance: bool, uint8: bool = False):
         self.geometry = geometry
         self.use_instance = use_instance
+        self.uint8 = uint8  # image and edge stay uint8 (edge 0/255): a quarter of the bytes to the GPU
 
     def __call__(self, sample: dict, seed: int) -> dict:
         g, rng = self.geometry, np.random.default_rng(seed)
@@ -136,9 +138,11 @@ class PairTransform:
         if g.flip and rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
             instance = instance[:, ::-1] if instance is not None else None
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        tensor = tensor.contiguous() if self.uint8 else tensor.float().div_(127.5).sub_(1.0)
         result = {"id": sample["id"], "image": tensor, "label": torch.from_numpy(np.ascontiguousarray(label))}
         if instance is not None:
             edge = instance_edges(np.ascontiguousarray(instance))
-            result["edge"] = torch.from_numpy(edge).float().div_(255.0).unsqueeze(0)
+            edge_t = torch.from_numpy(edge).unsqueeze(0)
+            result["edge"] = edge_t if self.uint8 else edge_t.float().div_(255.0)
         return result

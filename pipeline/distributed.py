@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar, cast
 
 import torch
@@ -44,8 +45,11 @@ def pick_device(preference: str, local_rank: int = 0, key: str = "train.device")
     return torch.device("cpu")
 
 
-def init_distributed(device_preference: str = "auto") -> DistContext:
-    """Reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); plain ``python`` is world 1."""
+def init_distributed(device_preference: str = "auto", timeout_s: int = 1800) -> DistContext:
+    """Reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); plain ``python`` is world 1.
+
+    NCCL gets the process's GPU (``device_id``: the communicator is made at once, on the right GPU);
+    ``timeout_s`` bounds every collective (``train.dist_timeout_s``)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -56,7 +60,11 @@ def init_distributed(device_preference: str = "auto") -> DistContext:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(
+            backend=backend,
+            timeout=timedelta(seconds=timeout_s),
+            device_id=device if backend == "nccl" else None,
+        )
     return DistContext(rank, world_size, local_rank, device, backend)
 
 

@@ -115,7 +115,9 @@ class TrainSettings(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     channels_last: Literal["auto", "on", "off"]
     compile: bool
+    deterministic: bool
     device: Device
+    dist_timeout_s: int = Field(ge=1)
     num_workers: int = Field(ge=0)
     checkpoint_every: int = Field(ge=1)
     log_every: int = Field(ge=1)

@@ -223,11 +223,11 @@ def test_killed_run_resumes_to_the_same_weights(prepared, tmp_path, monkeypatch)
     original = GauGANTrainer.train_step
     calls = {"n": 0}
 
-    def dies_at_step_3(self, batch):
+    def dies_at_step_3(self, batch, read=True):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt("simulated kill")
-        return original(self, batch)
+        return original(self, batch, read)
 
     monkeypatch.setattr(GauGANTrainer, "train_step", dies_at_step_3)
     with pytest.raises(KeyboardInterrupt):
@@ -285,11 +285,11 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(prepa
     original = GauGANTrainer.train_step
     calls = {"n": 0}
 
-    def nan_at_step_3(self, batch):
+    def nan_at_step_3(self, batch, read=True):
         calls["n"] += 1
         if calls["n"] == 3:
             raise NonFiniteLossError("G_GAN is nan at step 3")
-        return original(self, batch)
+        return original(self, batch, read)
 
     monkeypatch.setattr(GauGANTrainer, "train_step", nan_at_step_3)
     with pytest.raises(TrainError, match=r"G_GAN is nan at step 3.*last good checkpoint is kept"):

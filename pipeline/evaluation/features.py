@@ -63,9 +63,21 @@ class FeatureBackbone:
 
     @property
     def key(self) -> str:
-        """Identifies the features (for caching real-image features)."""
+        """Identifies the features (for caching real-image features), with where and how they are
+        computed: CPU features never meet GPU ones, nor TF32 ones full-float32 ones."""
         i = self.info
-        return f"{i['name']}-{i['feature_dim']}-{i.get('weights_sha256') or 'noweights'}-{i['resize']}"
+        return f"{i['name']}-{i['feature_dim']}-{i.get('weights_sha256') or 'noweights'}-{i['resize']}-{self.numerics}"
+
+    @property
+    def numerics(self) -> str:
+        """The extractor's device kind and arithmetic: ``cpu-fp32``, ``cuda-<GPU name>-fp32`` (TF32 off,
+        as evaluate runs it) or ``...-tf32`` when TF32 is on while the key is taken."""
+        param = next(self.module.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        if device.type != "cuda":
+            return f"{device.type}-fp32"
+        tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+        return f"cuda-{torch.cuda.get_device_name(device).replace(' ', '_')}-{'tf32' if tf32 else 'fp32'}"
 
     @torch.no_grad()
     def extract(self, images_uint8: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:

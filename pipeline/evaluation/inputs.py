@@ -17,6 +17,7 @@ import torch
 from gaugan.classes import ClassTable
 from gaugan.config import size_hw
 from gaugan.data import PreparedDataset, dataset_id, split_size
+from gaugan.numerics import auto_precision
 from gaugan.synthesizer import Synthesizer
 from pipeline.distributed import pick_device
 from pipeline.errors import EvaluationError, MissingInputError
@@ -110,11 +111,9 @@ def scored_ignore(ignore: list[int], segmenter: Segmenter) -> list[int]:
 
 
 def precision_record(device: torch.device) -> dict:
-    """Device and numeric modes of each part: the generator autocasts on GPU (bf16, else fp16)."""
+    """Device and numeric modes of each part: the generator autocasts on GPU (native bf16, else fp16)."""
     cuda = device.type == "cuda"
-    generator = "fp32"
-    if cuda:
-        generator = "bf16-autocast" if torch.cuda.is_bf16_supported() else "fp16-autocast"
+    generator = "fp32" if not cuda else f"{auto_precision(device)}-autocast"
     return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",

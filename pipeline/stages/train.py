@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gaugan.classes import ClassTable
 from gaugan.data import dataset_id
+from gaugan.numerics import set_deterministic
 from pipeline.distributed import init_distributed, shutdown
 from pipeline.params import Params, scoped
 from pipeline.training.checkpoints import CheckpointStore
@@ -42,7 +43,8 @@ def run(params: Params, root: Path = Path("."), resume: str = "auto") -> dict:
     root, t = Path(root), params.train
     data_root = root / params.data.out
     classes = ClassTable.load(data_root)
-    ctx = init_distributed(t.device)
+    set_deterministic(t.deterministic)
+    ctx = init_distributed(t.device, t.dist_timeout_s)
     try:
         check_tracking(params, root, ctx)
         check_settings(params, classes, ctx.world_size, data_root)
@@ -57,9 +59,11 @@ def run(params: Params, root: Path = Path("."), resume: str = "auto") -> dict:
         if ctx.is_main:
             start_tracking(loop, params, root, dataset, run_id, start_step)
         metrics = loop.run(loader, start_step)
+        # every rank is done with collectives here: rank 0's saving and upload may take longer than
+        # dist_timeout_s without failing the others, who leave without waiting for it
+        ctx.barrier()
         if ctx.is_main:
             write_outputs(loop, params, root, metrics)
-        ctx.barrier()
         return metrics
     finally:
         shutdown(ctx)

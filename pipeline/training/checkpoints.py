@@ -15,7 +15,19 @@ import torch
 
 from pipeline.io import atomic_path, atomic_write_text
 
-LOSS_COLUMNS = ["step", "G_GAN", "G_GAN_Feat", "G_VGG", "KLD", "D_Fake", "D_real", "lr_G", "lr_D", "images_per_sec"]
+LOSS_COLUMNS = [
+    "step",
+    "G_GAN",
+    "G_GAN_Feat",
+    "G_VGG",
+    "KLD",
+    "D_Fake",
+    "D_real",
+    "lr_G",
+    "lr_D",
+    "skipped_steps",
+    "images_per_sec",
+]
 
 
 class CheckpointStore:

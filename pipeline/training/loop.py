@@ -54,7 +54,8 @@ class TrainingLoop:
 
     def run(self, loader, start_step: int) -> dict:
         """Train from ``start_step`` to ``train.max_steps``; returns the metrics of the session."""
-        t, step, last = self.settings, start_step, {}
+        t, step = self.settings, start_step
+        last: dict = {}
         progress = Progress(t.max_steps, "train", every=t.log_every, initial=start_step, enabled=self.ctx.is_main)
         window = _Window(t.batch_size)
         started = time.perf_counter()
@@ -64,12 +65,15 @@ class TrainingLoop:
                 batch = {
                     k: (v.to(self.ctx.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()
                 }
-                last = self.trainer.train_step(batch)
+                read = self._reads(step + 1)  # every rank reads at the same steps (a halt stops them all)
+                losses = self.trainer.train_step(batch, read=read)
                 step += 1
                 window.steps += 1
+                last = losses if read else last
                 if self.ctx.is_main:
-                    progress.update(1, **{k: v for k, v in last.items() if not k.startswith("lr")})
-                    self._record(step, last, window)
+                    shown = {k: v for k, v in losses.items() if not k.startswith("lr") and k != "skipped_steps"}
+                    progress.update(1, **(shown if read else {}))
+                    self._record(step, losses, window)
                 if step % t.checkpoint_every == 0 and step < t.max_steps:
                     self.checkpoint(step)
                     self.ctx.barrier()
@@ -88,6 +92,12 @@ class TrainingLoop:
             progress.close()
         self.checkpoint(step)
         return self._metrics(step, last, time.perf_counter() - started)
+
+    def _reads(self, step: int) -> bool:
+        """Steps whose numbers are read from the device (one host sync): logged steps, checkpoints and
+        the last; the others queue work without waiting for the GPU."""
+        t = self.settings
+        return step % t.log_every == 0 or step % t.checkpoint_every == 0 or step >= t.max_steps
 
     def _record(self, step: int, losses: dict, window: _Window) -> None:
         """Rank 0 after a step: losses every ``log_every`` steps, a sample grid every ``sample_every``."""

@@ -12,6 +12,7 @@ import torch
 
 from gaugan.classes import ClassTable
 from gaugan.config import GauGANConfig
+from gaugan.numerics import auto_precision
 from gaugan.trainer import TrainOptions
 from pipeline.errors import TrainError
 from pipeline.io import digest
@@ -30,6 +31,8 @@ RESUME_NEUTRAL_KEYS = {
     "checkpoint_dir",
     "device",
     "compile",
+    "deterministic",  # which kernels, not what they compute (GPU results differ in the last bits)
+    "dist_timeout_s",
 }
 
 
@@ -91,9 +94,7 @@ def resolve_precision(setting: str, device: torch.device) -> str:
         raise TrainError("train.precision fp16 needs a GPU; use bf16 or fp32 on CPU")
     if setting != "auto":
         return setting
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return auto_precision(device)  # bf16 only where the GPU has it natively, else fp16 (+ GradScaler)
 
 
 def train_options(params: Params, device: torch.device) -> TrainOptions:
