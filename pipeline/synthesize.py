@@ -51,7 +51,9 @@ def decode_png(data: bytes, what: str, source: str, png_only: bool = True, max_p
                 raise InputError(f"{source}: {im.width}x{im.height} is over the limit of {max_pixels} pixels")
             mode = im.mode
             arr = np.array(im.convert("RGB") if mode in ("RGBA", "LA", "CMYK", "YCbCr") else im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError:
+        raise InputError(f"{source}: not a readable image (no image format recognised: not PNG data?)") from None
+    except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, InputError):
             raise
         raise InputError(f"{source}: not a readable image ({err})") from None

@@ -5,7 +5,7 @@ const $ = (id) => document.getElementById(id);
 const S = {
   config: null, model: null, versions: {}, label: null, w: 0, h: 0, selected: 0, tool: "brush",
   undo: [], redo: [], instancePng: null, stylePng: null, genId: 0, abort: null, timer: null,
-  painting: null, last: null, images: [],
+  painting: null, last: null, images: [], done: 0,  // done: the id of the last request answered
 };
 
 // ------------------------------------------------------------------ errors and requests
@@ -70,6 +70,7 @@ async function selectModel(uri) {
   canvas.width = S.w; canvas.height = S.h;
   const scale = S.config.display_px / Math.max(S.w, S.h);
   canvas.style.width = `${Math.round(S.w * scale)}px`; canvas.style.height = `${Math.round(S.h * scale)}px`;
+  $("paint").style.maxWidth = `${Math.round(S.w * scale) + 2}px`;
   S.label = new Uint8Array(S.w * S.h).fill(model.order[0]);
   S.undo = []; S.redo = []; S.instancePng = null; S.stylePng = null;
   S.selected = model.order[0];
@@ -227,6 +228,7 @@ async function labelBase64() { return bytesToBase64(await grayPng(S.label, S.w, 
 async function generate() {
   if (!S.model) return;
   clearTimeout(S.timer);
+  S.timer = null;
   const id = ++S.genId;               // the latest request wins: older answers are dropped
   if (S.abort) S.abort.abort();
   S.abort = new AbortController();
@@ -242,10 +244,12 @@ async function generate() {
     showError("");
     showImages(out);
     $("status").textContent = `${out.width}×${out.height}, ${out.ms} ms on the server`;
+    S.done = id;
   } catch (err) {
     if (err.name === "AbortError" || id !== S.genId) return;
     $("status").textContent = "";
     showError(err.message);
+    S.done = id;
   }
 }
 
