@@ -53,10 +53,11 @@ def _register(client, uri: str, generator: Path, tags: dict, alias: str):
     import mlflow
 
     from pipeline.serving import log_generator_model
+    from pipeline.tracking import ensure_experiment
 
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("gaugan-app")
-    with mlflow.start_run() as run:
+    experiment = ensure_experiment("gaugan-app", uri)  # artifacts beside the store, not in the working folder
+    with mlflow.start_run(experiment_id=experiment) as run:
         info = log_generator_model(generator, _config(generator))
     version = client.create_model_version(NAME, source=info.model_uri, run_id=run.info.run_id, tags=tags)
     client.set_registered_model_alias(NAME, alias, version.version)
@@ -81,10 +82,12 @@ def app_registry(tmp_path_factory) -> Registry:
     (prepared / "classes.json").write_text(json.dumps(classes.to_dict()))
     (prepared / "stats.json").write_text(json.dumps({"class_pixel_frequency": {"train": FREQUENCY}}))
     gens = {
-        "1": write_tiny_generator(root / "vae.pt", classes, seed=1, crop_size=SIZE, use_vae=True, nef=4,
-                                  meta={"steps": 500}),  # fmt: skip
-        "2": write_tiny_generator(root / "plain.pt", classes, seed=2, crop_size=SIZE, use_instance=False,
-                                  meta={"steps": 300}),  # fmt: skip
+        "1": write_tiny_generator(
+            root / "vae.pt", classes, seed=1, crop_size=SIZE, use_vae=True, nef=4, meta={"steps": 500}
+        ),  # fmt: skip
+        "2": write_tiny_generator(
+            root / "plain.pt", classes, seed=2, crop_size=SIZE, use_instance=False, meta={"steps": 300}
+        ),  # fmt: skip
     }
     client = mlflow.MlflowClient(uri)
     client.create_registered_model(NAME, tags={"dataset": "toy"})

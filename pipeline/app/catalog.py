@@ -160,7 +160,7 @@ class Catalog:
                 for i, (n, c) in enumerate(zip(names, colors, strict=True))
             ],
             "order": order,
-            "frequency_source": str(self.data_root / "stats.json") if freq else None,
+            "frequency_source": str(Path(self.data_root or ".") / "stats.json") if freq else None,
         }
 
     def frequencies(self, names: list[str]) -> dict[int, float] | None:
