@@ -187,3 +187,15 @@ def test_docs_describe_the_api(app_server):
     schema = httpx.get(f"{app_server.url}/openapi.json", timeout=30).json()
     assert {"/api/models", "/api/models/{name}/{ref}", "/api/synthesize", "/api/labelmap"} <= set(schema["paths"])
     assert httpx.get(f"{app_server.url}/docs", timeout=30).status_code == 200
+
+
+def test_models_are_loaded_once_and_the_least_recently_used_dropped(app_registry):
+    from pipeline.app.catalog import Catalog
+
+    catalog = Catalog(app_registry.uri, None, "cpu", cache_size=1)
+    uri, first = catalog.get(None)
+    assert uri == CHAMPION and catalog.get(CHAMPION)[1] is first  # the default is the champion, kept
+    assert not [m for m in first.netG.modules() if m._forward_pre_hooks]  # served with spectral norm folded
+    other = catalog.get(f"models:/{NAME}/2")[1]
+    assert other is not first and list(catalog._cache) == [f"models:/{NAME}/2"]
+    assert catalog.get(CHAMPION)[1] is not first  # dropped, so loaded again

@@ -166,4 +166,11 @@ def test_paint_generate_upload_and_errors_in_a_real_browser(browser, app_server,
     assert "broken.png" in error and "not a readable image (no image format recognised" in error and "0x" not in error
     np.testing.assert_array_equal(page_labels(page), got)  # the map is untouched
     shots(page, "4-bad-upload")
+    # a model without style noise: no seed, one sample, no instance or style uploads
+    page.select_option("#model-select", f"models:/{NAME}/2")
+    page.wait_for_function("S.model.uri.endsWith('/2') && S.done === S.genId && S.timer === null")
+    assert page.is_disabled("#seed") and page.is_visible("#style-note") and page.is_hidden("#instance-wrap")
+    assert page.is_hidden("#error") and len(shown_images(page)) == 1
+    assert "FID 40.25" in page.text_content("#model-info")
+    shots(page, "5-plain-model")
     page.close()
