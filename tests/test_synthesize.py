@@ -166,7 +166,9 @@ def test_folded_spectral_norm_gives_the_eval_forwards_images(tmp_path):
     b = folded(labels, labels, style_images=style, seed=4)
     assert a.shape == (2, 3, 64, 64) and not a.is_inference()  # a normal tensor, free to change in place
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(folded.synthesize(labels, labels, seed=4), hooked.synthesize(labels, labels, seed=4))
+    pixels = folded.synthesize(labels, labels, seed=4).astype(int) - hooked.synthesize(labels, labels, seed=4)
+    assert np.abs(pixels).max() <= 1  # float rounding (channels_last convolutions) may move a value by one
+    assert folded.channels_last and folded.netG.conv_img.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_style_image_samples_and_folders(tmp_path):
