@@ -124,7 +124,9 @@ def render(synth, labels: np.ndarray, instance=None, style=None, seed: int | Non
     inst = None
     if cfg.use_instance:  # none given: the label map stands in (edges at class boundaries only)
         inst = np.repeat((labels if instance is None else instance)[None].astype(np.int64), n, axis=0)
-    images = synth.synthesize(batch, inst, style_images=style, seed=seed, batch_size=n)
+    # one image per forward: image k is then the very image that seed + k gives alone (batched
+    # convolutions may round differently)
+    images = synth.synthesize(batch, inst, style_images=style, seed=seed, batch_size=1)
     return Samples(images, seed)
 
 

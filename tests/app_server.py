@@ -70,8 +70,19 @@ def _config(generator: Path):
     return load_generator(generator).config
 
 
+# The fixtures are imported into several test modules, and pytest keeps a session fixture per module
+# that imports it: the registry and the server are made once per test session here instead.
+_SHARED: dict[str, object] = {}
+
+
 @pytest.fixture(scope="session")
 def app_registry(tmp_path_factory) -> Registry:
+    if "registry" not in _SHARED:
+        _SHARED["registry"] = build_registry(tmp_path_factory)
+    return _SHARED["registry"]  # type: ignore[return-value]
+
+
+def build_registry(tmp_path_factory) -> Registry:
     import mlflow
 
     root = tmp_path_factory.mktemp("app-registry")
@@ -99,8 +110,16 @@ def app_registry(tmp_path_factory) -> Registry:
 
 
 @pytest.fixture(scope="session")
-def app_server(app_registry, tmp_path_factory):
-    """``gaugan-pipeline app`` in its own process (its own session, ended by its pid)."""
+def app_server(app_registry, tmp_path_factory, pytestconfig) -> Server:
+    """``gaugan-pipeline app`` in its own process (its own session), ended by its pid when the tests end."""
+    if "server" not in _SHARED:
+        proc, server = start_server(app_registry, tmp_path_factory)
+        pytestconfig.add_cleanup(lambda: stop(proc))
+        _SHARED["server"] = server
+    return _SHARED["server"]  # type: ignore[return-value]
+
+
+def start_server(app_registry: Registry, tmp_path_factory) -> tuple[subprocess.Popen, Server]:
     import httpx
 
     work = tmp_path_factory.mktemp("app-server")
@@ -121,22 +140,19 @@ def app_server(app_registry, tmp_path_factory):
             cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the app exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/api/config", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the app did not answer within 180 s:\n{log.read_text()}")
-            time.sleep(0.5)
-        yield Server(url, app_registry, log)
-    finally:
-        stop(proc)
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the app exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/api/config", timeout=5).status_code == 200:
+                return proc, Server(url, app_registry, log)
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            stop(proc)
+            pytest.fail(f"the app did not answer within 180 s:\n{log.read_text()}")
+        time.sleep(0.5)
 
 
 def stop(proc: subprocess.Popen) -> None:
