@@ -124,6 +124,13 @@ def test_an_uploaded_colour_map_becomes_indices_at_the_models_size(app_server):
     body = {"image": png_b64(smudged), "kind": "label", "snap": True}
     snapped = httpx.post(f"{app_server.url}/api/labelmap", json=body, timeout=60).json()
     assert np.frombuffer(base64.b64decode(snapped["indices"]), np.uint8)[0] == 0
+    instance = np.zeros((128, 128), np.uint16)
+    instance[:, 64:] = 700  # ids above 255 survive
+    body = {"image": png_b64(instance), "kind": "instance"}
+    out = httpx.post(f"{app_server.url}/api/labelmap", json=body, timeout=60).json()
+    np.testing.assert_array_equal(decode(out["png"]), instance[::2, ::2])
+    body = {"image": png_b64(app_server_colorize(labels)), "kind": "instance"}
+    assert_error(httpx.post(f"{app_server.url}/api/labelmap", json=body, timeout=60), 400, "one channel of ids")
 
 
 def test_unknown_colour_names_its_pixels_and_the_nearest_class(app_server):

@@ -158,6 +158,16 @@ def test_paint_generate_upload_and_errors_in_a_real_browser(browser, app_server,
     np.testing.assert_array_equal(got, upload[np.arange(SIZE) * 96 // SIZE][:, np.arange(SIZE) * 128 // SIZE])
     generate(page)
     shots(page, "3-colour-upload")
+    # an instance map (the champion is trained with them): the image changes
+    before = shown_images(page)[0]
+    instance = np.zeros((SIZE, SIZE), np.uint16)
+    instance[:, 20:44] = 300
+    Image.fromarray(instance).save(tmp_path / "instance.png")
+    with page.expect_response(lambda r: r.url.endswith("/api/labelmap")):
+        page.set_input_files("#upload-instance", str(tmp_path / "instance.png"))
+    page.wait_for_selector("#clear-instance:not([hidden])")
+    generate(page)
+    assert not np.array_equal(shown_images(page)[0], before)
     # a broken upload: the error is on the page, naming the file and the problem
     (tmp_path / "broken.png").write_text("this is not an image")
     page.set_input_files("#upload-label", str(tmp_path / "broken.png"))

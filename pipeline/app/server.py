@@ -201,7 +201,9 @@ class App:
             synth.check_labels(torch.from_numpy(array))
             payload = {"indices": base64.b64encode(array.astype(np.uint8).tobytes()).decode()}
         else:
-            payload = {"png": base64.b64encode(png_bytes(array.astype(np.int32))).decode()}
+            if array.min() < 0 or array.max() > 65535:
+                raise InputError(f"the uploaded instance map has ids outside 0..65535 ({array.min()}..{array.max()})")
+            payload = {"png": base64.b64encode(png_bytes(array.astype(np.uint16))).decode()}  # 16-bit PNG
         return {"model": uri, "kind": req.kind, "width": w, "height": h, "original_size": original, **payload}
 
 
