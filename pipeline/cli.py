@@ -172,19 +172,46 @@ def register(params: Path = PARAMS_OPTION) -> None:
 @app.command()
 def synthesize(
     model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, or a generator .pt file"),
-    label: Path = typer.Option(..., "--label", help="label map PNG: class indices, or the model's class colours"),
-    out: Path = typer.Option(..., "--out", help="output image PNG"),
-    instance: Path | None = typer.Option(
-        None, "--instance", help="instance map PNG, for models trained with instances"
+    label: Path = typer.Option(
+        ..., "--label", help="label map PNG (class indices, or the model's class colours), or a folder of them"
     ),
-    seed: int | None = typer.Option(None, "--seed", help="style seed (multimodal models)"),
+    out: Path = typer.Option(..., "--out", help="output image PNG (a folder for a folder of label maps)"),
+    instance: Path | None = typer.Option(
+        None, "--instance", help="instance map PNG (a folder: same names), for models trained with instances"
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="style seed (multimodal models); sample k uses seed + k"),
+    style_image: Path | None = typer.Option(
+        None, "--style-image", help="a photo whose style to copy (models with a style encoder)"
+    ),
+    n_samples: int = typer.Option(1, "--n-samples", min=1, help="images per label map: OUT-0.png, OUT-1.png, ..."),
 ) -> None:
-    """Turn a label map into an image with a registered (or local) generator."""
-    from pipeline.synthesize import synthesize as run
+    """Turn label maps into images with a registered (or local) generator."""
+    from pipeline.synthesize import synthesize_many
 
     with _reported("synthesize"):
-        run(model, label, out, instance_path=instance, seed=seed)
-    typer.echo(f"wrote {out}")
+        written = synthesize_many(
+            model, label, out, instance_path=instance, seed=seed, style_path=style_image, n_samples=n_samples
+        )
+    typer.echo(f"wrote {written[0]}" if len(written) == 1 else f"wrote {len(written)} images to {written[0].parent}")
+
+
+@app.command("app")
+def paint_app(
+    model: str | None = typer.Option(
+        None, "--model", help="models:/NAME@ALIAS or a generator file preselected (default: app.model, else a champion)"
+    ),
+    host: str | None = typer.Option(None, "--host", help="interface to listen on (default: app.host, 127.0.0.1)"),
+    port: int | None = typer.Option(None, "--port", help="TCP port (default: app.port, 7860)"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Serve the painting page and its HTTP API (/docs): paint class regions, get the image."""
+    from pipeline.app.server import serve
+    from pipeline.tracking import resolve_tracking_uri
+
+    p = _params(params, {"app.model": model, "app.host": host, "app.port": port})
+    typer.echo(f"painting app on http://{p.app.host}:{p.app.port} (API: /docs); Ctrl-C stops it")
+    with _reported("app"):
+        serve(p.app, p.app.model, resolve_tracking_uri(p.mlflow.tracking_uri), Path(p.data.out))
 
 
 @app.command("import-reference")

@@ -214,6 +214,19 @@ class PrefectSettings(_Section):
     failure_webhook: str | None
 
 
+class AppSettings(_Section):
+    model: str | None = Field(min_length=1)
+    host: str = Field(min_length=1)
+    port: int = Field(ge=0, le=65535)
+    device: Device
+    cache_models: int = Field(ge=1)
+    max_upload_bytes: int = Field(ge=1024)
+    max_pixels: int = Field(ge=64)
+    max_samples: int = Field(ge=1, le=16)
+    debounce_ms: int = Field(ge=0)
+    display_px: int = Field(ge=64)
+
+
 class Params(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -227,6 +240,7 @@ class Params(_Section):
     registry: RegisterSettings = Field(alias="register")
     mlflow: MlflowSettings
     prefect: PrefectSettings
+    app: AppSettings
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,13 +9,17 @@ Input (tensor-based signature, a dict of numpy arrays):
 Params: ``seed`` (long, default -1 = random; the style noise of models with a style encoder),
 ``batch_size`` (long, default 8). Output: uint8 [B, H, W, 3], the same H and W as the input
 (:meth:`gaugan.synthesizer.Synthesizer.synthesize` does the work; this is a thin adapter).
+Bad input (a class the model lacks, a missing key, instance and label maps of different shapes)
+raises an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which ``mlflow models serve``
+answers as HTTP 400 with the message (and no stack trace); the README shows a request.
 
 The artifact is the generator file itself (``artifacts={"generator": ...}``). The model is logged
 as code (a three-line file that imports :class:`GauGANPyfunc`), not pickled, so loading needs this
 project installed (the Docker image, or ``pip install .``).
 ``pip_requirements`` pins the running torch, numpy, pillow and mlflow, so nothing is resolved when
 it loads. ``mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"})`` picks the device
-(default: CUDA when available).
+(default: CUDA when available); ``{"fold": False}`` keeps the spectral-norm hooks (by default they
+are folded into plain weights: the same images, faster).
 
 Importing this module imports mlflow (seconds): only the register stage and MLflow loads need it.
 """
@@ -53,10 +57,23 @@ class GauGANPyfunc(PythonModel):
     def load_context(self, context) -> None:
         from gaugan.synthesizer import Synthesizer
 
-        device = (context.model_config or {}).get("device", "auto")
-        self.synth = Synthesizer.from_checkpoint(context.artifacts[ARTIFACT], device=device)
+        config = context.model_config or {}
+        self.synth = Synthesizer.from_checkpoint(
+            context.artifacts[ARTIFACT], device=config.get("device", "auto"), fold=bool(config.get("fold", True))
+        )
 
     def predict(self, context, model_input, params=None):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from gaugan.errors import GauGANError
+
+        try:
+            return self._predict(model_input, params)
+        except GauGANError as err:  # the client's mistake: a 400 naming it, not a 500 with a stack trace
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+
+    def _predict(self, model_input, params):
         if isinstance(model_input, dict):
             if "label" not in model_input:
                 raise InputError(f"the input needs a 'label' array; got keys {sorted(model_input)}")

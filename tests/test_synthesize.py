@@ -144,3 +144,76 @@ def test_parse_registered_uris():
     assert parse_registered("models:/gaugan-ade20k/3") == ("gaugan-ade20k", None, "3")
     assert parse_registered("models:/m-0123abcd") is None
     assert parse_registered("runs:/abc/generator") is None
+
+
+def test_folded_spectral_norm_gives_the_eval_forwards_images(tmp_path):
+    import torch
+
+    from gaugan.synthesizer import Synthesizer
+
+    path = tiny_generator(tmp_path / "vae.pt", seed=3, use_vae=True, use_instance=True)
+    hooked = Synthesizer.from_checkpoint(path, device="cpu")
+    folded = Synthesizer.from_checkpoint(path, device="cpu", fold=True)
+    n_hooks = sum(1 for m in hooked.netG.modules() for _ in m._forward_pre_hooks.values())
+    assert n_hooks > 0 and not [m for m in folded.netG.modules() if m._forward_pre_hooks]
+    assert not [m for m in folded.netE.modules() if m._forward_pre_hooks]
+    assert not any(k.endswith("weight_orig") for k in folded.netG.state_dict())
+    labels = np.zeros((2, 64, 64), np.int64)
+    labels[:, 20:] = 2
+    labels[1, :, 30:] = 3
+    style = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    a = hooked(labels, labels, style_images=style, seed=4)
+    b = folded(labels, labels, style_images=style, seed=4)
+    assert a.shape == (2, 3, 64, 64) and not a.is_inference()  # a normal tensor, free to change in place
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    pixels = folded.synthesize(labels, labels, seed=4).astype(int) - hooked.synthesize(labels, labels, seed=4)
+    assert np.abs(pixels).max() <= 1  # float rounding (channels_last convolutions) may move a value by one
+    assert folded.channels_last and folded.netG.conv_img.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_style_image_samples_and_folders(tmp_path):
+    from pipeline.synthesize import synthesize_many
+
+    gen = str(tiny_generator(tmp_path / "vae.pt", seed=2, use_vae=True))
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    label_png(maps / "a.png", 64, 64)
+    lab = np.array(Image.open(maps / "a.png"))
+    lab[lab == 255] = 0
+    Image.fromarray(CLASSES.colorize(lab)).save(maps / "b.png")  # painted in the class colours
+    (maps / "notes.txt").write_text("not a map")
+    written = synthesize_many(gen, maps, tmp_path / "out", seed=9, n_samples=2)
+    assert [p.name for p in written] == ["a-0.png", "a-1.png", "b-0.png", "b-1.png"]
+    images = [np.array(Image.open(p)) for p in written]
+    assert not np.array_equal(images[0], images[1])  # seeds 9 and 10
+    again = synthesize_many(gen, maps / "a.png", tmp_path / "one.png", seed=10)
+    np.testing.assert_array_equal(np.array(Image.open(again[0])), images[1])
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "s.jpg")
+    styled = synthesize_many(gen, maps / "a.png", tmp_path / "st.png", seed=9, style_path=tmp_path / "s.jpg")
+    assert not np.array_equal(np.array(Image.open(styled[0])), images[0])
+    with pytest.raises(InputError, match="no style noise \\(use_vae off\\)"):
+        synthesize_many(str(tiny_generator(tmp_path / "p.pt")), maps / "a.png", tmp_path / "x.png", n_samples=2)
+    with pytest.raises(InputError, match="--out must be a folder"):
+        synthesize_many(gen, maps, tmp_path / "x.png")
+    with pytest.raises(FileNotFoundError, match="style image not found"):
+        synthesize_many(gen, maps, tmp_path / "o", style_path=tmp_path / "nope.jpg")
+
+
+def test_the_command_takes_folders_and_samples(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    gen = str(tiny_generator(tmp_path / "vae.pt", seed=2, use_vae=True))
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    label_png(maps / "a.png", 64, 64)
+    label_png(maps / "b.png", 32, 48)
+    args = ["synthesize", "--model", gen, "--label", str(maps), "--out", str(tmp_path / "out"), "--seed", "1"]
+    result = CliRunner().invoke(app, [*args, "--n-samples", "3"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 6 images" in result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{s}-{k}.png" for s in "ab" for k in range(3)]
+    assert Image.open(tmp_path / "out/b-2.png").size == (48, 32)
+    result = CliRunner().invoke(app, [*args[:-2], "--style-image", str(tmp_path / "none.jpg")])
+    assert result.exit_code == 1 and "style image not found" in result.output
