@@ -172,7 +172,8 @@ def test_champion_loads_through_pyfunc_and_synthesize(store, tmp_path):
     )
     image = np.array(Image.open(out))
     assert image.shape == (48, 80, 3)
-    np.testing.assert_array_equal(image, images[0])
+    # a batch of 2 against 1 alone: the channels_last kernels may round differently by batch size
+    assert np.abs(image.astype(int) - images[0]).max() <= 1
     # the same version by number, and the same generator file used directly: the same pixels
     by_version = synthesize(
         f"models:/{NAME}/2", label_png, tmp_path / "v2.png", instance_path=label_png, tracking_uri=uri
