@@ -14,7 +14,9 @@ options are pickled with it), and ``nn.Module.cuda`` to a no-op on a machine wit
 ``VGGLoss`` calls ``.cuda()`` unconditionally). The checkout is not modified.
 
 Usage: ``python bench/reference_step.py --reference /tmp/spade-ref [--sizes 256 128] [--rounds 2]
-[--steps 3] [--warmup 1] [--precision fp32|bf16] [--channels-last] [--json out.json]``.
+[--steps 3] [--warmup 1] [--precision fp32|bf16] [--channels-last] [--baseline OTHER_CHECKOUT]
+[--json out.json]``. ``--baseline`` times another checkout of this project too (before/after a
+change); per-step process CPU time is recorded next to wall time (useful on a loaded machine).
 """
 
 from __future__ import annotations
@@ -80,10 +82,10 @@ def _reference_trainer(reference: Path, size: int, workdir: str):
     return step
 
 
-def _project_trainer(size: int, precision: str, channels_last: bool, compile_: bool):
+def _project_trainer(size: int, precision: str, channels_last: bool, compile_: bool, root: Path = ROOT):
     import torch
 
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(root))
     from gaugan.config import GauGANConfig
     from gaugan.trainer import GauGANTrainer, TrainOptions
     from gaugan.vgg import VGG19_FILE, vgg19_features
@@ -120,25 +122,29 @@ def run_child(args) -> None:
         if args.child == "reference":
             step = _reference_trainer(args.reference.resolve(), args.size, workdir)
         else:
-            step = _project_trainer(args.size, args.precision, args.channels_last, args.compile)
-        times = []
+            root = args.baseline.resolve() if args.child == "baseline" else ROOT
+            step = _project_trainer(args.size, args.precision, args.channels_last, args.compile, root)
+        times, cpu = [], []
         for i in range(args.warmup + args.steps):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps({"times": times, "peak_rss_MB": round(rss), "threads": torch.get_num_threads()}))
+    result = {"times": times, "cpu": cpu, "peak_rss_MB": round(rss), "threads": torch.get_num_threads()}
+    print("RESULT " + json.dumps(result))
 
 
 # ----------------------------------------------------------------------------- parent
 def _spawn(which: str, size: int, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which, "--size", str(size)]
-    cmd += ["--reference", str(args.reference), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    cmd += ["--reference", str(args.reference)] + (["--baseline", str(args.baseline)] if args.baseline else [])
+    cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     cmd += ["--precision", args.precision] + (["--channels-last"] if args.channels_last else [])
     cmd += (["--compile"] if args.compile else []) + (["--threads", str(args.threads)] if args.threads else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -149,24 +155,37 @@ def _spawn(which: str, size: int, args) -> dict:
 
 
 def compare(args) -> list[dict]:
+    kinds = ["reference", "project"] + (["baseline"] if args.baseline else [])
     rows = []
     for size in args.sizes:
-        times: dict[str, list[float]] = {"reference": [], "project": []}
-        rss: dict[str, int] = {"reference": 0, "project": 0}
+        times: dict[str, list[float]] = {k: [] for k in kinds}
+        cpu: dict[str, list[float]] = {k: [] for k in kinds}
+        rss = dict.fromkeys(kinds, 0)
         for r in range(args.rounds):
-            for which in ("reference", "project") if r % 2 == 0 else ("project", "reference"):
+            for which in kinds if r % 2 == 0 else kinds[::-1]:
                 out = _spawn(which, size, args)
                 times[which] += out["times"]
+                cpu[which] += out["cpu"]
                 rss[which] = max(rss[which], out["peak_rss_MB"])
-                print(f"  {size}px round {r + 1} {which:9s}: " + " ".join(f"{t:.2f}" for t in out["times"]), flush=True)
-        ref, own = statistics.median(times["reference"]), statistics.median(times["project"])
-        row = {"size": size, "reference_s": round(ref, 3), "project_s": round(own, 3), "ratio": round(ref / own, 3)}
-        row |= {"reference_rss_MB": rss["reference"], "project_rss_MB": rss["project"], "times": times}
+                print(
+                    f"  {size}px round {r + 1} {which:9s}: wall "
+                    + " ".join(f"{t:.2f}" for t in out["times"])
+                    + " | cpu "
+                    + " ".join(f"{t:.2f}" for t in out["cpu"])
+                    + f" | load {os.getloadavg()[0]:.2f}",
+                    flush=True,
+                )
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row: dict = {"size": size, "ratio": round(med["reference"] / med["project"], 3), "times": times, "cpu": cpu}
+        row |= {f"{k}_s": round(v, 3) for k, v in med.items()} | {f"{k}_rss_MB": v for k, v in rss.items()}
+        row |= {f"{k}_cpu_s": round(statistics.median(v), 3) for k, v in cpu.items()}
         rows.append(row)
+        base = f", baseline ({args.baseline}) {med['baseline']:.2f}" if args.baseline else ""
         print(
-            f"{size}px: reference median {ref:.2f} s/step, project median {own:.2f} s/step "
-            f"({args.precision}{', channels_last' if args.channels_last else ''}), ratio {ref / own:.2f}x; "
-            f"peak RSS {rss['reference']} vs {rss['project']} MB",
+            f"{size}px: median s/step: reference {med['reference']:.2f}, project {med['project']:.2f} "
+            f"({args.precision}{', channels_last' if args.channels_last else ''}){base}; "
+            f"ratio reference/project {row['ratio']:.2f}x; peak RSS "
+            + ", ".join(f"{k} {v} MB" for k, v in rss.items()),
             flush=True,
         )
     return rows
@@ -183,8 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels-last", action="store_true", help="this project's")
     parser.add_argument("--compile", action="store_true", help="this project's")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--baseline", type=Path, default=None, help="another checkout of this project, timed too")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--child", choices=["reference", "project"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["reference", "project", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
