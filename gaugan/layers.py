@@ -33,7 +33,6 @@ class _SpectralNormFP32(SpectralNorm):
         else:
             super().__call__(module, inputs)
 
-
     def sigma(self, module: nn.Module) -> torch.Tensor:
         """The spectral norm estimate ``u^T W v`` after this forward's power iteration (training mode),
         the same u, v updates and sigma as the hook's ``compute_weight``, without dividing W."""
@@ -153,7 +152,14 @@ class SPADE(nn.Module):
         if segmap.shape[2:] != x.shape[2:]:
             segmap = F.interpolate(segmap, size=x.shape[2:], mode="nearest")
         actv = self.mlp_shared(segmap)
-        return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+        gamma = self.mlp_gamma
+        if gamma.bias is None:
+            return normalized * (1 + gamma(actv)) + self.mlp_beta(actv)
+        # (1 + gamma) straight out of the convolution (its bias + 1), and one fused multiply-add:
+        # the same function as ``normalized * (1 + gamma) + beta`` with two passes fewer over the
+        # largest feature maps, rounding aside
+        scale = gamma._conv_forward(actv, gamma.weight, gamma.bias + 1)
+        return torch.addcmul(self.mlp_beta(actv), normalized, scale)
 
 
 class PlainNorm(nn.Module):

@@ -112,3 +112,17 @@ def test_trainer_step_fast_equals_plain(monkeypatch):
     bound = 2 * 2 * fast.opt_G.param_groups[0]["lr"] * 1.01
     for name, a in fast.netG.state_dict().items():
         assert (a - plain_.netG.state_dict()[name]).abs().max().item() <= bound, name
+
+
+def test_spade_fused_modulation_equals_the_formula():
+    torch.manual_seed(0)
+    spade = layers.SPADE("spadebatch3x3", 16, 5, hidden=8)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    seg = torch.zeros(2, 5, 8, 8).scatter_(1, torch.randint(0, 5, (2, 1, 8, 8)), 1.0)
+    fast = spade(x, seg)
+    actv = spade.mlp_shared(seg)
+    plain = spade.param_free_norm(x) * (1 + spade.mlp_gamma(actv)) + spade.mlp_beta(actv)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    (g_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    (g_plain,) = torch.autograd.grad(plain.square().sum(), x)
+    _close(g_fast, g_plain)
