@@ -45,6 +45,7 @@ VARIANTS = {  # name: (precision, channels_last, compile)
     "fp32": ("fp32", False, False),
     "bf16": ("bf16", False, False),
     "bf16+channels_last": ("bf16", True, False),
+    "bf16+channels_last+nhwc_norms": ("bf16", True, False),
     "bf16+channels_last+compile": ("bf16", True, True),
 }
 
@@ -106,10 +107,26 @@ def train_row(name: str, args, device: torch.device, vgg: str) -> tuple[str, str
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     trainer = GauGANTrainer(config, options, device)
+    if name.endswith("nhwc_norms"):
+        keep_nhwc_after_instance_norms(trainer.discriminator)
     seconds = time_steps(trainer, make_batch(config, args.batch, device), device, 3 if compile_ else 1, args.steps)
     peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB peak" if device.type == "cuda" else "CPU"
     detail = f"{1000 * seconds:.1f} ms/step, {args.batch / seconds:.2f} img/s, {peak}"
     return f"train_step {name}", "ok", f"{detail} ({config.crop_size} px, ngf {config.ngf}, batch {args.batch})"
+
+
+def keep_nhwc_after_instance_norms(module: torch.nn.Module) -> None:
+    """InstanceNorm returns NCHW from an NHWC input: give the next layer NHWC again (issue #16: does
+    keeping D's activations NHWC pay on the GPU? On a CPU in fp32 it made no difference)."""
+
+    def restore(norm, inputs, output):
+        if inputs[0].is_contiguous(memory_format=torch.channels_last):
+            return output.contiguous(memory_format=torch.channels_last)
+        return output
+
+    for m in module.modules():
+        if isinstance(m, torch.nn.InstanceNorm2d):
+            m.register_forward_hook(restore)
 
 
 def ddp_child(args) -> None:
