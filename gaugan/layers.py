@@ -63,9 +63,12 @@ def spectral_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     hook = _spectral_hook(conv)
     if hook is None or not conv.training or torch.is_autocast_enabled(x.device.type) or len(x.shape) != 4:
         return conv(x)
+    if isinstance(conv.padding, str):  # "same"/"valid": the hook's path
+        return conv(x)
     weight = cast(torch.Tensor, getattr(conv, hook.name + "_orig"))
-    out_h = (x.shape[2] + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1  # type: ignore[index]
-    out_w = (x.shape[3] + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1  # type: ignore[index]
+    pad, ks, st = conv.padding, conv.kernel_size, conv.stride
+    out_h = (x.shape[2] + 2 * pad[0] - ks[0]) // st[0] + 1
+    out_w = (x.shape[3] + 2 * pad[1] - ks[1]) // st[1] + 1
     if x.shape[0] * weight.shape[0] * out_h * out_w >= weight.numel():
         return conv(x)
     y = conv._conv_forward(x, weight, None) / hook.sigma(conv)
