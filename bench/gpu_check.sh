@@ -7,17 +7,18 @@
 #   bench/gpu_paths_check.py the GPU-path checks of issue #16 (DDP, SyncBatchNorm, precision, syncs...),
 #                            when that file exists.
 # Needs torch, torchvision and numpy only for the gaugan rows.
-# Usage: bench/gpu_check.sh [--cpu]   (--cpu: the same code paths, tiny, on the CPU: a dry run)
+# Usage: bench/gpu_check.sh [--cpu] [gpu_speed.py options, e.g. --no-compile --batch 8]
+#   (--cpu: the same code paths, tiny, on the CPU: a dry run)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true \
   DVC_NO_ANALYTICS=1 NO_ALBUMENTATIONS_UPDATE=1
 PY=${PYTHON:-python}
 MODE=()
-[[ "${1:-}" == "--cpu" ]] && MODE=(--cpu)
+if [[ "${1:-}" == "--cpu" ]]; then MODE=(--cpu); shift; fi
 status=0
 start=$(date +%s)
-$PY bench/gpu_speed.py "${MODE[@]}" || status=1
+$PY bench/gpu_speed.py "${MODE[@]}" "$@" || status=1
 if [[ -f bench/gpu_paths_check.py ]]; then
   $PY bench/gpu_paths_check.py "${MODE[@]}" --rows-only || status=1
 else
