@@ -163,7 +163,7 @@ def ddp_row(args) -> tuple[str, str, str]:
 
 
 def pipeline_missing() -> str | None:
-    for module in ("pydantic", "mlflow", "yaml", "albumentations", "pipeline.params"):
+    for module in ("pydantic", "mlflow", "yaml", "dvc", "pipeline.params", "pipeline.cli"):
         try:
             __import__(module)
         except ImportError as err:
@@ -224,8 +224,9 @@ def _stage_note(project: Path, name: str) -> str:
         return f", {m.get('steps')} steps, {m.get('images_per_sec', float('nan')):.1f} img/s"
     if name == "demo_evaluate_stage":
         m = json.loads((project / "outputs/evaluate/metrics.json").read_text())
-        modes = m.get("precision_modes") or m.get("device") or ""
-        return f", FID {m.get('fid', float('nan')):.2f}, mIoU {m.get('miou', float('nan')):.3f}, {modes}"
+        modes = m.get("precision_modes") or {}
+        where = f"{modes.get('device_name', m.get('device', '?'))}, features {modes.get('features', '?')}"
+        return f", FID {m.get('fid', float('nan')):.2f}, mIoU {m.get('miou', float('nan')):.3f} ({where})"
     return ""
 
 

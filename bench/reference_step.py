@@ -181,10 +181,12 @@ def compare(args) -> list[dict]:
         row |= {f"{k}_cpu_s": round(statistics.median(v), 3) for k, v in cpu.items()}
         rows.append(row)
         base = f", baseline ({args.baseline}) {med['baseline']:.2f}" if args.baseline else ""
+        cpu_ratio = row["reference_cpu_s"] / row["project_cpu_s"]
         print(
             f"{size}px: median s/step: reference {med['reference']:.2f}, project {med['project']:.2f} "
             f"({args.precision}{', channels_last' if args.channels_last else ''}){base}; "
-            f"ratio reference/project {row['ratio']:.2f}x; peak RSS "
+            f"ratio reference/project {row['ratio']:.2f}x (process CPU time: {row['reference_cpu_s']:.2f} vs "
+            f"{row['project_cpu_s']:.2f} s, {cpu_ratio:.2f}x); peak RSS "
             + ", ".join(f"{k} {v} MB" for k, v in rss.items()),
             flush=True,
         )
