@@ -17,7 +17,8 @@ numbers); ``fake`` always does the latter; ``off`` sets lambda_vgg to 0; or a pa
 
 Usage: ``python bench/train_step.py [--setting all|ade20k|demo] [--device auto|cpu|cuda]
 [--precision fp32|bf16|fp16] [--channels-last] [--compile] [--steps N] [--warmup N] [--batch N]
-[--vgg auto|fake|off|PATH] [--json out.json]``.
+[--vgg auto|fake|off|PATH] [--ema] [--profile N] [--json out.json]``. ``--profile N`` prints the
+N operators with the most self CPU time of one more step under ``torch.profiler`` (CPU and CUDA).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def bench(name: str, config: GauGANConfig, args, device: torch.device, vgg: str 
     options = TrainOptions(
         lambda_vgg=10.0 if vgg else 0.0,
         vgg_weights=vgg,
+        ema_decay=0.999 if args.ema else None,
         precision=args.precision,
         channels_last=args.channels_last,
         compile=args.compile,
@@ -122,6 +124,8 @@ def bench(name: str, config: GauGANConfig, args, device: torch.device, vgg: str 
         if i >= args.warmup:
             g_times.append(t1 - t0)
             d_times.append(t2 - t1)
+    if args.profile:
+        profile_step(trainer, batch, args.profile)
     g_ms = 1000 * sum(g_times) / steps
     d_ms = 1000 * sum(d_times) / steps
     result = {
@@ -156,6 +160,22 @@ def bench(name: str, config: GauGANConfig, args, device: torch.device, vgg: str 
     return result
 
 
+def profile_step(trainer: GauGANTrainer, batch: dict, rows: int) -> None:
+    """One more G+D step under torch.profiler: the operators with the most self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        losses, fake = trainer.generator_step(batch)
+        trainer.discriminator_step(batch, fake)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40))
+    print(
+        prof.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=32, max_shapes_column_width=80
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=["all", "ade20k", "demo"], default="all")
@@ -172,6 +192,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--demo-ngf", type=int, default=16)
     parser.add_argument("--demo-ndf", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    parser.add_argument("--ema", action="store_true", help="keep the generator EMA (off: the paper setting)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the top-N operators of one step")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     device = torch.device(

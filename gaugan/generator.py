@@ -57,6 +57,7 @@ class SPADEGenerator(nn.Module):
         if seg.dim() != 4 or seg.shape[1] != cfg.semantic_nc:
             raise InputError(f"expected an encoded label map [B,{cfg.semantic_nc},H,W], got {tuple(seg.shape)}")
         sh, sw = self.latent_size(seg.shape[2], seg.shape[3])
+        segs = _Resized(seg)
         if cfg.use_vae:
             if z is None:  # no style: a random one from the global RNG, as the reference does
                 z = torch.randn(seg.shape[0], cfg.z_dim, device=seg.device)
@@ -64,21 +65,37 @@ class SPADEGenerator(nn.Module):
             if (sh, sw) != (self.sh, self.sw):
                 x = F.interpolate(x, size=(sh, sw), mode="nearest")
         else:
-            x = self.fc(F.interpolate(seg, size=(sh, sw), mode="nearest"))
+            x = self.fc(segs.at((sh, sw)))
 
-        x = self.head_0(x, seg)
+        x = self.head_0(x, segs.at(x.shape[2:]))
         x = self._up(x)
-        x = self.G_middle_0(x, seg)
+        x = self.G_middle_0(x, segs.at(x.shape[2:]))
         if cfg.num_upsampling_layers in ("more", "most"):
             x = self._up(x)
-        x = self.G_middle_1(x, seg)
+        x = self.G_middle_1(x, segs.at(x.shape[2:]))
         for block in (self.up_0, self.up_1, self.up_2, self.up_3):
-            x = block(self._up(x), seg)
+            x = self._up(x)
+            x = block(x, segs.at(x.shape[2:]))
         if cfg.num_upsampling_layers == "most":
-            x = self.up_4(self._up(x), seg)
+            x = self._up(x)
+            x = self.up_4(x, segs.at(x.shape[2:]))
         x = self.conv_img(F.leaky_relu(x, 0.2))
         return torch.tanh(x)
 
     @staticmethod
     def _up(x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+class _Resized:
+    """The label map resized (nearest) to each feature map's size, once per size: every SPADE of
+    the blocks at one resolution reads the same resized map (their convolutions differ)."""
+
+    def __init__(self, seg: torch.Tensor):
+        self.maps = {tuple(seg.shape[2:]): seg}
+
+    def at(self, size) -> torch.Tensor:
+        size = tuple(size)
+        if size not in self.maps:
+            self.maps[size] = F.interpolate(self.maps[next(iter(self.maps))], size=size, mode="nearest")
+        return self.maps[size]

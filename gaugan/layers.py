@@ -33,6 +33,54 @@ class _SpectralNormFP32(SpectralNorm):
         else:
             super().__call__(module, inputs)
 
+    def sigma(self, module: nn.Module) -> torch.Tensor:
+        """The spectral norm estimate ``u^T W v`` after this forward's power iteration (training mode),
+        the same u, v updates and sigma as the hook's ``compute_weight``, without dividing W."""
+        weight = getattr(module, self.name + "_orig")
+        u, v = getattr(module, self.name + "_u"), getattr(module, self.name + "_v")
+        weight_mat = self.reshape_weight_to_matrix(weight)
+        if module.training:
+            with torch.no_grad():
+                for _ in range(self.n_power_iterations):
+                    v = F.normalize(torch.mv(weight_mat.t(), u), dim=0, eps=self.eps, out=v)
+                    u = F.normalize(torch.mv(weight_mat, v), dim=0, eps=self.eps, out=u)
+                if self.n_power_iterations > 0:  # in-place updated buffers; the graph keeps copies
+                    u = u.clone(memory_format=torch.contiguous_format)
+                    v = v.clone(memory_format=torch.contiguous_format)
+        return torch.dot(u, torch.mv(weight_mat, v))
+
+
+def spectral_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a convolution under :func:`spectral_norm`, with 1/sigma applied to the smaller
+    of the weight and the output: ``conv(x, W / sigma) + b == conv(x, W) / sigma + b``.
+
+    The deep generator blocks have weights up to 144x larger than their outputs (1024x1024x3x3 on
+    8x8 maps); dividing W and backpropagating through that division costs several passes over the
+    weight per step, scaling the output almost nothing. Same power iteration, same sigma, same
+    function; rounding differs at float precision. Only in fp32 training forwards (eval mode and
+    autocast take the hook's path), and the module's ``weight`` attribute is not refreshed here.
+    """
+    hook = _spectral_hook(conv)
+    if hook is None or not conv.training or torch.is_autocast_enabled(x.device.type) or len(x.shape) != 4:
+        return conv(x)
+    if isinstance(conv.padding, str):  # "same"/"valid": the hook's path
+        return conv(x)
+    weight = cast(torch.Tensor, getattr(conv, hook.name + "_orig"))
+    pad, ks, st = conv.padding, conv.kernel_size, conv.stride
+    out_h = (x.shape[2] + 2 * pad[0] - ks[0]) // st[0] + 1
+    out_w = (x.shape[3] + 2 * pad[1] - ks[1]) // st[1] + 1
+    if x.shape[0] * weight.shape[0] * out_h * out_w >= weight.numel():
+        return conv(x)
+    y = conv._conv_forward(x, weight, None) / hook.sigma(conv)
+    return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
+
+
+def _spectral_hook(module: nn.Module) -> _SpectralNormFP32 | None:
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, _SpectralNormFP32) and hook.dim == 0:
+            return hook
+    return None
+
 
 _ModuleT = TypeVar("_ModuleT", bound=nn.Module)
 
@@ -107,7 +155,14 @@ class SPADE(nn.Module):
         if segmap.shape[2:] != x.shape[2:]:
             segmap = F.interpolate(segmap, size=x.shape[2:], mode="nearest")
         actv = self.mlp_shared(segmap)
-        return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+        gamma = self.mlp_gamma
+        if gamma.bias is None:
+            return normalized * (1 + gamma(actv)) + self.mlp_beta(actv)
+        # (1 + gamma) straight out of the convolution (its bias + 1), and one fused multiply-add:
+        # the same function as ``normalized * (1 + gamma) + beta`` with two passes fewer over the
+        # largest feature maps, rounding aside
+        scale = gamma._conv_forward(actv, gamma.weight, gamma.bias + 1)
+        return torch.addcmul(self.mlp_beta(actv), normalized, scale)
 
 
 class PlainNorm(nn.Module):
@@ -150,9 +205,11 @@ class SPADEResnetBlock(nn.Module):
             self.norm_s = generator_norm(norm, fin, semantic_nc, hidden)
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        x_s = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
+        if seg.shape[2:] != x.shape[2:]:  # once for the block's two or three SPADEs (same result)
+            seg = F.interpolate(seg, size=x.shape[2:], mode="nearest")
+        x_s = spectral_conv(self.conv_s, self.norm_s(x, seg)) if self.learned_shortcut else x
+        dx = spectral_conv(self.conv_0, F.leaky_relu(self.norm_0(x, seg), 0.2))
+        dx = spectral_conv(self.conv_1, F.leaky_relu(self.norm_1(dx, seg), 0.2))
         return x_s + dx
 
 
