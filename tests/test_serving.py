@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -23,6 +24,8 @@ def served(app_registry, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MLFLOW_TRACKING_URI": app_registry.uri}
+    # mlflow's local serving runs `uvicorn` from PATH: this interpreter's scripts first, as in an activated venv
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@challenger",
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
     with log.open("w") as out:
