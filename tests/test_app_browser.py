@@ -90,9 +90,13 @@ def stroke(page, points) -> None:
     page.mouse.up()
 
 
-def pick(page, name: str) -> None:
+def pick(page, name: str, by_enter: bool = False) -> None:
+    """Choose a class through the search box: a click on the match, or Enter (the first match)."""
     page.fill("#class-search", name)
-    page.click(f"#palette li:has-text('{name}')")
+    if by_enter:
+        page.press("#class-search", "Enter")
+    else:
+        page.click(f"#palette li:has-text('{name}')")
     page.fill("#class-search", "")
     assert name in page.text_content("#selected-class")
 
@@ -118,7 +122,7 @@ def test_paint_generate_upload_and_errors_in_a_real_browser(browser, app_server,
     pick(page, "grass")
     page.select_option("#brush-size", "4")
     stroke(page, [(0, 30), (20, 26), (40, 34), (63, 30)])
-    pick(page, "sand")
+    pick(page, "sand", by_enter=True)
     page.click("#tool-fill")
     stroke(page, [(10, 55)])
     page.fill("#seed", "11")

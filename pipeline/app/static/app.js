@@ -321,6 +321,13 @@ function wire() {
   setupCanvas();
   $("model-select").addEventListener("change", (e) => selectModel(e.target.value).catch((err) => showError(err.message)));
   $("class-search").addEventListener("input", renderPalette);
+  $("class-search").addEventListener("keydown", (e) => {  // Enter paints with the first match
+    const first = $("palette").querySelector("li");
+    if (e.key !== "Enter" || !first) return;
+    S.selected = Number(first.dataset.index);
+    if (S.tool === "eraser") setTool("brush");
+    renderPalette();
+  });
   for (const b of document.querySelectorAll(".tool")) b.addEventListener("click", () => setTool(b.dataset.tool));
   $("undo").addEventListener("click", undo);
   $("redo").addEventListener("click", redo);
