@@ -9,16 +9,14 @@ rest. The commands are dvc.yaml's own; a later ``dvc repro`` finds everything up
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-
-import yaml
 
 from pipeline.errors import PipelineError
 from pipeline.params import load_params
@@ -47,7 +45,7 @@ def run_demo(params_path: Path = Path("params.yaml"), root: Path = Path(".")) ->
     _dvc(root, env, "repro", "ingest")
     pending = [stage for stage in SIDE_BY_SIDE if stage in _changed_stages(root, env)]
     if len(pending) > 1 and (os.cpu_count() or 1) > 1:
-        run_side_by_side(root, env, pending, _raw_params(params_path))
+        run_side_by_side(root, env, pending)
         _dvc(root, env, "commit", "--force", *pending)
     _dvc(root, env, "repro")
     print_summary(params_path, root, env["MLFLOW_TRACKING_URI"], time.perf_counter() - started)
@@ -73,31 +71,23 @@ def _changed_stages(root: Path, env: dict) -> set[str]:
     return set(json.loads(lines[-1]) if lines else {})
 
 
-def _raw_params(params_path: Path) -> dict:
-    return yaml.safe_load(params_path.read_text())
+def stage_command(root: Path, stage: str) -> str:
+    """dvc.yaml's ``cmd`` of ``stage`` as DVC resolves it (``${key.path}`` values from params.yaml)."""
+    from dvc.repo import Repo
+
+    # in process, DVC reads the params files from the working directory, not from the repo it opens
+    with contextlib.chdir(root), Repo(str(root)) as dvc_repo:
+        return dvc_repo.stage.collect(stage)[0].cmd
 
 
-def stage_command(root: Path, stage: str, params: dict) -> str:
-    """dvc.yaml's ``cmd`` of ``stage`` with its ``${key.path}`` values from params.yaml."""
-    cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]["cmd"]
-
-    def value(match: re.Match) -> str:
-        node = params
-        for key in match.group(1).split("."):
-            node = node[key]
-        return str(node)
-
-    return re.sub(r"\$\{([A-Za-z0-9_.]+)\}", value, cmd)
-
-
-def run_side_by_side(root: Path, env: dict, stages: list[str], params: dict) -> None:
+def run_side_by_side(root: Path, env: dict, stages: list[str]) -> None:
     """Run the stages' commands at once, the cores shared out (``OMP_NUM_THREADS``); lines prefixed."""
     threads = str(max(1, (os.cpu_count() or 1) // len(stages)))
     print(f"running {', '.join(stages)} side by side, {threads} thread(s) each", flush=True)
     procs, pumps = {}, []
     for stage in stages:
         procs[stage] = subprocess.Popen(
-            stage_command(root, stage, params),
+            stage_command(root, stage),
             shell=True,
             cwd=root,
             env={**env, "OMP_NUM_THREADS": threads},

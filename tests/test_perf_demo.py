@@ -9,18 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import copy_project, write_project_params
 from test_pipeline_e2e import PROJECT_FILES, TINY
 
 from pipeline.demo import stage_command
 
 
-def test_stage_command_is_dvc_yamls_with_params():
-    root = Path(__file__).resolve().parents[1]
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"]["nproc"] = 3
-    cmd = stage_command(root, "train", params)
+def test_stage_command_is_dvc_yamls_with_params(tmp_path):
+    root = copy_project(tmp_path, PROJECT_FILES)
+    write_project_params(root, {**TINY, "train": {**TINY["train"], "nproc": 3}})
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)  # a project is a git clone, as DVC expects
+    cmd = stage_command(root, "train")
     assert "--nproc-per-node=3" in cmd and "${" not in cmd
     assert cmd.endswith("gaugan-pipeline train --params params.yaml")
 
