@@ -231,13 +231,15 @@ class GauGANTrainer:
         if self.config.use_instance and edges is None:
             raise InputError("the model uses instance edges (use_instance) but the batch has no 'edge' tensor")
         nb = self.device.type == "cuda"
-        if edges is not None and edges.dtype == torch.uint8:  # the loader's 0/255 edges, converted here
-            edges = edges.to(self.device, non_blocking=nb).float().div_(255.0)
+        if edges is not None:
+            edges = edges.to(self.device, non_blocking=nb)
+            if edges.dtype == torch.uint8:  # the loader's 0/255 edges, converted on the device
+                edges = edges.float().div_(255.0)
         semantics = encode_labels(
             batch["label"].to(self.device, non_blocking=nb),
             self.config.label_nc,
             self.config.contain_dontcare_label,
-            edges.to(self.device, non_blocking=nb) if edges is not None else None,
+            edges,
             check=False,  # no host sync per step: the loader's maps are checked when the dataset is prepared
         )
         image = batch["image"].to(self.device, non_blocking=nb)
