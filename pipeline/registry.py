@@ -12,9 +12,9 @@ version deleted, a registered model created by that call deleted).
 Registrations of one model running at the same time take turns (:func:`register_version`), so
 exactly one champion results.
 
-Lookups (:func:`load_synthesizer`) accept ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, any
-other MLflow model URI, or a local generator file, and say what exists when a name, alias or
-version does not.
+Lookups (:func:`load_pyfunc`; :func:`pipeline.synthesize.load_model` over it also takes a local
+generator file) accept ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or any other MLflow model
+URI, and say what exists when a name, alias or version does not.
 """
 
 from __future__ import annotations
@@ -420,16 +420,3 @@ def load_pyfunc(model: str, tracking_uri: str | None = None):
         return mlflow.pyfunc.load_model(model)
     except MlflowException as err:
         raise ModelNotFoundError(f"cannot load {model} from {uri}: {err.message}") from None
-
-
-def load_synthesizer(model: str, tracking_uri: str | None = None, device: str = "auto"):
-    """A :class:`gaugan.synthesizer.Synthesizer` from an MLflow model URI or a local generator file."""
-    from gaugan.synthesizer import Synthesizer
-
-    if is_mlflow_uri(model):
-        return load_pyfunc(model, tracking_uri).unwrap_python_model().synth
-    if not Path(model).is_file():
-        raise ModelNotFoundError(
-            f"{model}: not a generator file, and not an MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION)"
-        )
-    return Synthesizer.from_checkpoint(model, device=device)
