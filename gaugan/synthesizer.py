@@ -91,7 +91,7 @@ def _style_batch(style, n: int) -> torch.Tensor:
     return t.float()
 
 
-def _resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Nearest-neighbour resize of integer maps [B,H,W] (values kept exactly, via float64)."""
     return F.interpolate(maps[:, None].double(), size=size, mode="nearest").long()[:, 0]
 
@@ -232,8 +232,8 @@ class Synthesizer:
         h, w = labels.shape[-2:]
         size = self.model_size(h, w)
         if size != (h, w):
-            labels = _resize_maps(labels, size)
-            instances = _resize_maps(instances, size) if instances is not None else None
+            labels = resize_maps(labels, size)
+            instances = resize_maps(instances, size) if instances is not None else None
         images = self._generate(labels, instances, style_images, seed, batch_size)
         if tuple(images.shape[-2:]) != (h, w):
             images = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)

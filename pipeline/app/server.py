@@ -75,13 +75,6 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def resize_nearest(array: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Nearest-neighbour resize of a map [H, W] (values kept exactly)."""
-    rows = np.arange(h) * array.shape[0] // h
-    cols = np.arange(w) * array.shape[1] // w
-    return array[rows][:, cols]
-
-
 class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes is answered 413 before anything parses it."""
 
@@ -191,12 +184,15 @@ class App:
     def labelmap(self, req: LabelMapRequest) -> dict:
         import torch
 
+        from gaugan.synthesizer import resize_maps
+
         uri, synth = self.catalog.get(req.model)
         array = self.decode_map(synth, req.image, req.kind, req.snap)
         h, w = synth.model_size(*synth.training_size)
         original = list(array.shape)
         if array.shape != (h, w):
-            array = resize_nearest(array, h, w)
+            # the Synthesizer's own resize, so the canvas holds what synthesize() of the upload would use
+            array = resize_maps(torch.from_numpy(array.astype(np.int64))[None], (h, w))[0].numpy()
         if req.kind == "label":
             synth.check_labels(torch.from_numpy(array))
             payload = {"indices": base64.b64encode(array.astype(np.uint8).tobytes()).decode()}
