@@ -38,6 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from train_step import make_batch, sync  # noqa: E402  (bench/ is the script's folder: sys.path[0])
+
 from gaugan.config import GauGANConfig  # noqa: E402
 from gaugan.trainer import GauGANTrainer, TrainOptions  # noqa: E402
 
@@ -63,20 +65,6 @@ def random_vgg(tmp: Path) -> str:
     if not path.exists():
         torch.save({f"features.{k}": v for k, v in vgg19_features().state_dict().items()}, path)
     return str(path)
-
-
-def make_batch(config: GauGANConfig, batch: int, device: torch.device) -> dict:
-    g = torch.Generator().manual_seed(0)
-    size = config.crop_size
-    return {
-        "label": torch.randint(0, config.label_nc, (batch, size, size), generator=g).to(device),
-        "image": (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device),
-    }
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_steps(trainer: GauGANTrainer, batch: dict, device: torch.device, warmup: int, steps: int) -> float:
