@@ -5,6 +5,8 @@ Builders (import them with ``from conftest import ...``):
 - :func:`params_dict` / :func:`make_params`: the project's ``params.yaml`` with overrides, as a raw
   mapping (to write into a test project) or validated; the settings have no defaults in code;
 - :func:`tiny_config`: a few-channel GauGAN architecture for fast model tests;
+  :func:`random_batch`, :func:`train_options`, :func:`trainer_weights`: a random training batch,
+  trainer options without the VGG loss, and a trainer's G and D parameters (copied) to compare;
 - :func:`toy_classes`, :func:`write_toy_prepared`: a small prepared dataset written directly in the
   prepared format; :func:`write_tiny_generator`: a random generator file as the train stage writes it;
 - :func:`copy_project`: this project's files in a fresh folder (for real ``dvc``/``git`` runs);
@@ -86,6 +88,33 @@ def tiny_config(**kw):
 
     base = dict(label_nc=4, ngf=4, ndf=4, nef=4, z_dim=8, spade_hidden=8, n_layers_D=2, crop_size=64)
     return GauGANConfig(**{**base, **kw})
+
+
+def random_batch(cfg, b: int = 2, seed: int = 0) -> dict:
+    """``b`` random 64x64 label maps and images in [-1, 1] (and sparse edges when ``cfg`` uses instances)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    label = torch.randint(0, cfg.label_nc, (b, 64, 64), generator=g)
+    batch = {"label": label, "image": torch.rand(b, 3, 64, 64, generator=g) * 2 - 1}
+    if cfg.use_instance:
+        batch["edge"] = (torch.rand(b, 1, 64, 64, generator=g) > 0.9).float()
+    return batch
+
+
+def train_options(**kw):
+    """Trainer options without the VGG loss (no VGG19 weights in tests), ``kw`` overriding."""
+    from gaugan.trainer import TrainOptions
+
+    return TrainOptions(**{"lambda_vgg": 0.0, **kw})
+
+
+def trainer_weights(trainer) -> dict:
+    """Every parameter of G (with E) and D, copied (not the spectral-norm vectors or BN statistics)."""
+    named = list(trainer.generator.named_parameters(prefix="G")) + list(
+        trainer.discriminator.named_parameters(prefix="D")
+    )
+    return {k: v.detach().clone() for k, v in named}
 
 
 TOY_SIZE = 32

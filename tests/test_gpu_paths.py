@@ -9,35 +9,15 @@ from datetime import timedelta
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import random_batch, tiny_config, train_options, trainer_weights
 
 import gaugan.numerics as numerics
 from gaugan.config import GauGANConfig
-from gaugan.trainer import MAX_SKIPPED_IN_A_ROW, GauGANTrainer, NonFiniteLossError, TrainOptions
+from gaugan.trainer import MAX_SKIPPED_IN_A_ROW, GauGANTrainer, NonFiniteLossError
 
 
 def tiny(**kw) -> GauGANConfig:
     return tiny_config(**{"label_nc": 5, **kw})
-
-
-def batch_for(cfg: GauGANConfig, b: int = 2, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    label = torch.randint(0, cfg.label_nc, (b, 64, 64), generator=g)
-    batch = {"label": label, "image": torch.rand(b, 3, 64, 64, generator=g) * 2 - 1}
-    if cfg.use_instance:
-        batch["edge"] = (torch.rand(b, 1, 64, 64, generator=g) > 0.9).float()
-    return batch
-
-
-def opts(**kw) -> TrainOptions:
-    return TrainOptions(**{"lambda_vgg": 0.0, **kw})
-
-
-def params_of(trainer: GauGANTrainer) -> dict[str, torch.Tensor]:
-    named = list(trainer.generator.named_parameters(prefix="G")) + list(
-        trainer.discriminator.named_parameters(prefix="D")
-    )
-    return {k: v.detach().clone() for k, v in named}
 
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -84,18 +64,18 @@ def _overflowing(trainer: GauGANTrainer) -> None:
 def test_a_step_the_fp16_scaler_skips_is_skipped_everywhere_and_the_run_goes_on():
     cfg = tiny(use_vae=True)
     torch.manual_seed(0)
-    trainer = GauGANTrainer(cfg, opts(precision="fp16", ema_decay=0.9, total_steps=10, decay_start_step=0))
+    trainer = GauGANTrainer(cfg, train_options(precision="fp16", ema_decay=0.9, total_steps=10, decay_start_step=0))
     _at_scale(trainer, 1024.0)
-    assert trainer.train_step(batch_for(cfg, seed=0))["skipped_steps"] == 0.0
-    before = params_of(trainer)
+    assert trainer.train_step(random_batch(cfg, seed=0))["skipped_steps"] == 0.0
+    before = trainer_weights(trainer)
     ema_before = {k: v.clone() for k, v in trainer.ema.state_dict().items()}
     adam_steps = [s["step"].clone() for s in trainer.opt_G.state.values()]
     lr_before = float(trainer.opt_G.param_groups[0]["lr"])
     _overflowing(trainer)
-    losses = trainer.train_step(batch_for(cfg, seed=1))  # no NonFiniteLossError: fp16 skips and goes on
+    losses = trainer.train_step(random_batch(cfg, seed=1))  # no NonFiniteLossError: fp16 skips and goes on
     assert all(math.isfinite(losses[k]) for k in ("G_GAN", "D_real"))  # finite losses, inf gradients
     assert losses["skipped_steps"] == 1.0 and trainer.step == 2
-    assert same(before, params_of(trainer))  # no G or D update
+    assert same(before, trainer_weights(trainer))  # no G or D update
     assert all(torch.equal(v, trainer.ema.state_dict()[k]) for k, v in ema_before.items())  # no EMA update
     assert [s["step"] for s in trainer.opt_G.state.values()] == adam_steps  # Adam's count kept
     assert losses["lr_G"] == pytest.approx(lr_before) and float(trainer.opt_G.param_groups[0]["lr"]) == lr_before
@@ -103,40 +83,40 @@ def test_a_step_the_fp16_scaler_skips_is_skipped_everywhere_and_the_run_goes_on(
     assert trainer.scaler_G.get_scale() == pytest.approx(1.5e38)  # the scaler backed off
     # the next step at a sane scale is applied, and the schedule moves on from the applied count
     _at_scale(trainer, 1024.0)
-    losses = trainer.train_step(batch_for(cfg, seed=2))
-    assert not same(before, params_of(trainer)) and losses["skipped_steps"] == 1.0
+    losses = trainer.train_step(random_batch(cfg, seed=2))
+    assert not same(before, trainer_weights(trainer)) and losses["skipped_steps"] == 1.0
     assert losses["lr_G"] == pytest.approx(1e-4 * (1 - 2 / 10))
 
 
 def test_fp16_stops_after_too_many_skipped_steps_in_a_row():
     cfg = tiny()
     torch.manual_seed(0)
-    trainer = GauGANTrainer(cfg, opts(precision="fp16"))
+    trainer = GauGANTrainer(cfg, train_options(precision="fp16"))
     trainer._counters.load_state_dict({"in_a_row": MAX_SKIPPED_IN_A_ROW - 1, "skipped": MAX_SKIPPED_IN_A_ROW - 1})
     _overflowing(trainer)
     with pytest.raises(NonFiniteLossError, match=f"{MAX_SKIPPED_IN_A_ROW} fp16 steps in a row"):
-        trainer.train_step(batch_for(cfg))
+        trainer.train_step(random_batch(cfg))
 
 
 def test_unread_fp32_steps_stop_updating_at_the_first_non_finite_loss():
     """Without a sync per step, a NaN is found at the next read step; nothing after it was applied."""
     cfg = tiny(use_vae=True)
     torch.manual_seed(0)
-    trainer = GauGANTrainer(cfg, opts(ema_decay=0.9))
-    trainer.train_step(batch_for(cfg, seed=0), read=False)
-    good, ema_good = params_of(trainer), {k: v.clone() for k, v in trainer.ema.state_dict().items()}
-    bad = batch_for(cfg, seed=1)
+    trainer = GauGANTrainer(cfg, train_options(ema_decay=0.9))
+    trainer.train_step(random_batch(cfg, seed=0), read=False)
+    good, ema_good = trainer_weights(trainer), {k: v.clone() for k, v in trainer.ema.state_dict().items()}
+    bad = random_batch(cfg, seed=1)
     bad["image"][0, 0, 3, 3] = float("nan")
     out = trainer.train_step(bad, read=False)
     assert all(torch.is_tensor(v) and v.dim() == 0 for v in out.values())  # unread: device tensors
-    trainer.train_step(batch_for(cfg, seed=2), read=False)  # finite, but after the NaN: not applied
+    trainer.train_step(random_batch(cfg, seed=2), read=False)  # finite, but after the NaN: not applied
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2 \(found at step 4\)"):
-        trainer.train_step(batch_for(cfg, seed=3))
-    assert same(good, params_of(trainer))
+        trainer.train_step(random_batch(cfg, seed=3))
+    assert same(good, trainer_weights(trainer))
     assert all(torch.equal(v, trainer.ema.state_dict()[k]) for k, v in ema_good.items())
     assert trainer.state_dict()["counters"] == {"applied": 1, "skipped": 3, "in_a_row": 0, "first_bad": -1}
-    assert math.isfinite(trainer.train_step(batch_for(cfg, seed=4))["G_GAN"])  # reported: training may go on
-    assert not same(good, params_of(trainer))
+    assert math.isfinite(trainer.train_step(random_batch(cfg, seed=4))["G_GAN"])  # reported: training may go on
+    assert not same(good, trainer_weights(trainer))
 
 
 # ------------------------------------------------------------------------------------ host syncs
@@ -170,12 +150,12 @@ def sync_counter(monkeypatch):
 def test_an_unread_step_waits_for_nothing_and_a_read_step_once(sync_counter, options):
     cfg = tiny(use_vae=True, use_instance=True)
     torch.manual_seed(0)
-    trainer = GauGANTrainer(cfg, opts(**options))
-    trainer.train_step(batch_for(cfg, seed=0))  # first-step set-up (optimizer state) out of the count
+    trainer = GauGANTrainer(cfg, train_options(**options))
+    trainer.train_step(random_batch(cfg, seed=0))  # first-step set-up (optimizer state) out of the count
     per_step = []
     for s in range(1, 4):
         sync_counter.clear()
-        trainer.train_step(batch_for(cfg, seed=s), read=s == 3)
+        trainer.train_step(random_batch(cfg, seed=s), read=s == 3)
         per_step.append(list(sync_counter))
     assert per_step == [[], [], ["tolist"]]
 
@@ -186,7 +166,7 @@ def test_the_training_loop_reads_once_per_logged_step(sync_counter, monkeypatch)
 
     cfg = tiny()
     torch.manual_seed(0)
-    trainer = GauGANTrainer(cfg, opts())
+    trainer = GauGANTrainer(cfg, train_options())
     t = {"max_steps": 5, "log_every": 2, "checkpoint_every": 100, "sample_every": 100, "batch_size": 2}
     settings = type("S", (), t)()
     loop = TrainingLoop(trainer, DistContext(1, 2, 1, torch.device("cpu"), None), settings, 0, None, None, None, "")
@@ -195,7 +175,7 @@ def test_the_training_loop_reads_once_per_logged_step(sync_counter, monkeypatch)
     monkeypatch.setattr(trainer, "_read", lambda losses: reads.append(trainer.step + 1) or original(losses))
     monkeypatch.setattr(loop, "checkpoint", lambda step: None)
     sync_counter.clear()
-    loop.run([batch_for(cfg, seed=s) for s in range(5)], 0)
+    loop.run([random_batch(cfg, seed=s) for s in range(5)], 0)
     assert reads == [2, 4, 5]
     assert sync_counter.count("tolist") == 3 and len(sync_counter) <= 3 + 1  # + the first step's set-up
 
@@ -219,8 +199,8 @@ def test_resume_loads_to_cpu_then_places_on_the_trainer_device(tmp_path, monkeyp
 
     cfg = tiny()
     torch.manual_seed(0)
-    source = GauGANTrainer(cfg, opts(total_steps=4, decay_start_step=0))
-    source.train_step(batch_for(cfg))
+    source = GauGANTrainer(cfg, train_options(total_steps=4, decay_start_step=0))
+    source.train_step(random_batch(cfg))
     store = checkpoints.CheckpointStore(tmp_path)
     store.save({"fingerprint": "f", "step": 1, "mlflow_run_id": None, "trainer": source.state_dict()}, [])
 
@@ -248,10 +228,10 @@ def test_resume_loads_to_cpu_then_places_on_the_trainer_device(tmp_path, monkeyp
     monkeypatch.setattr(distributed.dist, "broadcast_object_list", broadcast)
     monkeypatch.setattr(store, "load", lambda fp: pytest.fail("only rank 0 reads the checkpoint"))
     torch.manual_seed(1)
-    target = GauGANTrainer(cfg, opts(total_steps=4, decay_start_step=0))
+    target = GauGANTrainer(cfg, train_options(total_steps=4, decay_start_step=0))
     monkeypatch.setattr(target, "distribute", lambda **kw: None)
     step, _ = restore(target, store, "f", DistContext(1, 2, 1, torch.device("cpu"), "gloo"), "auto")
-    assert step == 1 and same(params_of(source), params_of(target))
+    assert step == 1 and same(trainer_weights(source), trainer_weights(target))
     for opt in (target.opt_G, target.opt_D):
         lr = opt.param_groups[0]["lr"]
         assert torch.is_tensor(lr) and lr.device == target.device
@@ -274,12 +254,12 @@ def _leaves(obj):
 def test_a_checkpoint_without_counters_resumes_with_its_step():
     cfg = tiny()
     torch.manual_seed(0)
-    trainer = GauGANTrainer(cfg, opts(total_steps=4, decay_start_step=0))
-    trainer.train_step(batch_for(cfg))
+    trainer = GauGANTrainer(cfg, train_options(total_steps=4, decay_start_step=0))
+    trainer.train_step(random_batch(cfg))
     state = trainer.state_dict()
     del state["counters"]
     state["opt_G"]["param_groups"][0]["lr"] = 0.5  # an older file: numbers, not tensors
-    other = GauGANTrainer(cfg, opts(total_steps=4, decay_start_step=0))
+    other = GauGANTrainer(cfg, train_options(total_steps=4, decay_start_step=0))
     other.load_state_dict(state)
     assert other.state_dict()["counters"]["applied"] == 1
     assert float(other.opt_G.param_groups[0]["lr"]) == pytest.approx(1e-4 * 3 / 4)
@@ -327,7 +307,7 @@ def test_ddp_does_not_broadcast_buffers(tmp_path):
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
     try:
-        trainer = GauGANTrainer(tiny(), opts(), "cpu")
+        trainer = GauGANTrainer(tiny(), train_options(), "cpu")
         trainer.distribute()
         assert trainer._G.broadcast_buffers is False and trainer._D.broadcast_buffers is False
     finally:
@@ -350,7 +330,7 @@ def test_uint8_batches_train_exactly_as_float_ones():
     as_uint8 = PairTransform(geometry, True, uint8=True)(sample, seed=3)
     assert as_uint8["image"].dtype == torch.uint8 and as_uint8["edge"].dtype == torch.uint8
     cfg = tiny(use_instance=True, crop_size=32)
-    trainer = GauGANTrainer(cfg, opts())
+    trainer = GauGANTrainer(cfg, train_options())
     batch = {k: v.unsqueeze(0) for k, v in as_float.items() if k != "id"}
     batch8 = {k: v.unsqueeze(0) for k, v in as_uint8.items() if k != "id"}
     for a, b in zip(trainer._prepare(batch), trainer._prepare(batch8), strict=True):

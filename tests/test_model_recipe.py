@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
-from conftest import tiny_config
+from conftest import random_batch, tiny_config
 from PIL import Image
 
 from gaugan.config import reference_setting
@@ -20,19 +20,10 @@ from gaugan.transforms import Geometry, PairTransform, resize_image, resize_map
 from gaugan.weight_init import init_weights
 
 
-def batch_for(cfg, b: int = 4, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    label = torch.randint(0, cfg.label_nc, (b, 64, 64), generator=g)
-    out = {"label": label, "image": torch.rand(b, 3, 64, 64, generator=g) * 2 - 1}
-    if cfg.use_instance:
-        out["edge"] = (torch.rand(b, 1, 64, 64, generator=g) > 0.9).float()
-    return out
-
-
 # ------------------------------------------------------------------------------------ initialisation
 def test_reference_init_starts_near_grey_images_and_zero_modulation():
     cfg = tiny_config(label_nc=5, use_vae=True, use_instance=True, ngf=8, ndf=8, nef=8)
-    batch = batch_for(cfg)
+    batch = random_batch(cfg, 4)
     stats = {}
     for init_type in ("xavier", "none"):
         torch.manual_seed(0)
@@ -100,7 +91,7 @@ def test_every_gan_mode_trains(mode):
     torch.manual_seed(0)
     trainer = GauGANTrainer(cfg, TrainOptions(lambda_vgg=0.0, gan_mode=mode))
     before = trainer.netG.conv_img.weight.clone()
-    losses = trainer.train_step(batch_for(cfg))
+    losses = trainer.train_step(random_batch(cfg, 4))
     assert all(np.isfinite(v) for v in losses.values()) and not torch.equal(before, trainer.netG.conv_img.weight)
 
 
@@ -113,7 +104,7 @@ def test_d_steps_per_g_updates_g_every_kth_step_only():
     for step in range(4):
         g0 = trainer.netG.conv_img.weight.clone()
         d0 = next(trainer.netD.parameters()).clone()
-        losses = trainer.train_step(batch_for(cfg, seed=step))
+        losses = trainer.train_step(random_batch(cfg, 4, seed=step))
         g_changed.append(not torch.equal(g0, trainer.netG.conv_img.weight))
         d_changed.append(not torch.equal(d0, next(trainer.netD.parameters())))
         assert ("G_GAN" in losses) == (step % 2 == 0)
@@ -130,7 +121,7 @@ def test_accumulated_micro_batches_give_the_whole_batchs_gradients():
         trainer = GauGANTrainer(cfg, TrainOptions(lambda_vgg=0.0, accumulation=accumulation, ema_decay=None))
         trainer._apply = lambda optimizer, scaler: None  # keep the accumulated gradients, skip the update
         torch.manual_seed(5)  # the style encoder's noise: the same draws in both runs
-        trainer.train_step(batch_for(cfg))
+        trainer.train_step(random_batch(cfg, 4))
         nets = (trainer.generator, trainer.discriminator)
         grads.append({f"{i}.{n}": p.grad.clone() for i, net in enumerate(nets) for n, p in net.named_parameters()})
     assert grads[0].keys() == grads[1].keys()
@@ -140,7 +131,7 @@ def test_accumulated_micro_batches_give_the_whole_batchs_gradients():
 
 def test_regenerate_trains_d_on_the_updated_generators_images():
     cfg = tiny_config(label_nc=5, norm_G="spectralspadeinstance3x3")
-    batch = batch_for(cfg)
+    batch = random_batch(cfg, 4)
     results = {}
     for d_fake in ("reuse", "regenerate"):
         torch.manual_seed(0)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import tiny_config
+from conftest import tiny_config, train_options, trainer_weights
 
 import gaugan.trainer as trainer_module
 from gaugan.config import GauGANConfig
@@ -26,18 +26,6 @@ def make_batch(cfg: GauGANConfig, b: int = 2, seed: int = 0, size: tuple[int, in
     if cfg.use_instance:
         batch["edge"] = (torch.rand(b, 1, *size, generator=g) > 0.9).float()
     return batch
-
-
-def opts(**kw) -> TrainOptions:
-    return TrainOptions(**{"lambda_vgg": 0.0, **kw})
-
-
-def weights(trainer: GauGANTrainer) -> dict[str, torch.Tensor]:
-    """Every parameter of G, E and D (not the spectral-norm vectors or BN statistics)."""
-    named = list(trainer.generator.named_parameters(prefix="G")) + list(
-        trainer.discriminator.named_parameters(prefix="D")
-    )
-    return {k: v.detach().clone() for k, v in named}
 
 
 def flat_state(state: dict, prefix: str = "") -> dict:
@@ -71,18 +59,18 @@ def test_options_and_the_two_time_scale_rule():
     with pytest.raises(ValueError, match="ema_decay"):
         TrainOptions(ema_decay=1.5)
     cfg = tiny()
-    ttur = GauGANTrainer(cfg, opts(lr=2e-4))
+    ttur = GauGANTrainer(cfg, train_options(lr=2e-4))
     assert ttur.opt_G.param_groups[0]["lr"] == pytest.approx(1e-4)
     assert ttur.opt_D.param_groups[0]["lr"] == pytest.approx(4e-4)
     assert ttur.opt_G.param_groups[0]["betas"] == (0.0, 0.9) == ttur.opt_D.param_groups[0]["betas"]
-    plain = GauGANTrainer(cfg, opts(lr=3e-4, ttur=False, beta1=0.5, beta2=0.999))
+    plain = GauGANTrainer(cfg, train_options(lr=3e-4, ttur=False, beta1=0.5, beta2=0.999))
     assert plain.opt_G.param_groups[0]["lr"] == plain.opt_D.param_groups[0]["lr"] == pytest.approx(3e-4)
     assert plain.opt_G.param_groups[0]["betas"] == (0.5, 0.999)
     # the betas apply with TTUR too, as in the reference (never silently replaced by (0, 0.9))
-    ttur_betas = GauGANTrainer(cfg, opts(beta1=0.5, beta2=0.99))
+    ttur_betas = GauGANTrainer(cfg, train_options(beta1=0.5, beta2=0.99))
     assert ttur_betas.opt_G.param_groups[0]["betas"] == (0.5, 0.99) == ttur_betas.opt_D.param_groups[0]["betas"]
     assert plain.vgg_loss is None  # lambda_vgg 0: no VGG, no weights file needed
-    schedule = GauGANTrainer(cfg, opts(total_steps=10, decay_start_step=6))
+    schedule = GauGANTrainer(cfg, train_options(total_steps=10, decay_start_step=6))
     assert [schedule.lr_factor(s) for s in (0, 6, 7, 8, 10, 12)] == [1.0, 1.0, 0.75, 0.5, 0.0, 0.0]
 
 
@@ -90,7 +78,7 @@ def test_options_and_the_two_time_scale_rule():
 def test_training_steps_give_finite_losses_decay_the_lr_and_call_hooks():
     cfg = tiny(use_vae=True, use_instance=True)  # default norm_G: SPADE with (sync)batch norm
     torch.manual_seed(0)
-    trainer = GauGANTrainer(cfg, opts(total_steps=4, decay_start_step=2, lr=2e-4))
+    trainer = GauGANTrainer(cfg, train_options(total_steps=4, decay_start_step=2, lr=2e-4))
     calls = []
     trainer.hooks.append(lambda step, losses: calls.append((step, dict(losses))))
     history = [trainer.train_step(make_batch(cfg, seed=s)) for s in range(4)]
@@ -108,7 +96,7 @@ def test_gradients_reach_every_parameter_of_G_E_and_D():
     # PyTorch's default initialisation: with the reference's (xavier, gain 0.02) SPADE's modulation
     # starts near zero and its gradients are tiny next to conv_img's, so "small" would not single
     # out the structurally cancelled biases below
-    trainer = GauGANTrainer(cfg, opts(init_type="none"))
+    trainer = GauGANTrainer(cfg, train_options(init_type="none"))
     batch = make_batch(cfg)
     _, fake = trainer.generator_step(batch)
     assert not fake.requires_grad and fake.shape == (2, 3, 64, 64)
@@ -139,9 +127,9 @@ def test_gradients_reach_every_parameter_of_G_E_and_D():
 def test_a_nan_loss_stops_before_any_update():
     cfg = tiny(use_vae=True)
     torch.manual_seed(0)
-    trainer = GauGANTrainer(cfg, opts(ema_decay=0.9))
+    trainer = GauGANTrainer(cfg, train_options(ema_decay=0.9))
     trainer.train_step(make_batch(cfg, seed=0))
-    good_weights, good_state = weights(trainer), trainer.state_dict()
+    good_weights, good_state = trainer_weights(trainer), trainer.state_dict()
     good_opt = flat_state(good_state["opt_G"]) | flat_state(good_state["opt_D"], "D")
     calls = []
     trainer.hooks.append(lambda step, losses: calls.append(step))
@@ -149,7 +137,7 @@ def test_a_nan_loss_stops_before_any_update():
     bad["image"][1, 0, 5, 5] = float("nan")
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2: .*G_GAN_Feat=nan.*D_real=nan"):
         trainer.train_step(bad)
-    after = weights(trainer)
+    after = trainer_weights(trainer)
     assert all(torch.equal(good_weights[k], after[k]) for k in good_weights)
     state = trainer.state_dict()
     assert flat_state(state["opt_G"]) | flat_state(state["opt_D"], "D") == good_opt
@@ -160,14 +148,14 @@ def test_a_nan_loss_stops_before_any_update():
     fake[0, 0, 0, 0] = float("inf")
     with pytest.raises(NonFiniteLossError, match="D_Fake"):
         trainer.discriminator_step(make_batch(cfg, seed=2), fake)
-    assert all(torch.equal(good_weights[k], v) for k, v in weights(trainer).items())
+    assert all(torch.equal(good_weights[k], v) for k, v in trainer_weights(trainer).items())
     # and training goes on from the last good weights
     assert math.isfinite(trainer.train_step(make_batch(cfg, seed=3))["G_GAN"])
 
 
 def test_resume_from_a_state_dict_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     cfg = tiny(use_vae=True, use_instance=True)
-    options = opts(ema_decay=0.9, total_steps=4, decay_start_step=1)
+    options = train_options(ema_decay=0.9, total_steps=4, decay_start_step=1)
 
     def run(trainer: GauGANTrainer, upto: int) -> GauGANTrainer:
         while trainer.step < upto:
@@ -195,7 +183,7 @@ def test_resume_from_a_state_dict_is_bit_identical_to_an_uninterrupted_run(tmp_p
 def test_inference_generator_is_an_eval_copy_with_the_ema_weights():
     cfg = tiny(use_vae=True, use_instance=True)
     torch.manual_seed(0)
-    trainer = GauGANTrainer(cfg, opts(ema_decay=0.5))
+    trainer = GauGANTrainer(cfg, train_options(ema_decay=0.5))
     for s in range(2):
         trainer.train_step(make_batch(cfg, seed=s))
     rng = torch.get_rng_state()
@@ -216,7 +204,7 @@ def test_inference_generator_is_an_eval_copy_with_the_ema_weights():
     with torch.no_grad():
         z = netE(batch["image"])[0]
         assert torch.equal(netG(sem, z), netG(sem, z))  # eval mode: no power iteration, no BN update
-    no_ema = GauGANTrainer(cfg, opts(ema_decay=None))
+    no_ema = GauGANTrainer(cfg, train_options(ema_decay=None))
     netG2, netE2 = no_ema.inference_generator()
     assert all(torch.equal(v, no_ema.netG.state_dict()[k]) for k, v in netG2.state_dict().items())
 
@@ -225,7 +213,7 @@ def test_inference_generator_is_an_eval_copy_with_the_ema_weights():
 def test_mixed_precision_and_channels_last_run_on_cpu(precision):
     cfg = tiny(use_instance=True, use_vae=True)
     torch.manual_seed(0)
-    trainer = GauGANTrainer(cfg, opts(precision=precision, channels_last=True))
+    trainer = GauGANTrainer(cfg, train_options(precision=precision, channels_last=True))
     losses = trainer.train_step(make_batch(cfg))
     assert all(math.isfinite(v) for v in losses.values())
     assert trainer.netG.fc.weight.dtype == torch.float32  # autocast, not half-precision weights
@@ -272,7 +260,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
-        trainer = GauGANTrainer(_ddp_config(), opts(ema_decay=None), "cpu")
+        trainer = GauGANTrainer(_ddp_config(), train_options(ema_decay=None), "cpu")
         trainer.distribute()
         torch.save(_one_round(trainer, rank, world), f"{out_dir}/rank{rank}.pt")
     finally:
@@ -286,7 +274,7 @@ def test_ddp_over_gloo_matches_one_process_with_the_whole_batch(tmp_path, monkey
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     monkeypatch.setattr(trainer_module, "reparameterize", _fixed_reparameterize)
     torch.manual_seed(0)
-    single = _one_round(GauGANTrainer(_ddp_config(), opts(ema_decay=None), "cpu"), 0, 1)
+    single = _one_round(GauGANTrainer(_ddp_config(), train_options(ema_decay=None), "cpu"), 0, 1)
     for net in ("G", "E", "D"):
         # absolute tolerance from the network's gradient scale: biases right before a norm have a
         # zero true gradient, so theirs are rounding noise that differs with the batch split
