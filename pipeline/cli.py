@@ -104,11 +104,21 @@ def ingest(
 def demo_data(
     out: Path = typer.Option(Path("data/raw/demo"), "--out", help="where to write the folder-format source"),
     params: Path = PARAMS_OPTION,
+    drop: int = typer.Option(0, "--drop", help="add this many new training samples to the existing source at --out"),
+    new_class: str | None = typer.Option(None, "--new-class", help="with --drop: some show this new class (fence)"),
+    drop_seed: int = typer.Option(1, "--drop-seed", help="with --drop: which drop (another seed, other samples)"),
 ) -> None:
-    """Write the procedurally generated demo dataset as a plain folder source (images, labels, instances)."""
-    from pipeline.datasets.demo import write_demo_source
+    """Write the procedurally generated demo dataset as a plain folder source (images, labels, instances);
+    with --drop, add a data drop to it instead (new training samples, optionally of a new class)."""
+    from pipeline.datasets.demo import add_demo_drop, write_demo_source
 
-    write_demo_source(out, _params(params).data.demo)
+    settings = _params(params).data.demo
+    if drop > 0:
+        with _reported("demo-data"):
+            names = add_demo_drop(out, settings, drop, new_class, drop_seed)
+        typer.echo(f"{len(names)} training samples added to {out}" + (f" (class {new_class!r})" if new_class else ""))
+        return
+    write_demo_source(out, settings)
     typer.echo(f"demo source written to {out}")
 
 

@@ -70,6 +70,7 @@ from pipeline.tools import tool_env  # noqa: E402
 
 NEW_DATA_EVENT = "gaugan.dataset.updated"
 SNAPSHOT = Path(".gaugan") / "source_snapshot.json"
+RETRAIN_SUMMARY = Path(".gaugan") / "retrain_summary.json"
 DEPLOYMENT = "gaugan-retrain"
 TAIL_LINES = 40
 # DVC's messages when another DVC command holds the workspace (its repository lock; a stage's files)
@@ -302,24 +303,44 @@ def detect_new_data(repo: str) -> dict:
     }
 
 
+@task(name="plan-retraining", cache_policy=NO_CACHE)
+def plan_retraining_task(repo: str):
+    """Decide finetune or scratch (``retrain`` in params.yaml) and write the training settings it needs."""
+    from pipeline.params import load_params
+    from pipeline.retraining import apply_plan, plan_retraining
+
+    root = Path(repo)
+    plan = plan_retraining(load_params(root / "params.yaml"), root)
+    return apply_plan(root / "params.yaml", plan)
+
+
 @flow(name="gaugan-retrain", log_prints=True)
 def retrain_flow(repo: str = ".", force: bool = False, retries: int = 1) -> dict:
     """Run the pipeline if files under ``data.source`` were added, changed or removed since the last
-    successful run (or if ``force``); the snapshot is saved only after the pipeline succeeded."""
+    successful run (or if ``force``): fine-tune the champion (``retrain.mode``), evaluate, register with
+    ``register.promote``. The snapshot is saved only after the pipeline succeeded; the summary (what it
+    started from, what it decided) is printed, returned and written to ``.gaugan/retrain_summary.json``."""
+    from pipeline.retraining import summary as retrain_summary
+
     root = Path(repo).resolve()
     found = detect_new_data(str(root))
     changes = found["changes"]
-    summary = {k: len(v) for k, v in changes.items()}
+    counts = {k: len(v) for k, v in changes.items()}
     if not found["num_changes"] and not force:
         print(f"no new data in {found['source']} ({len(found['files'])} files unchanged): nothing to do")
-        return {"ran": False, "changes": summary}
+        return {"ran": False, "changes": counts}
     print(
-        f"{found['source']}: {summary['added']} added, {summary['changed']} changed, "
-        f"{summary['removed']} removed{' (forced)' if force else ''}: running the pipeline"
+        f"{found['source']}: {counts['added']} added, {counts['changed']} changed, "
+        f"{counts['removed']} removed{' (forced)' if force else ''}: running the pipeline"
     )
+    plan = plan_retraining_task(str(root))
+    print(f"retraining: {plan.describe()}; params.yaml: {'; '.join(plan.changed) or 'unchanged'}")
     outcomes = pipeline_flow(repo=str(root), retries=retries)
     atomic_write_json(root / SNAPSHOT, {"source": found["source"], "files": found["files"]})
-    return {"ran": True, "changes": summary, "stages": outcomes}
+    result = retrain_summary(root / "params.yaml", root, plan)
+    atomic_write_json(root / RETRAIN_SUMMARY, result)
+    print(f"started from {result['started_from']}; {result['decision']}")
+    return {"ran": True, "changes": counts, "stages": outcomes, **result}
 
 
 # ------------------------------------------------------------------------------------------------

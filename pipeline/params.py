@@ -214,6 +214,22 @@ class PrefectSettings(_Section):
     failure_webhook: str | None
 
 
+class RetrainSettings(_Section):
+    mode: Literal["finetune", "scratch"]
+    finetune_steps: int = Field(ge=1)
+    finetune_decay_start_step: int | None = Field(ge=0)
+    scratch_steps: int = Field(ge=1)
+    scratch_decay_start_step: int | None = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _decay_within_steps(self) -> RetrainSettings:
+        for kind in ("finetune", "scratch"):
+            start, steps = getattr(self, f"{kind}_decay_start_step"), getattr(self, f"{kind}_steps")
+            if start is not None and start > steps:
+                raise ValueError(f"{kind}_decay_start_step ({start}) is after {kind}_steps ({steps})")
+        return self
+
+
 class AppSettings(_Section):
     model: str | None = Field(min_length=1)
     host: str = Field(min_length=1)
@@ -240,6 +256,7 @@ class Params(_Section):
     registry: RegisterSettings = Field(alias="register")
     mlflow: MlflowSettings
     prefect: PrefectSettings
+    retrain: RetrainSettings
     app: AppSettings
 
 

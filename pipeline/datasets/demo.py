@@ -438,3 +438,64 @@ def write_demo_source(out_dir: Path | str, settings) -> Path:
         }
         (tmp / "classes.json").write_text(json.dumps(doc, indent=2) + "\n")
     return out
+
+
+# --- a data drop: more training samples, optionally of a class the demo did not have -----------
+
+DROP_CLASSES = {"fence": (150, 105, 60)}  # classes a data drop can add (appended after the demo's 12)
+DROP_OFFSET = 2_000_000  # drop samples use indices from here (never a training or validation scene)
+
+
+def paint_fence(image: np.ndarray, label: np.ndarray, instance: np.ndarray, index: int, seed: int) -> None:
+    """A wooden fence across the foreground (two rails, regular posts), painted in place as class
+    ``index``; it becomes one new instance."""
+    h, w = label.shape
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, 0xFE9CE])
+    y = ((np.arange(h) + 0.5) / h)[:, None]
+    x = ((np.arange(w) + 0.5) / w)[None, :]
+    top = rng.uniform(0.68, 0.78)
+    rails = (np.abs(y - (top + 0.05)) < 0.018) | (np.abs(y - (top + 0.12)) < 0.018)
+    spacing = rng.uniform(0.1, 0.16)
+    posts = (np.abs(((x + rng.uniform(0, spacing)) % spacing) - spacing / 2) < 0.02) & (y > top) & (y < top + 0.2)
+    mask = np.broadcast_to(rails | posts, (h, w))
+    wood = _rgb(*DROP_CLASSES["fence"]) * rng.uniform(0.8, 1.1)
+    grain = 0.75 + 0.4 * rng.random((h, w, 1), dtype=np.float32)
+    image[mask] = np.clip(wood * grain, 0, 255).astype(np.uint8)[mask]
+    label[mask] = index
+    instance[mask] = int(instance.max()) + 1
+
+
+def add_demo_drop(source: Path | str, settings, count: int, new_class: str | None = None, seed: int = 1) -> list[str]:
+    """Add ``count`` new training samples to a ``folder``-format demo source (``write_demo_source``);
+    with ``new_class`` (a name of :data:`DROP_CLASSES`) every other one, at least one, shows that class,
+    appended to ``classes.json`` when missing. The validation split is untouched. -> the new sample names."""
+    from pipeline.datasets.common import encode_png
+    from pipeline.errors import MissingInputError, ParamsError
+    from pipeline.io import atomic_write_bytes, atomic_write_text
+
+    source = Path(source)
+    if not (source / "classes.json").is_file():
+        raise MissingInputError(
+            f"{source / 'classes.json'}: no demo source there; write one with `gaugan-pipeline demo-data`"
+        )
+    doc = json.loads((source / "classes.json").read_text())
+    new_index = None
+    if new_class is not None:
+        if new_class not in DROP_CLASSES:
+            raise ParamsError(f"--new-class must be one of {sorted(DROP_CLASSES)}, got {new_class!r}")
+        names = [c["name"] for c in doc["classes"]]
+        if new_class not in names:
+            doc["classes"].append({"index": len(names), "name": new_class, "color": list(DROP_CLASSES[new_class])})
+            atomic_write_text(source / "classes.json", json.dumps(doc, indent=2) + "\n")
+        new_index = next(c["index"] for c in doc["classes"] if c["name"] == new_class)
+    written = []
+    for i in range(count):
+        index = DROP_OFFSET + seed * 10_000 + i
+        image, label, instance = generate_sample(settings.seed, index, settings.width, settings.height)
+        if new_index is not None and i % 2 == 0:
+            paint_fence(image, label, instance, new_index, index)
+        name = f"drop{seed}_{i:06d}"
+        for sub, arr in (("images", image), ("labels", label), ("instances", instance)):
+            atomic_write_bytes(source / sub / "train" / f"{name}.png", encode_png(arr))
+        written.append(name)
+    return written
