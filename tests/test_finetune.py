@@ -2,8 +2,9 @@
 CPU, saved as the train stage saves them, loaded into a fresh trainer.
 
 - a class table that gains classes: before any update the grown G gives the parent's images for maps
-  of the old classes (max abs difference <= 1e-6) and the grown D the parent's scores; the same by
-  name when the classes are reordered (class_remap by_name);
+  of the old classes (max abs difference <= 1e-6) and the grown D the parent's scores (also with a
+  style encoder, whose fc reads no labels); the same by name when the classes are reordered
+  (class_remap by_name);
 - the same table and a ``full`` training state: G, E, D, EMA and the optimizer moments are exactly
   the parent's (state dicts equal), the step counter and the learning-rate schedule start over;
 - refusals, one line naming the file and both values: another architecture, a renamed or reordered
@@ -109,6 +110,22 @@ def test_a_grown_class_table_gives_the_parents_images_and_scores_before_any_upda
     assert moments.shape == fc_new.shape and not moments[:, 4:6].any() and moments[:, :4].abs().sum() > 0
     losses = child.train_step(batch(child_cfg, 9))
     assert child.step == 1 and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def test_a_style_code_generator_grows_its_spade_label_convolutions_and_keeps_its_linear_fc(tmp_path):
+    cfg, child_cfg = config(use_vae=True), config(GROWN, use_vae=True)
+    parent = trained(cfg, steps=0)
+    generator, _ = save_both(tmp_path, parent, OLD, full=False)
+    child = fresh(child_cfg)
+    start_from_parent(child, read_parent_file(generator), GROWN)
+    assert child.netG.fc.weight.shape == parent.netG.fc.weight.shape  # a linear layer on the style code
+    assert child.netG.head_0.norm_0.mlp_shared[0].weight.shape[1] == GROWN.label_nc + 2
+    labels, edges = old_class_maps()
+    z = torch.randn(labels.shape[0], cfg.z_dim)
+    with torch.no_grad():
+        a = parent.inference_generator()[0](encode_labels(labels, cfg.label_nc, True, edges), z)
+        b = child.inference_generator()[0](encode_labels(labels, child_cfg.label_nc, True, edges), z)
+    assert (a - b).abs().max().item() <= 1e-6 and a.std() > 0.01
 
 
 def test_reordered_classes_are_refused_or_remapped_by_name(tmp_path):

@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gaugan.parent import ParentModel, read_parent_file
 from pipeline.errors import MissingInputError, TrainError
 from pipeline.io import sha256_file
+
+if TYPE_CHECKING:
+    from gaugan.parent import ParentModel
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,8 @@ def read_parent_record(parent_dir: Path, init_from: str | None) -> dict:
 def load_parent_model(parent_dir: Path, record: dict) -> ParentModel | None:
     """The parent's networks (None for ``kind: none``): the training state when there is one (it has D
     and the EMA; an NVlabs checkpoint was converted to one), else the generator file."""
+    from gaugan.parent import read_parent_file  # torch: not needed to resolve, nor without a parent
+
     if record["kind"] == "none":
         return None
     files = record.get("files") or {}
