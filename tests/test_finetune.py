@@ -98,7 +98,7 @@ def test_a_grown_class_table_gives_the_parents_images_and_scores_before_any_upda
         da = parent.netD(torch.cat([sem_a, image], 1))
         db = child.netD(torch.cat([sem_b, image], 1))
     for scale_a, scale_b in zip(da, db, strict=True):
-        assert (scale_a[-1] - scale_b[-1]).abs().max().item() <= 1e-5
+        assert (scale_a[-1] - scale_b[-1]).abs().max().item() <= 1e-6 and scale_a[-1].std() > 0.01
     # the new classes' channels start at zero, the dontcare and edge channels moved behind them
     fc_old, fc_new = parent.netG.fc.weight.detach(), child.netG.fc.weight.detach()
     assert fc_new.shape[1] == GROWN.label_nc + 2 and torch.equal(fc_new[:, 4:6], torch.zeros_like(fc_new[:, 4:6]))
