@@ -1,4 +1,5 @@
-"""Generator files (one file: weights, config, class table, provenance) and NVlabs reference checkpoints."""
+"""Generator files (one file: weights, config, class table, provenance), training-state files (what
+continuing needs: G, E, D, EMA, optionally the optimizer moments) and NVlabs reference checkpoints."""
 
 from __future__ import annotations
 
@@ -18,7 +19,16 @@ from gaugan.errors import CheckpointError, MissingFileError
 from gaugan.generator import SPADEGenerator
 
 FORMAT = "gaugan-generator/1"
-__all__ = ["CheckpointError", "LoadedGenerator", "load_generator", "load_reference_checkpoint", "save_generator"]
+STATE_FORMAT = "gaugan-train-state/1"
+__all__ = [
+    "CheckpointError",
+    "LoadedGenerator",
+    "load_generator",
+    "load_reference_checkpoint",
+    "read_model_file",
+    "save_generator",
+    "save_train_state",
+]
 
 
 @dataclass
@@ -80,15 +90,38 @@ def save_generator(
     atomic_save(payload, path)
 
 
+def save_train_state(path: Path | str, parts: dict, config: GauGANConfig, classes: ClassTable, meta: dict) -> None:
+    """Write {format, config, classes, meta, G, E, D, ema[, opt_G, opt_D, scaler_G, scaler_D]} atomically.
+
+    ``parts``: :meth:`gaugan.trainer.GauGANTrainer.export_state` (CPU tensors). G is the live
+    generator and ``ema`` its average (the generator file's weights); it loads with
+    ``torch.load(weights_only=True)``. Kept apart from the generator file, which serving reads.
+    """
+    atomic_save(
+        {"format": STATE_FORMAT, "config": config.to_dict(), "classes": classes.to_dict(), "meta": meta, **parts},
+        path,
+    )
+
+
+def read_model_file(path: Path | str) -> dict:
+    """The payload of a generator file or a training-state file (CPU tensors); anything else is refused
+    with a one-line error naming the file and what it holds."""
+    path = Path(path)
+    payload = _read_payload(path, "generator or training-state file", "")
+    found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+    if found not in (FORMAT, STATE_FORMAT):
+        hint = " (a plain state dict: an NVlabs checkpoint? give its folder)" if found is None else ""
+        raise CheckpointError(
+            f"{path}: neither a GauGAN generator file ({FORMAT!r}) nor a training state ({STATE_FORMAT!r}): "
+            f"it holds {found!r}{hint}"
+        )
+    return payload
+
+
 def load_generator(path: Path | str, device: torch.device | str = "cpu") -> LoadedGenerator:
     """A file written by :func:`save_generator` -> eval-mode networks on ``device`` and their settings."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no such generator file; run the train stage or give the right path")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not our file"
-        raise CheckpointError(f"{path}: not a readable generator file ({type(err).__name__}: {err})") from None
+    payload = _read_payload(path, "generator file", "; run the train stage or give the right path")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         hint = (
@@ -108,6 +141,16 @@ def load_generator(path: Path | str, device: torch.device | str = "cpu") -> Load
     netG = netG.to(device).eval().requires_grad_(False)
     classes = ClassTable.from_dict(payload["classes"], f"{path} [classes]") if payload.get("classes") else None
     return LoadedGenerator(netG, netE, config, classes, payload.get("meta") or {})
+
+
+def _read_payload(path: Path, what: str, fix: str):
+    """``torch.load(weights_only=True)`` onto the CPU, a missing or unreadable file being one clear error."""
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such {what}{fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not our file"
+        raise CheckpointError(f"{path}: not a readable {what} ({type(err).__name__}: {err})") from None
 
 
 def _load_strict(module: nn.Module, state: dict, source: str) -> None:

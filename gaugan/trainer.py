@@ -542,6 +542,44 @@ class GauGANTrainer:
             "counters": self._counters.state_dict(),
         }
 
+    def export_state(self, full: bool) -> dict:
+        """What continuing elsewhere needs, on the CPU: G (live), E, D, the EMA, and with ``full`` the
+        optimizer moments and gradient-scaler states (:func:`gaugan.checkpoint.save_train_state`)."""
+        parts: dict = {
+            "G": self.netG.state_dict(),
+            "E": self.netE.state_dict() if self.netE is not None else None,
+            "D": self.netD.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+        }
+        if full:
+            parts.update(opt_G=self.opt_G.state_dict(), opt_D=self.opt_D.state_dict())
+            parts.update(scaler_G=self.scaler_G.state_dict(), scaler_D=self.scaler_D.state_dict())
+        return _to_cpu(parts)
+
+    def load_parts(self, parts: dict) -> None:
+        """Start from another model's networks, at step 0 (a fine-tune, not a resume): G and, where given,
+        E, D, the EMA (else it starts from the loaded G), the optimizer moments (``opt_G``/``opt_D``:
+        only their per-parameter state; this run's learning rates and betas stay) and the fp16 scaler
+        states. What is not given keeps its fresh initial value. The step counter, the learning-rate
+        schedule and the skip counters start over."""
+        self.netG.load_state_dict(parts["G"])
+        if self.netE is not None and parts.get("E") is not None:
+            self.netE.load_state_dict(parts["E"])
+        if parts.get("D") is not None:
+            self.netD.load_state_dict(parts["D"])
+        if self.ema is not None:
+            self.ema.load_state_dict(parts.get("ema") or _unwrap(self.generator).state_dict())
+        for key, optimizer in (("opt_G", self.opt_G), ("opt_D", self.opt_D)):
+            if parts.get(key) is not None:
+                own = optimizer.state_dict()
+                optimizer.load_state_dict({**own, "state": parts[key]["state"]})
+        for key, scaler in (("scaler_G", self.scaler_G), ("scaler_D", self.scaler_D)):
+            if parts.get(key) and scaler.is_enabled():
+                scaler.load_state_dict(parts[key])
+        self.step = 0
+        self._counters = _StepCounters(self.device)
+        self._apply_lr_schedule()
+
     def load_state_dict(self, state: dict) -> None:
         self.netG.load_state_dict(state["G"])
         if self.netE is not None:
@@ -599,6 +637,17 @@ class _StepCounters:
         keys = ("applied", "skipped", "in_a_row", "first_bad")
         defaults = {"applied": 0, "skipped": 0, "in_a_row": 0, "first_bad": -1}
         self.values = torch.tensor([int(state.get(k, defaults[k])) for k in keys], device=self.values.device)
+
+
+def _to_cpu(value):
+    """Tensors (inside dicts and lists too) detached, cloned onto the CPU."""
+    if torch.is_tensor(value):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 def _poison_first_grad(optimizer: torch.optim.Optimizer, ok: torch.Tensor) -> None:

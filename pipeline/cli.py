@@ -136,6 +136,18 @@ def train(
     typer.echo(f"trained {metrics['steps']} steps")
 
 
+@app.command("resolve-parent")
+def resolve_parent(params: Path = PARAMS_OPTION) -> None:
+    """Resolve train.init_from (an alias to a version) into train.parent_dir, which the train stage reads."""
+    from pipeline.stages import resolve_parent as stage
+
+    p = _params(params)
+    with _reported("resolve-parent"):
+        record = stage.run(p)
+    where = record.get("uri") or "none: training starts from scratch"
+    typer.echo(f"parent: {where}" + (f" (version {record['version']})" if record.get("version") else ""))
+
+
 @app.command("train-segmenter")
 def train_segmenter(params: Path = PARAMS_OPTION) -> None:
     """Train (or load) the segmentation network that scores mIoU."""

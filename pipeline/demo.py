@@ -42,7 +42,7 @@ def run_demo(params_path: Path = Path("params.yaml"), root: Path = Path(".")) ->
     env = tool_env(root)
     if not (root / ".dvc").is_dir():
         subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, env=env, check=True)
-    _dvc(root, env, "repro", "ingest")
+    _dvc(root, env, "repro", "ingest", "resolve-parent")  # what train reads
     pending = [stage for stage in SIDE_BY_SIDE if stage in _changed_stages(root, env)]
     if len(pending) > 1 and (os.cpu_count() or 1) > 1:
         run_side_by_side(root, env, pending)

@@ -125,6 +125,12 @@ class TrainSettings(_Section):
     checkpoint_dir: str
     out_dir: str
     model_out: str
+    save_state: Literal["weights", "full"]
+    state_out: str
+    init_from: str | None = Field(min_length=1)
+    init_optimizer: bool
+    class_remap: Literal["strict", "by_name"]
+    parent_dir: str
 
     @model_validator(mode="after")
     def _crop_fits(self) -> TrainSettings:

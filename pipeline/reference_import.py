@@ -8,11 +8,13 @@ models, ``opt.txt`` when present; ``opt.pkl`` is never unpickled) or a ``*_net_G
    discriminator or encoder given as the generator, and non-finite weights;
 2. infers what the shapes tell: label channels, ngf, the SPADE hidden width and kernel, the norms,
    a style encoder (``fc`` is then linear: z_dim, and crop/aspect through its size), ``most``;
-3. checks them, and every option ``opt.txt`` records, against the setting
+3. checks them, and every option ``opt.txt`` records that changes the weights, against the setting
    (:func:`gaugan.config.reference_setting` and the built-in class table,
    pipeline/datasets/class_tables.py): dataset_mode, label_nc, contain_dontcare_label, no_instance,
-   ngf, z_dim, use_vae, norm_G, num_upsampling_layers, crop_size, aspect_ratio; every mismatch is
-   named in one message. Shapes cannot tell ``normal`` from ``more``: the setting decides that;
+   ngf, z_dim, use_vae, norm_G, num_upsampling_layers; every mismatch is named in one message.
+   Shapes cannot tell ``normal`` from ``more``: the setting decides that. The options that do not
+   change the weights (crop_size, aspect_ratio, load_size, preprocess_mode) are taken from opt.txt,
+   not checked against the paper's setting (a style-code generator's ``fc`` must still fit them);
 4. loads the weights strictly (:func:`gaugan.checkpoint.load_reference_checkpoint`) and writes a
    generator file (:func:`gaugan.checkpoint.save_generator`) with the setting's class table and the
    reference's provenance (files, sha256, options) in its ``meta``;
@@ -196,9 +198,16 @@ def generator_shapes(state: dict, path: Path) -> Shapes:
     return shapes
 
 
-def expected_config(setting: str, table: ClassTable, shapes: Shapes, path: Path) -> tuple[GauGANConfig, list[str]]:
-    """The config of a generator of ``setting`` with these shapes, and every way the shapes disagree."""
-    ref = reference_setting(setting, use_vae=shapes.use_vae)
+def expected_config(
+    setting: str, table: ClassTable, shapes: Shapes, path: Path, options: dict[str, str] | None = None
+) -> tuple[GauGANConfig, list[str]]:
+    """The config of a generator of ``setting`` with these shapes, and every way the shapes disagree.
+
+    The options that do not change the weights (crop_size, aspect_ratio; load_size and
+    preprocess_mode are not part of the model) come from ``options`` (opt.txt) when it has them,
+    else from the setting: a checkpoint trained at any crop size imports.
+    """
+    ref = replace(reference_setting(setting, use_vae=shapes.use_vae), **_size_options(options or {}))
     base = table.label_nc + int(table.contain_dontcare_label)
     problems = list(shapes.problems)
     if shapes.semantic_nc not in (base, base + 1):
@@ -231,6 +240,19 @@ def expected_config(setting: str, table: ClassTable, shapes: Shapes, path: Path)
     return config, problems
 
 
+def _size_options(options: dict[str, str]) -> dict:
+    """crop_size and aspect_ratio as opt.txt states them (those it states, as numbers)."""
+    out: dict = {}
+    try:
+        if "crop_size" in options:
+            out["crop_size"] = int(float(options["crop_size"]))
+        if "aspect_ratio" in options:
+            out["aspect_ratio"] = float(options["aspect_ratio"])
+    except ValueError as err:
+        raise ReferenceImportError(f"opt.txt: crop_size/aspect_ratio must be numbers ({err})") from None
+    return out
+
+
 def _flag(value: str) -> bool | None:
     return {"true": True, "false": False}.get(value.strip().lower())
 
@@ -243,8 +265,6 @@ def option_problems(options: dict[str, str], setting: str, config: GauGANConfig)
         "ngf": config.ngf,
         "use_vae": config.use_vae,
         "num_upsampling_layers": config.num_upsampling_layers,
-        "crop_size": config.crop_size,
-        "aspect_ratio": config.aspect_ratio,
     }
     if config.use_vae:
         expected["z_dim"] = config.z_dim
@@ -310,8 +330,8 @@ def load_reference(setting: str, files: ReferenceFiles) -> ReferenceModel:
     state = read_state(files.generator, "generator")
     shapes = generator_shapes(state, files.generator)
     table = builtin_table(setting)
-    config, problems = expected_config(setting, table, shapes, files.generator)
     options = read_opt_txt(files.opt_txt) if files.opt_txt is not None else {}
+    config, problems = expected_config(setting, table, shapes, files.generator, options)
     problems += option_problems(options, setting, config)
     if problems:
         raise ReferenceImportError(

@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+STATE_ARTIFACT = "train_state.pt"  # the training state's name under checkpoint/ (train.init_from reads it)
 PENDING = "pending"  # validation_status of a version whose registration has not decided yet
 # What two evaluations must share before any of their numbers are compared (tags written by the
 # evaluate stage, pipeline/evaluation/comparable.py): the same data, the same number of images, the
@@ -166,8 +169,9 @@ def decide(
     )
 
 
-def log_model(ref: RunRef, model_path: Path, config):
-    """The pyfunc model and the raw generator file into the training run; -> mlflow's ModelInfo."""
+def log_model(ref: RunRef, model_path: Path, config, state_path: Path | None = None):
+    """The pyfunc model, the raw generator file and (when it exists) the training-state file into the
+    training run (``checkpoint/<file>``, ``checkpoint/train_state.pt``); -> mlflow's ModelInfo."""
     import mlflow
 
     from pipeline.serving import log_generator_model
@@ -175,7 +179,28 @@ def log_model(ref: RunRef, model_path: Path, config):
     with resume_run(ref):
         info = log_generator_model(model_path, config)
         mlflow.log_artifact(str(model_path), artifact_path="checkpoint")
+        if state_path is not None and state_path.is_file():
+            _log_as(state_path, STATE_ARTIFACT, "checkpoint")
     return info
+
+
+def _log_as(path: Path, name: str, folder: str) -> None:
+    """``path`` logged as ``folder/name`` (copied under that name when it has another)."""
+    import mlflow
+
+    if path.name == name:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(path, Path(tmp) / name)
+        mlflow.log_artifact(str(Path(tmp) / name), artifact_path=folder)
+
+
+def parent_version_tags(meta: dict) -> dict[str, str]:
+    """The parent a generator was fine-tuned from (its file's meta), as version tags."""
+    parent = meta.get("parent") or {}
+    keys = ("kind", "uri", "version", "run_id", "dataset_id")
+    return {f"parent_{k}": str(parent[k]) for k in keys if parent.get(k) is not None}
 
 
 def register_version(ref: RunRef, name: str, info, tags: dict, value: float | None, settings, out: Path) -> dict:

@@ -126,8 +126,9 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
         return client.create_experiment(name, artifact_location=artifact_root_for(tracking_uri))
 
 
-def write_run_ref(path: Path | str, ref: RunRef) -> None:
-    atomic_write_text(Path(path), json.dumps(asdict(ref), indent=2) + "\n")
+def write_run_ref(path: Path | str, ref: RunRef, extra: dict | None = None) -> None:
+    """run.json: the run; ``extra`` adds what else the run should be known by (e.g. its parent model)."""
+    atomic_write_text(Path(path), json.dumps({**asdict(ref), **(extra or {})}, indent=2) + "\n")
 
 
 def read_run_ref(path: Path | str) -> RunRef:

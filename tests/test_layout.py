@@ -16,6 +16,7 @@ from pipeline.params import Params, scoped
 PACKAGES = ("gaugan", "pipeline")
 STAGES = {  # dvc.yaml stage -> module
     "ingest": "pipeline.stages.ingest",
+    "resolve-parent": "pipeline.stages.resolve_parent",
     "train": "pipeline.stages.train",
     "train-segmenter": "pipeline.stages.train_segmenter",
     "evaluate": "pipeline.stages.evaluate",

@@ -216,8 +216,8 @@ def test_refusals_name_the_problem(coco, tmp_path):
     bad = tmp_path / "bad_opt"
     bad.mkdir()
     (bad / "latest_net_G.pth").symlink_to(root / "coco_pretrained/latest_net_G.pth")
-    write_opt_txt(bad / "opt.txt", "coco-stuff", config, ngf=64, crop_size=512)
-    with pytest.raises(ReferenceImportError, match=r"opt.txt ngf is '64'.*\n.*opt.txt crop_size is '512'"):
+    write_opt_txt(bad / "opt.txt", "coco-stuff", config, ngf=64, num_upsampling_layers="more")
+    with pytest.raises(ReferenceImportError, match=r"opt.txt ngf is '64'.*\n.*opt.txt num_upsampling_layers is 'more'"):
         import_reference("coco-stuff", bad, out)
     # a truncated file
     cut = tmp_path / "cut"
@@ -236,3 +236,20 @@ def test_refusals_name_the_problem(coco, tmp_path):
     assert result.exit_code == 1
     assert "latest_net_D.pth: this is a discriminator (latest_net_D.pth), not a generator" in result.output
     assert not out.exists()
+
+
+def test_any_crop_size_imports_the_options_that_do_not_change_the_weights_come_from_opt_txt(coco, tmp_path):
+    """An official-format folder trained at crop 64 (load 72, fixed preprocessing): the weights say
+    nothing about the crop, so it imports, with opt.txt's crop and aspect ratio, and the same pixels."""
+    root, config, nets = coco
+    small = tmp_path / "coco_64"
+    small.mkdir()
+    (small / "latest_net_G.pth").symlink_to(root / "coco_pretrained/latest_net_G.pth")
+    write_opt_txt(small / "opt.txt", "coco-stuff", config, crop_size=64, load_size=72, aspect_ratio=2.0,
+                  preprocess_mode="fixed")  # fmt: skip
+    summary = import_reference("coco-stuff", small, tmp_path / "c64.pt")
+    assert (summary["config"]["crop_size"], summary["config"]["aspect_ratio"]) == (64, 2.0)
+    synth = Synthesizer.from_checkpoint(tmp_path / "c64.pt", device="cpu")
+    assert synth.training_size == (32, 64)
+    ours, theirs = synth.netG.state_dict(), nets["G"].state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], v) for k, v in theirs.items())

@@ -3,11 +3,14 @@
 Reads ``train.model_out`` (the generator file), ``<evaluate.out_dir>/metrics.json`` and
 ``<train.out_dir>/run.json`` (the training run), then:
 
-1. logs the pyfunc model (``pipeline/serving.py``) into the training run as ``generator``, and the
-   raw generator file as the plain artifact ``checkpoint/<file>``;
+1. logs the pyfunc model (``pipeline/serving.py``) into the training run as ``generator``, the
+   raw generator file as the plain artifact ``checkpoint/<file>``, and the training state
+   (``train.state_out``) as ``checkpoint/train_state.pt``, so any version can be continued
+   elsewhere (``train.init_from: models:/NAME/VERSION``);
 2. creates a new version of the registered model with tags: git commit, dataset and dataset id,
-   the generator's sha256, training steps, the FID backbone and evaluation resolution, and every
-   number in metrics.json as ``metric.<key>``;
+   the generator's sha256, training steps, the parent it was fine-tuned from (parent_version,
+   parent_run_id, parent_uri, ...), the FID backbone and evaluation resolution, and every number
+   in metrics.json as ``metric.<key>``;
 3. points ``challenger`` at it, and ``champion`` too when ``register.promote`` says so
    (``pipeline/registry.py`` decides, and undoes everything if a later step fails);
 4. writes ``register.out`` (name, version, aliases, promoted, metric, value, the champion before,
@@ -21,10 +24,10 @@ from pathlib import Path
 
 from gaugan.checkpoint import load_generator
 from pipeline.params import Params, scoped
-from pipeline.registry import log_model, read_metric, register_version, tag_run, version_tags
+from pipeline.registry import log_model, parent_version_tags, read_metric, register_version, tag_run, version_tags
 from pipeline.tracking import read_run_ref, require_server
 
-PARAMS = ("register", "train.model_out", "train.out_dir", "evaluate.out_dir")
+PARAMS = ("register", "train.model_out", "train.state_out", "train.out_dir", "evaluate.out_dir")
 log = logging.getLogger(__name__)
 
 
@@ -47,8 +50,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
             params.train.out_dir,
             ref.run_id,
         )
-    tags = version_tags(metrics, loaded.meta, dataset, model_path, root)
-    info = log_model(ref, model_path, loaded.config)
+    tags = {**version_tags(metrics, loaded.meta, dataset, model_path, root), **parent_version_tags(loaded.meta)}
+    info = log_model(ref, model_path, loaded.config, root / params.train.state_out)
     result = register_version(ref, name, info, tags, value, settings, root / settings.out)
     tag_run(ref, result)
     log.info("register: %s version %s: %s", name, result["version"], result["reason"])

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from gaugan.checkpoint import save_generator
+from gaugan.checkpoint import save_generator, save_train_state
 from gaugan.classes import ClassTable
 from gaugan.data import PreparedDataset, split_size
+from gaugan.parent import ParentModel, start_from_parent
 from gaugan.trainer import GauGANTrainer
 from gaugan.transforms import Geometry
 from pipeline.distributed import DistContext, broadcast_object
@@ -26,6 +28,7 @@ from pipeline.tracking import RunRef, Tracker, git_commit, require_server, resol
 from pipeline.training.checkpoints import CheckpointStore, losses_csv
 from pipeline.training.loader import build_train_loader
 from pipeline.training.loop import TrainingLoop
+from pipeline.training.parent import parent_summary, parent_tags
 from pipeline.training.samples import SampleMaker
 from pipeline.training.settings import model_config, train_options
 
@@ -53,11 +56,17 @@ def check_tracking(params: Params, root: Path, ctx: DistContext) -> None:
 
 
 def restore(
-    trainer: GauGANTrainer, store: CheckpointStore, fingerprint: str, ctx: DistContext, resume: str
+    trainer: GauGANTrainer,
+    store: CheckpointStore,
+    fingerprint: str,
+    ctx: DistContext,
+    resume: str,
+    start: Callable[[], None] | None = None,
 ) -> tuple[int, str | None]:
     """Load the matching checkpoint (rank 0 reads it to CPU, every rank gets it); -> (start step, MLflow run id).
 
-    ``resume``: 'auto' continues from a checkpoint of the same settings and data; 'never' discards it.
+    ``resume``: 'auto' continues from a checkpoint of the same settings, data and parent; 'never'
+    discards it. Without one, ``start`` (loading the parent model) sets the trainer's first weights.
     """
     if resume not in ("auto", "never"):
         raise TrainError(f"--resume must be 'auto' or 'never', got {resume!r}")
@@ -67,11 +76,37 @@ def restore(
     if state is not None:
         trainer.load_state_dict(state["trainer"])  # CPU tensors, copied into the trainer's own
         start_step, run_id = int(state["step"]), state.get("mlflow_run_id")
-    elif ctx.is_main and resume == "never":
-        store.discard()
+    else:
+        if ctx.is_main and resume == "never":
+            store.discard()
+        if start is not None:
+            start()
     if ctx.distributed:
         trainer.distribute(device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     return start_step, run_id
+
+
+def parent_starter(
+    trainer: GauGANTrainer, parent: ParentModel | None, params: Params, classes: ClassTable, record: dict, ctx
+) -> tuple[Callable[[], None], dict]:
+    """A ``start`` for :func:`restore` that loads the parent into the fresh trainer (every rank: the
+    same weights), and the parent's summary that the run records (filled in when it runs)."""
+    summary: dict = parent_summary(record, []) if parent is not None else {}
+
+    def start() -> None:
+        if parent is None:
+            return
+        t = params.train
+        warnings = start_from_parent(trainer, parent, classes, t.class_remap, t.init_optimizer)
+        for warning in warnings if ctx.is_main else []:
+            log.warning("train: %s", warning)
+        summary.update(parent_summary(record, warnings))
+        if ctx.is_main:
+            log.info(
+                "train: starting from %s (%s), step counter and learning-rate schedule at 0", parent.source, parent.kind
+            )
+
+    return start, summary
 
 
 def log_start(
@@ -122,7 +157,7 @@ def build_loader(params: Params, data_root: Path, trainer: GauGANTrainer, ctx: D
 
 
 def start_tracking(
-    loop: TrainingLoop, params: Params, root: Path, dataset: str, run_id: str | None, start_step: int
+    loop: TrainingLoop, params: Params, root: Path, dataset: str, run_id: str | None, start_step: int, parent: dict
 ) -> None:
     """Rank 0: start (or re-open) the model's MLflow run, write ``run.json``, and give the loop its
     tracker, the loss history so far, the sample maker and the provenance of the generator file."""
@@ -137,6 +172,7 @@ def start_tracking(
         "precision": loop.trainer.options.precision,
         "dvc_exp": os.environ.get("DVC_EXP_NAME"),
         "dvc_baseline": os.environ.get("DVC_EXP_BASELINE_REV"),
+        **(parent_tags(parent) if run_id is None else {}),  # a resumed run keeps the tags of its start
     }
     tracker = Tracker(
         resolve_tracking_uri(params.mlflow.tracking_uri, root), params.mlflow.experiment or f"gaugan-{classes.dataset}"
@@ -152,7 +188,8 @@ def start_tracking(
     if run_id is None:  # a new run: its training data, as DVC knows it (a resumed run has it already)
         lineage = dvc_lineage(root, params.data.out)
         tracker.log_dataset(lineage.mlflow_dataset(root, classes.dataset, dataset), lineage.tags(dataset))
-    write_run_ref(root / t.out_dir / "run.json", RunRef(loop.run_id, tracker.uri, tracker.experiment))
+    extra = {"parent": parent} if parent else None
+    write_run_ref(root / t.out_dir / "run.json", RunRef(loop.run_id, tracker.uri, tracker.experiment), extra)
     loop.tracker = tracker
     loop.history = loop.store.read_history(start_step)
     data_root = root / params.data.out
@@ -164,6 +201,7 @@ def start_tracking(
         "dataset_id": dataset,
         "settings_fingerprint": loop.fingerprint,
         "git_commit": tags["git_commit"],
+        **({"parent": parent} if parent else {}),
     }
 
 
@@ -172,9 +210,10 @@ def write_outputs(loop: TrainingLoop, params: Params, root: Path, metrics: dict)
     t, tracker = params.train, loop.tracker
     synth = loop.synthesizer()
     model_out = root / t.model_out
-    save_generator(
-        model_out, synth.netG, synth.netE, synth.config, loop.classes, {**loop.provenance, "steps": metrics["steps"]}
-    )
+    meta = {**loop.provenance, "steps": metrics["steps"]}
+    save_generator(model_out, synth.netG, synth.netE, synth.config, loop.classes, meta)
+    state = loop.trainer.export_state(full=t.save_state == "full")
+    save_train_state(root / t.state_out, state, loop.trainer.config, loop.classes, {**meta, "save_state": t.save_state})
     out_dir = root / t.out_dir
     atomic_write_json(out_dir / "metrics.json", metrics)
     atomic_write_text(out_dir / "losses.csv", losses_csv(loop.history))
@@ -184,4 +223,4 @@ def write_outputs(loop: TrainingLoop, params: Params, root: Path, metrics: dict)
     tracker.log_artifact(out_dir / "losses.csv", "train")
     tracker.log_metrics(metrics, metrics["steps"])
     tracker.end("FINISHED")
-    log.info("train: %d steps; generator written to %s", metrics["steps"], model_out)
+    log.info("train: %d steps; generator written to %s, training state to %s", metrics["steps"], model_out, t.state_out)

@@ -33,6 +33,9 @@ RESUME_NEUTRAL_KEYS = {
     "compile",
     "deterministic",  # which kernels, not what they compute (GPU results differ in the last bits)
     "dist_timeout_s",
+    "save_state",  # what is saved at the end, not what is trained
+    "state_out",
+    "parent_dir",  # where the parent's files are; the parent itself is part of the fingerprint
 }
 
 
@@ -124,7 +127,9 @@ def train_options(params: Params, device: torch.device) -> TrainOptions:
     )
 
 
-def settings_fingerprint(params: Params, dataset: str) -> str:
-    """What a resume checkpoint must match: seed, architecture, computing settings and dataset id."""
+def settings_fingerprint(params: Params, dataset: str, parent: dict | None = None) -> str:
+    """What a resume checkpoint must match: seed, architecture, computing settings, dataset id, and the
+    exact parent model (an alias that moved makes another fingerprint)."""
     train = {k: v for k, v in params.train.model_dump().items() if k not in RESUME_NEUTRAL_KEYS}
-    return digest({"seed": params.seed, "model": params.model.model_dump(), "train": train, "data": dataset})
+    settings = {"seed": params.seed, "model": params.model.model_dump(), "train": train, "data": dataset}
+    return digest(settings if parent is None else {**settings, "parent": parent})
