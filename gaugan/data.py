@@ -6,7 +6,9 @@ none) and ``edges/``. Label PNGs are read as raw indices, never converted.
 
 A prepared dataset has one identity, :func:`dataset_id`: a hash of its class table and of the
 manifest's (split, id, source hash) rows. Generator and segmenter files, MLflow runs and registered
-versions all record it under that name.
+versions all record it under that name. Its validation split has one of its own,
+:func:`val_split_id` (the class table and the validation rows only): what evaluations must share to
+be compared, so that a growing training split does not make them incomparable.
 """
 
 from __future__ import annotations
@@ -48,9 +50,29 @@ def split_size(root: Path | str, split: str) -> int:
 def dataset_id(root: Path | str) -> str:
     """The prepared dataset's identity: 16 hex digits of a sha256 over its class table and its
     manifest's (split, id, source hash) rows. Equal ids mean the same samples and the same classes."""
-    classes = ClassTable.load(root).to_dict()
     manifest = read_manifest(root, ["split", "id", "source_hash"])
     rows = sorted(zip(*(manifest[c].astype(str) for c in ("split", "id", "source_hash")), strict=True))
+    return _identity(ClassTable.load(root).to_dict(), rows)
+
+
+def val_split_id(root: Path | str) -> str:
+    """The validation split's identity: 16 hex digits of a sha256 over the class table and the
+    validation rows' (id, source hash). Training samples added or changed leave it as it is.
+
+    The whole class table is in it, also when classes are appended that no validation map uses: the
+    table decides what a label value means and which classes mIoU averages over (``average: all``
+    counts every scored class), and telling an appended class from one that the validation maps use
+    would mean reading every label map. A changed table thus makes the registry score the champion
+    again on today's split (pipeline/promotion.py), which costs one evaluation pass, never a wrong
+    comparison.
+    """
+    manifest = read_manifest(root, ["split", "id", "source_hash"])
+    val = manifest[manifest["split"] == "val"]
+    rows = sorted(zip(val["id"].astype(str), val["source_hash"].astype(str), strict=True))
+    return _identity(ClassTable.load(root).to_dict(), rows)
+
+
+def _identity(classes: dict, rows: list) -> str:
     payload = json.dumps({"classes": classes, "samples": rows}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

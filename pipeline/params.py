@@ -202,13 +202,30 @@ class EvaluateSettings(_Section):
         return self
 
 
+# The metrics that per-image evidence gives (pipeline/evaluation/evidence.py): register.promote
+# if_significant compares only these.
+BOOTSTRAP_METRICS = ("fid", "kid_mean", "miou", "accuracy")
+
+
 class RegisterSettings(_Section):
     model_name: str | None
     metric: str
     greater_is_better: bool
-    promote: Literal["if_better", "always", "never"]
+    promote: Literal["if_significant", "if_better", "always", "never"]
+    min_improvement: float = Field(ge=0)
+    bootstrap: int = Field(ge=1)
+    confidence: float = Field(gt=0, lt=1)
     wait_seconds: float = Field(gt=0)
     out: str
+
+    @model_validator(mode="after")
+    def _metric_has_evidence(self) -> RegisterSettings:
+        if self.promote == "if_significant" and self.metric not in BOOTSTRAP_METRICS:
+            raise ValueError(
+                f"register.promote: if_significant compares {', '.join(BOOTSTRAP_METRICS)} (per-image evidence); "
+                f"register.metric is {self.metric!r}: pick one of those or register.promote: if_better"
+            )
+        return self
 
 
 class MlflowSettings(_Section):

@@ -499,6 +499,9 @@ def register_import(tracker, out: Path, model: ReferenceModel, meta: dict, name:
         metric="fid",
         greater_is_better=False,
         promote="always" if champion else "never",
+        min_improvement=0.0,  # the next three: unused, 'always' and 'never' compare nothing
+        bootstrap=1,
+        confidence=0.95,
         out=str(out.with_suffix(".registration.json")),
         wait_seconds=120,  # as a register stage waits for its turn (register.wait_seconds in params.yaml)
     )

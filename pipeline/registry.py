@@ -1,12 +1,15 @@
 """The MLflow model registry: registering a generator, deciding promotion, and finding models again.
 
 One registered model per dataset (``register.model_name`` or ``gaugan-<dataset>``). Each new
-version gets the alias ``challenger``; ``champion`` moves to it when ``register.promote`` says so:
-by default when it beats the current champion on ``register.metric`` (lower is better unless
-``register.greater_is_better``), or when there is no champion yet. Values are compared only when
-both evaluations used the same dataset version, number of images, resolution and style source,
-and the same feature extractor (FID, KID, precision, recall) or segmenter (mIoU, accuracy); when
-any differs, or one side does not record it, the champion stays and the reason names each one.
+version gets the alias ``challenger``; ``champion`` moves to it when ``register.promote`` says so,
+or when there is no champion yet. By default (``if_significant``) a paired bootstrap over the
+validation images must show it better on ``register.metric`` (``pipeline/promotion.py``, which
+scores the champion again when its evaluation was made on other terms); ``if_better`` compares the
+two recorded numbers (lower is better unless ``register.greater_is_better``), and only when both
+evaluations used the same validation split (``eval_split_id``: its samples and class table; the
+training split may have grown), number of images, resolution and style source, and the same
+feature extractor (FID, KID, precision, recall) or segmenter (mIoU, accuracy); when any differs,
+or one side does not record it, the champion stays and the reason names each one.
 Registry changes are undone when anything after the version's creation fails (aliases restored,
 version deleted, a registered model created by that call deleted).
 Registrations of one model running at the same time take turns (:func:`register_version`), so
@@ -26,6 +29,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import MissingInputError, ModelNotFoundError, RegistryError
@@ -39,9 +43,9 @@ CHALLENGER = "challenger"
 STATE_ARTIFACT = "train_state.pt"  # the training state's name under checkpoint/ (train.init_from reads it)
 PENDING = "pending"  # validation_status of a version whose registration has not decided yet
 # What two evaluations must share before any of their numbers are compared (tags written by the
-# evaluate stage, pipeline/evaluation/comparable.py): the same data, the same number of images, the
-# same size, the same style source ...
-COMPARABILITY_TAGS = ("eval_dataset_id", "eval_num_images", "eval_resolution", "style_source")
+# evaluate stage, pipeline/evaluation/comparable.py): the same validation split (samples and class
+# table; not the whole dataset, whose training split grows), number of images, size, style source ...
+COMPARABILITY_TAGS = ("eval_split_id", "eval_num_images", "eval_resolution", "style_source")
 # ... and what produced the number: the feature extractor for FID-like numbers, the segmenter for
 # segmentation scores.
 BACKBONE_METRICS = (
@@ -121,7 +125,8 @@ def version_tags(metrics: dict, meta: dict, dataset: str, generator: Path, root:
         tags["eval_resolution"] = f"{int(metrics['height'])}x{int(metrics['width'])}"
     comparability = metrics.get("comparability")
     if isinstance(comparability, dict):
-        tags.update({k: str(v) for k, v in comparability.items() if k in COMPARABILITY_TAGS + _PRODUCER_TAGS})
+        recorded = COMPARABILITY_TAGS + _PRODUCER_TAGS + ("eval_dataset_id",)  # the whole dataset: provenance
+        tags.update({k: str(v) for k, v in comparability.items() if k in recorded})
     if "paper_comparable" in metrics:
         tags["paper_comparable"] = "true" if metrics["paper_comparable"] else "false"
     for key, value in metrics.items():
@@ -169,6 +174,17 @@ def decide(
     )
 
 
+@dataclass
+class Decision:
+    """A registration's verdict: promote or not, the champion's value it was weighed against, why."""
+
+    promoted: bool
+    champion_value: float | None
+    reason: str
+    record: dict | None = None  # registration.json's "comparison" (register.promote: if_significant)
+    tags: dict[str, str] = field(default_factory=dict)  # set on the new version with the verdict
+
+
 def log_model(ref: RunRef, model_path: Path, config, state_path: Path | None = None):
     """The pyfunc model, the raw generator file and (when it exists) the training-state file into the
     training run (``checkpoint/<file>``, ``checkpoint/train_state.pt``); -> mlflow's ModelInfo."""
@@ -203,7 +219,16 @@ def parent_version_tags(meta: dict) -> dict[str, str]:
     return {f"parent_{k}": str(parent[k]) for k in keys if parent.get(k) is not None}
 
 
-def register_version(ref: RunRef, name: str, info, tags: dict, value: float | None, settings, out: Path) -> dict:
+def register_version(
+    ref: RunRef,
+    name: str,
+    info,
+    tags: dict,
+    value: float | None,
+    settings,
+    out: Path,
+    judge: Callable[..., Decision] | None = None,
+) -> dict:
     """A new version of ``name`` with its aliases, and ``out`` (registration.json); undone on failure.
 
     Registrations of one model that run at once (two ``register`` stages, on one machine or two)
@@ -213,7 +238,8 @@ def register_version(ref: RunRef, name: str, info, tags: dict, value: float | No
     Every decision thus sees the one before it, and exactly one champion results, the one that the
     same registrations made one after the other would give. ``value`` None: a model registered
     without an evaluation (an imported reference checkpoint); then ``settings.promote`` must be
-    'always' or 'never'.
+    'always' or 'never'. ``judge(champion)`` decides instead of :func:`decide` (``if_significant``,
+    :class:`pipeline.promotion.EvidenceJudge`); its slow work is done before the turn where it can be.
     """
     import mlflow
 
@@ -233,24 +259,18 @@ def register_version(ref: RunRef, name: str, info, tags: dict, value: float | No
         wait_for_turn(client, name, int(version.version), settings.wait_seconds)
         before = dict(client.get_registered_model(name).aliases or {})
         champion = client.get_model_version(name, before[CHAMPION]) if CHAMPION in before else None
-        promoted, champion_value, reason = decide(
-            math.nan if value is None else value,
-            tags,
-            champion,
-            settings.metric,
-            settings.greater_is_better,
-            settings.promote,
-        )
+        decision = (judge or _point_judge(value, tags, settings))(champion)
         client.set_registered_model_alias(name, CHALLENGER, version.version)
-        if promoted:
+        if decision.promoted:
             client.set_registered_model_alias(name, CHAMPION, version.version)
-        client.update_model_version(name, version.version, description=f"{evaluated}; {reason}")
-        result = _record(
-            ref, name, int(version.version), info, value, settings, promoted, champion, champion_value, reason
-        )
+        client.update_model_version(name, version.version, description=f"{evaluated}; {decision.reason}")
+        for key, tag in decision.tags.items():
+            client.set_model_version_tag(name, version.version, key, tag)
+        result = _record(ref, name, int(version.version), info, value, settings, champion, decision)
         atomic_write_json(out, result)
         # the last step: it ends this registration's turn
-        client.set_model_version_tag(name, version.version, "validation_status", CHAMPION if promoted else CHALLENGER)
+        status = CHAMPION if decision.promoted else CHALLENGER
+        client.set_model_version_tag(name, version.version, "validation_status", status)
     except BaseException as err:
         _rollback(client, name, version, before, created)
         if previous_file is not None and out.is_file() and out.read_bytes() != previous_file:
@@ -259,21 +279,29 @@ def register_version(ref: RunRef, name: str, info, tags: dict, value: float | No
     return result
 
 
-def _record(
-    ref: RunRef, name: str, version: int, info, value, settings, promoted: bool, champion, champion_value, reason: str
-) -> dict:
+def _point_judge(value: float | None, tags: dict, settings) -> Callable[..., Decision]:
+    """:func:`decide` on the recorded numbers (register.promote: if_better, always, never)."""
+    number = math.nan if value is None else value
+    return lambda champion: Decision(
+        *decide(number, tags, champion, settings.metric, settings.greater_is_better, settings.promote)
+    )
+
+
+def _record(ref: RunRef, name: str, version: int, info, value, settings, champion, decision: Decision) -> dict:
     """What registration.json says: the version, its aliases, the decision and why."""
     return {
         "name": name,
         "version": version,
-        "promoted": promoted,
-        "aliases": [CHALLENGER, CHAMPION] if promoted else [CHALLENGER],
+        "promoted": decision.promoted,
+        "aliases": [CHALLENGER, CHAMPION] if decision.promoted else [CHALLENGER],
         "metric": settings.metric,
         "greater_is_better": settings.greater_is_better,
+        "promote": settings.promote,
         "value": value,
-        "champion_value_before": champion_value,
+        "champion_value_before": decision.champion_value,
         "champion_version_before": int(champion.version) if champion is not None else None,
-        "reason": reason,
+        "reason": decision.reason,
+        "comparison": decision.record,
         "model_uri": f"models:/{name}/{version}",
         "logged_model_uri": info.model_uri,
         "run_id": ref.run_id,

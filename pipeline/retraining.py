@@ -96,6 +96,7 @@ def apply_plan(params_path: Path, plan: RetrainPlan) -> RetrainPlan:
 
     yaml = YAML()  # round-trip: the file's comments and key order stay
     yaml.width = 4096
+    yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = yaml.load(params_path.read_text())
     for key, value in plan.settings.items():
         section, name = key.split(".")

@@ -25,7 +25,8 @@ def _metrics(fid: float, miou: float, segmenter: str, dataset_id: str) -> dict:
         "dataset": "toy", "dataset_id": dataset_id, "style_source": "none",
         "backbone": {"name": "tiny-cnn-seed20190318-d64"}, "segmenter": {"arch": "unet-small", "id": segmenter},
         "comparability": {
-            "eval_dataset_id": dataset_id, "eval_num_images": "6", "eval_resolution": "32x32", "style_source": "none",
+            "eval_dataset_id": dataset_id, "eval_split_id": f"val-of-{dataset_id}", "eval_num_images": "6",
+            "eval_resolution": "32x32", "style_source": "none",
             "fid_backbone": "tiny-cnn-seed20190318-d64", "segmenter_id": segmenter,
         },
     }  # fmt: skip

@@ -151,6 +151,7 @@ def test_evaluate_writes_metrics_table_grid_and_logs_to_the_training_run(project
     assert logged.data.tags["fid_backbone"] == on_disk["backbone"]["name"]
     assert logged.data.tags["paper_comparable"] == "false"
     assert logged.data.tags["eval_num_images"] == "6" and logged.data.tags["eval_dataset_id"] == on_disk["dataset_id"]
+    assert logged.data.tags["eval_split_id"] == on_disk["val_split_id"] != on_disk["dataset_id"]
     assert logged.data.tags["segmenter_id"] == on_disk["segmenter"]["id"] and logged.data.tags["style_source"] == "none"
     assert "not the FID Inception" in logged.data.tags["paper_comparable_reasons"]
     arts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run_id, "evaluate")}

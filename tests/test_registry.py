@@ -46,7 +46,9 @@ def tiny_generator(path: Path, seed: int, **overrides) -> None:
 
 
 def params(root: Path, **register):
-    return make_params({"register": register})
+    """The recorded-number rule (if_better) unless told otherwise: these fake evaluations keep no
+    per-image evidence (tests/test_promotion.py covers if_significant)."""
+    return make_params({"register": {"promote": "if_better", **register}})
 
 
 def fake_training(root: Path, uri: str, seed: int, fid: float) -> str:
@@ -73,6 +75,7 @@ def fake_training(root: Path, uri: str, seed: int, fid: float) -> str:
         "backbone": {"name": "tiny-cnn-seed0", "feature_dim": 16},
         "comparability": {
             "eval_dataset_id": "data-toy",
+            "eval_split_id": "val-toy",
             "eval_num_images": "6",
             "eval_resolution": "64x64",
             "style_source": "none",
@@ -136,6 +139,7 @@ def test_versions_carry_provenance_and_metrics(store):
     assert "metric.paper_comparable" not in tags  # booleans are not metrics
     assert tags["fid_backbone"] == "tiny-cnn-seed0" and tags["eval_resolution"] == "64x64"
     assert tags["eval_dataset_id"] == "data-toy" and tags["eval_num_images"] == "6" and tags["style_source"] == "none"
+    assert tags["eval_split_id"] == "val-toy"
     assert tags["segmenter_id"] == "seg-1" and tags["paper_comparable"] == "false"
     assert (
         tags["validation_status"] == "challenger"
@@ -268,6 +272,7 @@ class FakeVersion:
 
 SAME = {
     "eval_dataset_id": "d1",
+    "eval_split_id": "v1",
     "eval_num_images": "500",
     "eval_resolution": "256x512",
     "style_source": "none",
@@ -304,15 +309,21 @@ def test_registry_refuses_to_compare_across_datasets_or_segmenters_and_says_whic
     # FID does not depend on the segmenter: the same change leaves FID comparable
     assert decide(20.0, {**SAME, "segmenter_id": "unet-9"}, champion, "fid", False)[0] is True
 
-    other_data = {**SAME, "eval_dataset_id": "d2", "eval_num_images": "50"}
+    other_data = {**SAME, "eval_split_id": "v2", "eval_num_images": "50"}
     for metric, value in (("fid", 1.0), ("miou", 0.99)):
         promoted, _, reason = decide(value, other_data, champion, metric, metric == "miou")
         assert promoted is False
-        assert "eval_dataset_id is 'd2' here and 'd1'" in reason and "eval_num_images is '50' here and '500'" in reason
+        assert "eval_split_id is 'v2' here and 'v1'" in reason and "eval_num_images is '50' here and '500'" in reason
         assert "style_source" not in reason  # only what differs is named
+    # the training split grew (another dataset id), the validation split did not: comparable
+    grown = {**SAME, "eval_dataset_id": "d3"}
+    assert (
+        decide(20.0, grown, champion, "fid", False)[0] is True
+        and decide(0.3, grown, champion, "miou", True)[0] is False
+    )
     promoted, _, reason = decide(1.0, {**SAME, "style_source": "encoded-real"}, champion, "fid", False)
     assert promoted is False and "style_source is 'encoded-real' here and 'none'" in reason
     # a champion registered before these tags existed cannot be compared: said so, never assumed equal
     old = FakeVersion(3, metric__fid="30.0", fid_backbone="inception-v3", eval_resolution="256x512")
     promoted, _, reason = decide(1.0, SAME, old, "fid", False)
-    assert promoted is False and "eval_dataset_id is not recorded for the champion (version 3)" in reason
+    assert promoted is False and "eval_split_id is not recorded for the champion (version 3)" in reason

@@ -15,7 +15,7 @@ from PIL import Image
 from gaugan.classes import ClassTable
 from pipeline.datasets.demo import DROP_CLASSES, add_demo_drop, write_demo_source
 from pipeline.errors import MissingInputError, ParamsError
-from pipeline.params import load_params
+from pipeline.params import load_params, override
 from pipeline.retraining import apply_plan, describe_parent, plan_retraining
 
 
@@ -81,10 +81,14 @@ def _register_champion(uri: str, name: str) -> None:
     client.set_registered_model_alias(name, "champion", version.version)
 
 
-def test_the_plan_finetunes_the_champion_and_writes_params_keeping_comments(tmp_path):
+def test_the_plan_finetunes_the_champion_and_writes_params_keeping_comments(tmp_path, repo_root):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    path = write_project_params(tmp_path, {"mlflow": {"tracking_uri": uri}, "register": {"model_name": "gaugan-x"}})
+    path = tmp_path / "params.yaml"
+    text = (repo_root / "params.yaml").read_text()
+    path.write_text(text.replace("  tracking_uri: null ", f"  tracking_uri: {uri} ", 1))
     params = load_params(path)
+    assert params.mlflow.tracking_uri == uri
+    params = override(params, {"register.model_name": "gaugan-x"})
 
     plan = plan_retraining(params, tmp_path)  # no registered model yet
     assert plan.mode == "scratch" and plan.init_from is None and "no champion" in plan.why
@@ -97,15 +101,18 @@ def test_the_plan_finetunes_the_champion_and_writes_params_keeping_comments(tmp_
     assert written.train.init_from == "models:/gaugan-x@champion"
     assert (written.train.max_steps, written.train.decay_start_step) == (r.finetune_steps, r.finetune_decay_start_step)
     assert any(line.startswith("train.init_from: None -> models:/gaugan-x@champion") for line in plan.changed)
-    text = path.read_text()
-    assert "# training steps (one step" in text  # the comments of params.yaml survive the edit
+    edited = path.read_text()
+    assert len(edited.splitlines()) == len(text.splitlines())  # the comments of params.yaml survive the edit
+    assert "# training steps (one step" in edited and "  classes: null " in edited
 
-    again = apply_plan(path, plan_retraining(written, tmp_path))
+    again = apply_plan(path, plan_retraining(override(written, {"register.model_name": "gaugan-x"}), tmp_path))
     assert again.changed == []  # the same plan twice: nothing moves
 
 
 def test_scratch_mode_trains_from_step_0_with_the_scratch_schedule(tmp_path):
-    path = write_project_params(tmp_path, {"retrain": {"mode": "scratch"}, "train": {"init_from": "models:/m@champion"}})
+    path = write_project_params(
+        tmp_path, {"retrain": {"mode": "scratch"}, "train": {"init_from": "models:/m@champion"}}
+    )
     plan = apply_plan(path, plan_retraining(load_params(path), tmp_path))
     written = load_params(path)
     assert plan.mode == "scratch" and written.train.init_from is None

@@ -8,9 +8,11 @@ given, and images synthesized from the label map alone (no style encoded from th
 Each failed condition is a reason, written to ``metrics.json`` and as an MLflow tag.
 
 The comparability record (:func:`comparability_record`) holds what two runs must share before
-their numbers are set side by side (the registry and ``gaugan-pipeline compare`` read it):
-dataset identity, image count, resolution, style source; the FID backbone for FID-like numbers
-and the segmenter's identity for mIoU-like ones.
+their numbers are set side by side (the registry and ``gaugan-pipeline compare`` read it): the
+validation split's identity (``eval_split_id``: its samples and the class table, not the training
+split, which grows), image count, resolution, style source; the FID backbone for FID-like numbers
+and the segmenter's identity for mIoU-like ones. ``eval_dataset_id`` (the whole dataset) is
+recorded beside them for provenance.
 """
 
 from __future__ import annotations
@@ -98,11 +100,13 @@ def style_source(use_vae: bool, vae_style: str) -> str:
 
 
 def comparability_record(
-    dataset_id: str, num_images: int, hw: tuple[int, int], style: str, backbone: str, segmenter_id: str
+    dataset_id: str, split_id: str, num_images: int, hw: tuple[int, int], style: str, backbone: str, segmenter_id: str
 ) -> dict[str, str]:
-    """The tags two evaluations must share to be compared (see ``pipeline.registry.comparability_keys``)."""
+    """The tags two evaluations must share to be compared (see ``pipeline.registry.comparability_keys``),
+    and the whole dataset's id (provenance only)."""
     return {
         "eval_dataset_id": dataset_id,
+        "eval_split_id": split_id,
         "eval_num_images": str(num_images),
         "eval_resolution": f"{hw[0]}x{hw[1]}",
         "style_source": style,

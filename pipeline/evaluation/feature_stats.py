@@ -41,6 +41,18 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     return max(float(value), 0.0)
 
 
+def split_fid(real: torch.Tensor, fake: torch.Tensor) -> tuple[float, str]:
+    """(FID of a split, how it was computed): the exact n x n route when there are no more images than
+    feature dimensions (well under a second where torchmetrics' d x d eigendecomposition takes a minute
+    on 2 cores for 2048-d), else torchmetrics. The evaluate stage and the registry's re-computation
+    from per-image features both call this, so they agree exactly."""
+    from pipeline.evaluation.metrics import compute_fid
+
+    if min(len(real), len(fake)) <= real.shape[1]:
+        return frechet_distance(real, fake), "exact n x n (singular values of A1 A2^T)"
+    return compute_fid(real, fake), "torchmetrics (d x d eigenvalues)"
+
+
 def fid_bootstrap(
     real: torch.Tensor, fake: torch.Tensor, replicates: int, seed: int, device: torch.device | str = "cpu"
 ) -> dict | None:

@@ -16,7 +16,7 @@ import torch
 
 from gaugan.classes import ClassTable
 from gaugan.config import size_hw
-from gaugan.data import PreparedDataset, dataset_id, split_size
+from gaugan.data import PreparedDataset, dataset_id, split_size, val_split_id
 from gaugan.numerics import auto_precision
 from gaugan.synthesizer import Synthesizer
 from pipeline.distributed import pick_device
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 class EvaluationInputs:
     classes: ClassTable
     dataset_id: str
+    split_id: str  # the validation split's identity (gaugan.data.val_split_id)
     val: PreparedDataset
     num_images: int
     hw: tuple[int, int]  # the generator's output size: evaluation runs at it
@@ -52,7 +53,10 @@ class EvaluationInputs:
     diversity: LpipsDiversity | None  # LPIPS diversity (models with a style encoder, when set)
 
 
-def load_inputs(params: Params, root: Path) -> EvaluationInputs:
+def load_inputs(params: Params, root: Path, generator: Path | None = None) -> EvaluationInputs:
+    """``generator``: score that file instead of ``train.model_out`` (the registry scoring the champion
+    again on today's split); its class table may then be the start of today's (a model trained before
+    classes were appended): the caller checks that the validation maps use only its classes."""
     e = params.evaluate
     data_root = root / params.data.out
     classes = ClassTable.load(data_root)
@@ -68,14 +72,15 @@ def load_inputs(params: Params, root: Path) -> EvaluationInputs:
     )
     backbone.module.to(device)
     identity = dataset_id(data_root)
-    gen_path, seg_path = root / params.train.model_out, root / params.segmenter.out
-    synth = load_generator_checked(gen_path, classes, data_root, device)
+    gen_path, seg_path = generator or root / params.train.model_out, root / params.segmenter.out
+    synth = load_generator_checked(gen_path, classes, data_root, device, older=generator is not None)
     segmenter = load_segmenter_checked(seg_path, classes, data_root, identity, device)
     use_vae = bool(synth.config.use_vae)
     diversity = LpipsDiversity(e.diversity_net, device) if use_vae and e.diversity_net else None
     return EvaluationInputs(
         classes=classes,
         dataset_id=identity,
+        split_id=val_split_id(data_root),
         val=PreparedDataset(data_root, "val", load_instances=synth.config.use_instance),
         num_images=n,
         hw=size_hw(synth.config.crop_size, synth.config.aspect_ratio),
@@ -162,11 +167,16 @@ def check_same_classes(
         )
 
 
-def load_generator_checked(path: Path, classes: ClassTable, data_root: Path, device: torch.device) -> Synthesizer:
+def load_generator_checked(
+    path: Path, classes: ClassTable, data_root: Path, device: torch.device, older: bool = False
+) -> Synthesizer:
+    """``older``: a class table that is the start of the dataset's (classes appended since) is accepted."""
     if not path.is_file():
         raise MissingInputError(f"{path}: no generator; run the train stage first (or set train.model_out)")
     synth = Synthesizer.from_checkpoint(path, device=str(device))
-    check_same_classes(synth.classes, classes, "generator", path, data_root)
+    own = synth.classes
+    if not (older and own is not None and own.names == classes.names[: own.label_nc]):
+        check_same_classes(own, classes, "generator", path, data_root)
     return synth
 
 

@@ -138,26 +138,13 @@ def scores_from_confusion(
     cm = np.asarray(confusion, dtype=np.int64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
         raise ValueError(f"confusion matrix must be square, got shape {cm.shape}")
-    if average not in ("present", "all"):
-        raise ValueError(f"average must be 'present' or 'all', got {average!r}")
     extra = np.zeros(len(cm), np.int64) if unmapped is None else np.asarray(unmapped, dtype=np.int64)
-    total = int(cm.sum() + extra.sum())
-    if total == 0:
-        raise EvaluationError(
-            "no scored pixels: every ground-truth pixel is dontcare or an ignored class (evaluate.ignore_classes)"
-        )
-    tp = np.diag(cm).astype(np.float64)
-    union = cm.sum(axis=0) + cm.sum(axis=1) + extra - tp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, tp / np.maximum(union, 1), 0.0 if average == "all" else np.nan)
-    for c in ignore:
-        if 0 <= c < len(iou):
-            iou[c] = np.nan
-    valid = ~np.isnan(iou)
-    miou = float(iou[valid].mean()) if valid.any() else float("nan")
+    inter, total = np.diag(cm), int(cm.sum() + extra.sum())
+    union = cm.sum(axis=0) + cm.sum(axis=1) + extra - inter
+    iou, miou, accuracy = scores_from_counts(inter, union, int(inter.sum()), total, ignore, average)
     return SegmentationScores(
         miou=miou,
-        accuracy=float(tp.sum() / total),
+        accuracy=accuracy,
         iou=iou,
         confusion=cm,
         num_pixels=total,
@@ -166,15 +153,48 @@ def scores_from_confusion(
     )
 
 
+def scores_from_counts(
+    inter: np.ndarray,
+    union: np.ndarray,
+    correct: int,
+    labelled: int,
+    ignore: Sequence[int] = (),
+    average: str = "present",
+) -> tuple[np.ndarray, float, float]:
+    """(per-class IoU, mIoU, pixel accuracy) from per-class intersection and union pixel counts.
+
+    The one place these numbers are computed: from a split's confusion matrix
+    (:func:`scores_from_confusion`) and from per-image counts summed over any selection of images
+    (the registry's paired bootstrap, ``pipeline/evaluation/evidence.py``), so both agree exactly.
+    """
+    if average not in ("present", "all"):
+        raise ValueError(f"average must be 'present' or 'all', got {average!r}")
+    if labelled == 0:
+        raise EvaluationError(
+            "no scored pixels: every ground-truth pixel is dontcare or an ignored class (evaluate.ignore_classes)"
+        )
+    tp, union = np.asarray(inter, dtype=np.float64), np.asarray(union, dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, tp / np.maximum(union, 1), 0.0 if average == "all" else np.nan)
+    for c in ignore:
+        if 0 <= c < len(iou):
+            iou[c] = np.nan
+    valid = ~np.isnan(iou)
+    miou = float(iou[valid].mean()) if valid.any() else float("nan")
+    return iou, miou, float(correct / labelled)
+
+
 class ConfusionAccumulator:
     """Dataset-level confusion matrix over ``num_classes`` classes (torchmetrics).
 
     ``update(pred, target)`` takes integer maps ``[B,H,W]`` (or ``[H,W]``) of equal shape. Target
     pixels equal to 255 or in ``ignore`` are not counted. A prediction equal to ``num_classes``
     means "a network output with no dataset class" (see ``SegmenterSpec.class_map``).
+    With ``per_image``, each image's counts are kept too (:meth:`per_image_counts`): their sums over
+    the images are the split's intersections, unions, correct and labelled pixels.
     """
 
-    def __init__(self, num_classes: int, ignore: Sequence[int] = (), average: str = "present"):
+    def __init__(self, num_classes: int, ignore: Sequence[int] = (), average: str = "present", per_image: bool = False):
         from torchmetrics.classification import MulticlassConfusionMatrix
 
         if num_classes < 1:
@@ -187,6 +207,8 @@ class ConfusionAccumulator:
             num_classes=num_classes + 1, ignore_index=DONTCARE, validate_args=False
         )
         self.updates = 0
+        self.per_image = per_image
+        self._counts: list[np.ndarray] = []  # per update: [B, 2 * num_classes + 2] int64
 
     def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
         pred = torch.as_tensor(np.asarray(pred) if isinstance(pred, np.ndarray) else pred).long().cpu()
@@ -207,6 +229,9 @@ class ConfusionAccumulator:
             target[target == c] = DONTCARE
         self._metric.update(pred.reshape(-1), target.reshape(-1))
         self.updates += 1
+        if self.per_image:
+            hw = target.shape[-2:]
+            self._counts.append(_image_counts(pred.reshape(-1, *hw), target.reshape(-1, *hw), self.num_classes))
 
     @property
     def full_matrix(self) -> np.ndarray:
@@ -218,7 +243,27 @@ class ConfusionAccumulator:
         n = self.num_classes
         return self.full_matrix[:n, :n]
 
+    def per_image_counts(self) -> dict[str, np.ndarray]:
+        """Per image, in update order: ``inter``, ``union`` ``[N, num_classes]``; ``correct``, ``labelled`` ``[N]``."""
+        n = self.num_classes
+        counts = np.concatenate(self._counts) if self._counts else np.zeros((0, 2 * n + 2), np.int64)
+        return {"inter": counts[:, :n], "union": counts[:, n : 2 * n], "correct": counts[:, 2 * n],
+                "labelled": counts[:, 2 * n + 1]}  # fmt: skip
+
     def scores(self) -> SegmentationScores:
         full, n = self.full_matrix, self.num_classes
         unmapped = full[:n, n] if full[:n, n].any() else None
         return scores_from_confusion(full[:n, :n], self.ignore, self.average, unmapped)
+
+
+def _image_counts(pred: torch.Tensor, target: torch.Tensor, n: int) -> np.ndarray:
+    """``[B, 2n + 2]``: each image's per-class intersection and union, correct and labelled pixels,
+    counted as :func:`scores_from_confusion` counts the split (a prediction ``n``: no dataset class)."""
+    b, k = len(target), n + 1
+    keep = target != DONTCARE
+    image = torch.arange(b).view(b, 1, 1).expand_as(target)
+    index = (image * k + target) * k + pred
+    cm = torch.bincount(index[keep], minlength=b * k * k).view(b, k, k)[:, :n].numpy().astype(np.int64)
+    inter = np.diagonal(cm[:, :, :n], axis1=1, axis2=2)
+    union = cm[:, :, :n].sum(axis=1) + cm.sum(axis=2) - inter
+    return np.concatenate([inter, union, inter.sum(axis=1, keepdims=True), cm.sum(axis=(1, 2))[:, None]], axis=1)

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.evaluation.comparable import EvaluationFacts, comparability_record, paper_comparability
-from pipeline.evaluation.feature_stats import fid_bootstrap, frechet_distance, precision_recall
+from pipeline.evaluation.evidence import Evidence
+from pipeline.evaluation.feature_stats import fid_bootstrap, precision_recall, split_fid
 from pipeline.evaluation.inputs import EvaluationInputs
-from pipeline.evaluation.metrics import compute_fid, compute_kid
+from pipeline.evaluation.metrics import compute_kid
 from pipeline.evaluation.scoring import SplitScores, Stopwatch
 from pipeline.grids import sample_grid, write_png
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text, json_safe, sha256_file
@@ -33,11 +34,8 @@ def distribution_scores(inputs: EvaluationInputs, scores: SplitScores, e: Evalua
     """FID (+ bootstrap interval), KID, precision and recall from the features; their seconds into scores.timings."""
     real, fake = scores.real_features, scores.fake_features
     clock = Stopwatch(inputs.device)
-    # Fewer images than feature dimensions (every split but COCO-Stuff's with Inception): the exact n x n
-    # route takes well under a second where torchmetrics' d x d eigendecomposition takes a minute on 2 cores.
-    small = min(len(real), len(fake)) <= real.shape[1]
     with clock.part("fid"):
-        fid = frechet_distance(real, fake) if small else compute_fid(real, fake)
+        fid, fid_method = split_fid(real, fake)
     with clock.part("fid_bootstrap"):
         interval = fid_bootstrap(real, fake, e.fid_bootstrap, seed, inputs.device)
     with clock.part("kid"):
@@ -47,7 +45,7 @@ def distribution_scores(inputs: EvaluationInputs, scores: SplitScores, e: Evalua
     scores.timings.update(clock.seconds)
     return {
         "fid": fid,
-        "fid_method": "exact n x n (singular values of A1 A2^T)" if small else "torchmetrics (d x d eigenvalues)",
+        "fid_method": fid_method,
         "fid_ci_low": interval["low"] if interval else None,
         "fid_ci_high": interval["high"] if interval else None,
         "fid_bootstrap_std": interval["std"] if interval else None,
@@ -67,6 +65,7 @@ def metrics_record(
 ) -> dict:
     numbers = distribution_scores(inputs, scores, e, seed)
     gen, real, rand = scores.generated, scores.real, scores.random
+    assert real is not None and rand is not None, "metrics_record needs a pass with bounds (score_split)"
     h, w = inputs.hw
     backbone = inputs.backbone.info
     comparable, reasons = paper_comparability(
@@ -75,6 +74,8 @@ def metrics_record(
             scores.unlabelled_maps,
         )
     )  # fmt: skip
+    comparability = comparability_record(inputs.dataset_id, inputs.split_id, inputs.num_images, inputs.hw,
+                                         inputs.style_source, backbone["name"], inputs.segmenter.scorer_id)  # fmt: skip
     return {
         **numbers,
         "miou": gen.miou,
@@ -90,14 +91,7 @@ def metrics_record(
         "eval_seconds": round(seconds, 2),
         "paper_comparable": comparable,
         "paper_comparable_reasons": reasons,
-        "comparability": comparability_record(
-            inputs.dataset_id,
-            inputs.num_images,
-            inputs.hw,
-            inputs.style_source,
-            backbone["name"],
-            inputs.segmenter.scorer_id,
-        ),  # fmt: skip
+        "comparability": comparability,
         "style_source": inputs.style_source,
         "precision_modes": inputs.precision,
         "backbone": {
@@ -119,6 +113,7 @@ def metrics_record(
         "scored_classes": inputs.classes.label_nc - len(inputs.ignore),
         "dataset": inputs.classes.dataset,
         "dataset_id": inputs.dataset_id,
+        "val_split_id": inputs.split_id,
         "split_size": inputs.split_size,
         "timings": {k: round(v, 3) for k, v in sorted(scores.timings.items())},
     }
@@ -176,13 +171,43 @@ def write_report(out_dir: Path, metrics: dict, inputs: EvaluationInputs, scores:
     ]
     atomic_write_json(paths[0], json_safe(metrics))
     pixels = gen.confusion.sum(axis=1) + (gen.unmapped if gen.unmapped is not None else 0)
-    atomic_write_text(paths[1], per_class_csv(names, gen.iou, scores.real.iou, pixels, inputs.ignore))
+    real_iou = scores.real.iou if scores.real is not None else np.full_like(gen.iou, np.nan)
+    atomic_write_text(paths[1], per_class_csv(names, gen.iou, real_iou, pixels, inputs.ignore))
     with atomic_path(paths[2]) as tmp, open(tmp, "wb") as fh:
         np.save(fh, gen.confusion)
     atomic_write_text(paths[3], confusion_csv(names, gen.confusion, gen.unmapped))
     s = scores.samples
     write_png(paths[4], sample_grid(s["labels"], s["fakes"], s["reals"], inputs.classes))
     return paths
+
+
+def evidence(inputs: EvaluationInputs, scores: SplitScores, e: EvaluateSettings, seed: int) -> Evidence:
+    """The pass's per-image rows (``per_image.npz``) and what they were scored with."""
+    counts = scores.per_image
+    return Evidence(
+        ids=np.array([str(i) for i in inputs.val.ids[: inputs.num_images]]),
+        fake_features=scores.fake_features.float().cpu().numpy(),
+        real_features=scores.real_features.float().cpu().numpy(),
+        inter=counts["inter"],
+        union=counts["union"],
+        correct=counts["correct"],
+        labelled=counts["labelled"],
+        meta={
+            "val_split_id": inputs.split_id,
+            "dataset_id": inputs.dataset_id,
+            "fid_backbone": inputs.backbone.info["name"],
+            "backbone_key": inputs.backbone.key,
+            "segmenter_id": inputs.segmenter.scorer_id,
+            "ignore": list(inputs.ignore),
+            "average": inputs.segmenter.spec.average,
+            "class_names": list(inputs.classes.names),
+            "kid": {"subset_size": e.kid_subset_size, "subsets": e.kid_subsets, "seed": seed},
+            "resolution": f"{inputs.hw[0]}x{inputs.hw[1]}",
+            "style_source": inputs.style_source,
+            "device": inputs.precision["device_name"],
+            "generator_sha256": sha256_file(inputs.generator_path),
+        },
+    )
 
 
 def mlflow_tags(metrics: dict) -> dict[str, str]:

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ import torch
 from gaugan.classes import DONTCARE
 from gaugan.transforms import resize_image, resize_map
 from pipeline.errors import EvaluationError
-from pipeline.evaluation.features import RealFeatureCache
+from pipeline.evaluation.features import RealFeatureCache, resize_identity
 from pipeline.evaluation.inputs import EvaluationInputs
 from pipeline.evaluation.metrics import ConfusionAccumulator, SegmentationScores
 from pipeline.evaluation.segmenter_spec import scoring_size
@@ -55,8 +56,9 @@ class SplitScores:
     real_features: torch.Tensor
     real_features_cached: bool
     generated: SegmentationScores  # the segmenter on generated images
-    real: SegmentationScores  # on the real images: the ceiling
-    random: SegmentationScores  # on uniform noise: the floor
+    real: SegmentationScores | None  # on the real images: the ceiling (None: a pass without it)
+    random: SegmentationScores | None  # on uniform noise: the floor (None: a pass without it)
+    per_image: dict[str, np.ndarray] = field(default_factory=dict)  # generated images' counts (ConfusionAccumulator)
     samples: dict[str, np.ndarray] = field(default_factory=dict)  # labels, fakes, reals of the grid
     unlabelled_maps: int = 0  # validation label maps without a labelled pixel
     diversity: float | None = None  # mean pairwise LPIPS of samples of the same map
@@ -84,13 +86,33 @@ def _batch(items: list[dict], hw: tuple[int, int], score_hw: tuple[int, int], us
     return _Batch(labels, reals, instances, truth)
 
 
-def score_split(inputs: EvaluationInputs, e: EvaluateSettings, seed: int, cache: RealFeatureCache) -> SplitScores:
+def real_feature_cache(inputs: EvaluationInputs, e: EvaluateSettings, root: Path) -> RealFeatureCache:
+    """The cache of the validation split's real-image features (``evaluate.stats_cache``), keyed by all
+    that makes them: the split (not the training data), the backbone and where it runs, size, count, resize."""
+    key = {
+        "split": inputs.split_id,
+        "backbone": inputs.backbone.key,
+        "hw": list(inputs.hw),
+        "n": inputs.num_images,
+        "resize": resize_identity(),  # real images are resized before their features: a new resize, new features
+    }
+    return RealFeatureCache(root / e.stats_cache if e.stats_cache else None, key)
+
+
+def score_split(
+    inputs: EvaluationInputs, e: EvaluateSettings, seed: int, cache: RealFeatureCache, bounds: bool = True
+) -> SplitScores:
+    """The pass; ``bounds`` False leaves out what only describes the scorer (the segmenter on real images
+    and on noise, LPIPS diversity): what scoring another generator on the same terms needs."""
     n, bs, hw, synth = inputs.num_images, e.batch_size, inputs.hw, inputs.synth
     clock = Stopwatch(inputs.device)
     with clock.part("real_features_cache"):
         cached_real = cache.load([str(i) for i in inputs.val.ids[:n]])
     seg = inputs.segmenter
-    accs = [ConfusionAccumulator(inputs.classes.label_nc, inputs.ignore, seg.spec.average) for _ in range(3)]
+    accs = [
+        ConfusionAccumulator(inputs.classes.label_nc, inputs.ignore, seg.spec.average, per_image=k == 0)
+        for k in range(3 if bounds else 1)
+    ]
     fake_feats, real_feats = [], []
     kept: dict[str, list[np.ndarray]] = {"labels": [], "fakes": [], "reals": []}
     noise_gen = torch.Generator().manual_seed(seed + 12345)
@@ -112,7 +134,7 @@ def score_split(inputs: EvaluationInputs, e: EvaluateSettings, seed: int, cache:
             noise = torch.randint(0, 256, b.reals.shape, generator=noise_gen, dtype=torch.uint8)
             with clock.part("segmentation"):
                 batches: tuple[np.ndarray | torch.Tensor, ...] = (fakes, b.reals, noise)
-                for acc, images in zip(accs, batches, strict=True):
+                for acc, images in zip(accs, batches[: len(accs)], strict=True):
                     acc.update(seg.predict(images, bs), b.truth)
             _keep(kept, e.num_samples, labels=b.labels, fakes=fakes, reals=b.reals)
             progress.update(len(items))
@@ -124,11 +146,12 @@ def score_split(inputs: EvaluationInputs, e: EvaluateSettings, seed: int, cache:
         real_features=real,
         real_features_cached=cached_real is not None,
         generated=accs[0].scores(),
-        real=accs[1].scores(),
-        random=accs[2].scores(),
+        real=accs[1].scores() if bounds else None,
+        random=accs[2].scores() if bounds else None,
+        per_image=accs[0].per_image_counts(),
         samples={k: np.concatenate(v) for k, v in kept.items()},
         unlabelled_maps=unlabelled,
-        diversity=_diversity(inputs, e, seed, clock),
+        diversity=_diversity(inputs, e, seed, clock) if bounds else None,
         timings=dict(clock.seconds),
     )
 

@@ -4,8 +4,10 @@ Outputs in ``evaluate.out_dir``: ``metrics.json`` (FID with a bootstrap interval
 and recall, mIoU and pixel accuracy of generated images, the same for real images as the ceiling
 and for random images as the floor, LPIPS diversity of multimodal models, whether the numbers are
 paper-comparable and why not, and what produced them), ``per_class_iou.csv``, ``confusion.npy`` /
-``confusion.csv`` and ``samples.png`` (label | generated | real). The same numbers, tags and files
-go into the training's MLflow run when ``<train.out_dir>/run.json`` exists, or into the run a
+``confusion.csv``, ``samples.png`` (label | generated | real) and ``per_image.npz`` (per-image
+features and segmentation counts: the evidence the registry's paired bootstrap resamples,
+``pipeline/evaluation/evidence.py``; register logs it with the version). The same numbers, tags and
+files but per_image.npz go into the training's MLflow run when ``<train.out_dir>/run.json`` exists, or into the run a
 generator file records with its store (an imported reference model's). ``gaugan-pipeline evaluate
 --model FILE --out-dir DIR`` scores another generator file (it sets ``train.model_out`` and
 ``evaluate.out_dir`` for that call).
@@ -22,10 +24,10 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.evaluation.features import RealFeatureCache, resize_identity
+from pipeline.evaluation.evidence import EVIDENCE_FILE
 from pipeline.evaluation.inputs import full_float32, load_inputs
-from pipeline.evaluation.report import metrics_record, mlflow_tags, write_report
-from pipeline.evaluation.scoring import score_split
+from pipeline.evaluation.report import evidence, metrics_record, mlflow_tags, write_report
+from pipeline.evaluation.scoring import real_feature_cache, score_split
 from pipeline.params import Params, scoped
 from pipeline.tracking import log_to_run, require_run_server, run_for_model
 
@@ -55,17 +57,10 @@ def _evaluate(params: Params, root: Path, started: float) -> dict:
         inputs.backbone.info["name"],
         f"{inputs.segmenter.arch} ({inputs.segmenter.scorer_id})",
     )
-    cache_key = {
-        "dataset": inputs.dataset_id,
-        "backbone": inputs.backbone.key,
-        "hw": list(inputs.hw),
-        "n": inputs.num_images,
-        "resize": resize_identity(),  # real images are resized before their features: a new resize, new features
-    }
-    cache = RealFeatureCache(root / e.stats_cache if e.stats_cache else None, cache_key)
-    scores = score_split(inputs, e, params.seed, cache)
+    scores = score_split(inputs, e, params.seed, real_feature_cache(inputs, e, root))
     metrics = metrics_record(inputs, scores, e, params.seed, time.perf_counter() - started)
     files = write_report(root / e.out_dir, metrics, inputs, scores)
+    evidence(inputs, scores, e, params.seed).save(root / e.out_dir / EVIDENCE_FILE)
     ref = run_for_model(inputs.synth.meta, root / params.train.out_dir / "run.json")
     metrics["mlflow_run_id"] = log_to_run(ref, metrics, mlflow_tags(metrics), files, "evaluate")
     log.info(

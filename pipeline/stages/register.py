@@ -1,20 +1,26 @@
 """The register stage: log the generator as an MLflow model, register it, promote it if it is better.
 
 Reads ``train.model_out`` (the generator file), ``<evaluate.out_dir>/metrics.json`` and
-``<train.out_dir>/run.json`` (the training run), then:
+``per_image.npz`` and ``<train.out_dir>/run.json`` (the training run), then:
 
+0. with ``register.promote: if_significant``, weighs the challenger against the current champion
+   (``pipeline/promotion.py``): the champion's stored per-image evidence, or the champion scored
+   again now on today's validation split with today's backbone and segmenter (hence this stage's
+   dependence on the prepared data, the segmenter, ``weights/`` and the ``evaluate`` settings);
 1. logs the pyfunc model (``pipeline/serving.py``) into the training run as ``generator``, the
-   raw generator file as the plain artifact ``checkpoint/<file>``, and the training state
+   raw generator file as the plain artifact ``checkpoint/<file>``, the training state
    (``train.state_out``) as ``checkpoint/train_state.pt``, so any version can be continued
-   elsewhere (``train.init_from: models:/NAME/VERSION``);
+   elsewhere (``train.init_from: models:/NAME/VERSION``), and the per-image evidence as
+   ``evaluation/per_image.npz``;
 2. creates a new version of the registered model with tags: git commit, dataset and dataset id,
    the generator's sha256, training steps, the parent it was fine-tuned from (parent_version,
    parent_run_id, parent_uri, ...), the FID backbone and evaluation resolution, and every number
    in metrics.json as ``metric.<key>``;
 3. points ``challenger`` at it, and ``champion`` too when ``register.promote`` says so
-   (``pipeline/registry.py`` decides, and undoes everything if a later step fails);
+   (``pipeline/registry.py`` takes turns and undoes everything if a later step fails); with
+   ``if_significant`` the version gets ``promotion_*`` tags (both values, interval, decision);
 4. writes ``register.out`` (name, version, aliases, promoted, metric, value, the champion before,
-   the reason, the model URI, the run).
+   the reason, the comparison, the model URI, the run).
 """
 
 from __future__ import annotations
@@ -23,11 +29,23 @@ import logging
 from pathlib import Path
 
 from gaugan.checkpoint import load_generator
+from pipeline.errors import MissingInputError
+from pipeline.evaluation.evidence import EVIDENCE_FILE
 from pipeline.params import Params, scoped
+from pipeline.promotion import EvidenceJudge, log_evidence
 from pipeline.registry import log_model, parent_version_tags, read_metric, register_version, tag_run, version_tags
 from pipeline.tracking import read_run_ref, require_server
 
-PARAMS = ("register", "train.model_out", "train.state_out", "train.out_dir", "evaluate.out_dir")
+PARAMS = (
+    "seed",
+    "register",
+    "evaluate",
+    "data.out",
+    "train.model_out",
+    "train.state_out",
+    "train.out_dir",
+    "segmenter.out",
+)
 log = logging.getLogger(__name__)
 
 
@@ -51,8 +69,20 @@ def run(params: Params, root: Path = Path(".")) -> dict:
             ref.run_id,
         )
     tags = {**version_tags(metrics, loaded.meta, dataset, model_path, root), **parent_version_tags(loaded.meta)}
+    evidence_path = root / params.evaluate.out_dir / EVIDENCE_FILE
+    judge = None
+    if settings.promote == "if_significant":
+        if not evidence_path.is_file():
+            raise MissingInputError(
+                f"{evidence_path}: no per-image evidence, which register.promote: if_significant weighs; run the "
+                "evaluate stage again (or set register.promote: if_better)"
+            )
+        judge = EvidenceJudge(params, root, evidence_path, tags, ref.tracking_uri)
+        judge.prepare(name)  # the slow part, before this registration waits for its turn
     info = log_model(ref, model_path, loaded.config, root / params.train.state_out)
-    result = register_version(ref, name, info, tags, value, settings, root / settings.out)
+    if evidence_path.is_file():
+        log_evidence(ref, evidence_path)
+    result = register_version(ref, name, info, tags, value, settings, root / settings.out, judge)
     tag_run(ref, result)
     log.info("register: %s version %s: %s", name, result["version"], result["reason"])
     return result
