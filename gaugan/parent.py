@@ -76,7 +76,7 @@ def architecture_problems(parent: ParentModel, config: GauGANConfig) -> list[str
     problems = [
         f"{FIELD_NAMES.get(name, name)} is {getattr(parent.config, name)!r} there and {getattr(config, name)!r} here"
         for name in fields
-        if getattr(parent.config, name) != getattr(config, name)
+        if _same_weights(getattr(parent.config, name)) != _same_weights(getattr(config, name))
     ]
     if config.use_vae and parent.config.latent_hw != config.latent_hw:
         problems.append(
@@ -84,6 +84,11 @@ def architecture_problems(parent: ParentModel, config: GauGANConfig) -> list[str
             f"{parent.config.crop_size}, aspect_ratio {parent.config.aspect_ratio}) and {config.latent_hw} here"
         )
     return problems
+
+
+def _same_weights(value):
+    """Settings that hold the same tensors compare equal: batch and syncbatch norms."""
+    return value.replace("syncbatch", "batch") if isinstance(value, str) else value
 
 
 def parent_classes(parent: ParentModel, classes: ClassTable, warnings: list[str]) -> ClassTable:

@@ -204,3 +204,12 @@ def test_a_file_that_is_neither_a_generator_nor_a_training_state_is_refused(tmp_
     torch.save(trained(config(), steps=0).netG.state_dict(), tmp_path / "latest_net_G.pth")
     with pytest.raises(CheckpointError, match=r"a plain state dict: an NVlabs checkpoint\? give its folder"):
         read_parent_file(tmp_path / "latest_net_G.pth")
+
+
+def test_batch_and_syncbatch_norms_are_the_same_weights(tmp_path):
+    parent = trained(config(), steps=0)
+    generator, _ = save_both(tmp_path, parent, OLD, full=False)
+    child = fresh(dataclasses.replace(config(), norm_G="spectralspadesyncbatch3x3"))
+    start_from_parent(child, read_parent_file(generator), OLD)
+    a, b = parent.ema.netG.state_dict(), child.netG.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -21,6 +21,7 @@ import pytest
 import torch
 from conftest import TOY_NAMES, deep_merge, train_options, write_project_params, write_toy_prepared
 
+from gaugan.errors import CheckpointError
 from pipeline.errors import ModelNotFoundError
 from pipeline.params import load_params
 from pipeline.stages import register, resolve_parent, train
@@ -31,8 +32,8 @@ PARAMS = {
     "data": {"out": "data/prepared"},
     "model": {"ngf": 4, "ndf": 4, "nef": 4, "z_dim": 8, "spade_hidden": 8, "use_instance": True,
               "num_D": 2, "n_layers_D": 2},
-    "train": {"batch_size": 4, "max_steps": 2, "decay_start_step": 0, "lambda_vgg": 0.0, "load_size": 32,
-              "crop_size": 32, "num_workers": 0, "checkpoint_every": 2, "log_every": 1, "sample_every": 2,
+    "train": {"batch_size": 2, "max_steps": 2, "decay_start_step": 0, "lambda_vgg": 0.0, "load_size": 32,
+              "crop_size": 32, "num_workers": 0, "checkpoint_every": 2, "log_every": 1, "sample_every": 100,
               "device": "cpu", "save_state": "full"},
     "register": {"model_name": NAME, "promote": "always"},
 }  # fmt: skip
@@ -62,8 +63,8 @@ def run(path: Path, *stages) -> list:
 
 @pytest.fixture(scope="module")
 def parent(world) -> Path:
-    """Trained from scratch, 2 steps, with a full training state."""
-    path = project(world, "parent")
+    """Trained from scratch, 1 step, with a full training state."""
+    path = project(world, "parent", max_steps=1)
     run(path, resolve_parent, train)
     return path
 
@@ -87,10 +88,14 @@ def test_without_a_parent_the_record_says_none_and_train_writes_a_state_beside_t
     from pipeline.params import parse_params
 
     assert resolve_parent.run(parse_params(raw), offline)["kind"] == "none"
+    torch.save({"weights": torch.zeros(2)}, world / "not-a-model.pt")
+    bad = project(world, "bad-file", init_from=str(world / "not-a-model.pt"))
+    with pytest.raises(CheckpointError, match=r"not-a-model\.pt: neither a GauGAN generator file .* nor a training"):
+        run(bad, resolve_parent)
     state, generator = load(parent / "models/train_state.pt"), load(parent / "models/generator.pt")
     assert state["format"] == "gaugan-train-state/1" and generator["format"] == "gaugan-generator/1"
     assert {"G", "D", "ema", "opt_G", "opt_D", "scaler_G"} <= state.keys() and "D" not in generator
-    assert state["opt_G"]["state"] and state["meta"]["save_state"] == "full" and state["meta"]["steps"] == 2
+    assert state["opt_G"]["state"] and state["meta"]["save_state"] == "full" and state["meta"]["steps"] == 1
     assert (parent / "models/generator.pt").stat().st_size * 2 < (parent / "models/train_state.pt").stat().st_size
     assert run_tags(parent)["parent_kind"] == "none"
 
@@ -138,7 +143,7 @@ def test_a_fine_tune_from_a_state_file_starts_from_the_parents_networks_and_reco
 
 
 def test_a_generator_file_onto_a_grown_class_table_records_the_missing_discriminator(parent, world):
-    child = project(world, "grown-child", data="grown", init_from=str(parent / "models/generator.pt"))
+    child = project(world, "grown-child", data="grown", init_from=str(parent / "models/generator.pt"), max_steps=1)
     run(child, resolve_parent, train)
     warning = f"{(parent / 'models/generator.pt').resolve()} has no discriminator (D): it starts from fresh weights"
     assert run_tags(child)["init_warnings"] == warning
@@ -157,7 +162,7 @@ def test_a_registry_alias_is_resolved_once_and_again_only_when_it_moved(parent, 
     logged = {a.path for a in client.list_artifacts(first["run_id"], "checkpoint")}
     assert logged == {"checkpoint/generator.pt", "checkpoint/train_state.pt"}
 
-    child = project(world, "from-registry", init_from=f"models:/{NAME}@champion")
+    child = project(world, "from-registry", init_from=f"models:/{NAME}@champion", max_steps=1)
     record = run(child, resolve_parent)[0]
     folder = child / "models/parent"
     assert (record["version"], record["uri"], record["run_id"]) == (

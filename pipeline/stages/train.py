@@ -15,7 +15,7 @@ With ``train.init_from`` the run starts from the parent that the resolve-parent 
 at 0, new classes grown in (``gaugan/parent.py``).
 
 Resume checkpoints live in ``<train.checkpoint_dir>``, outside DVC's outputs (DVC deletes outputs
-before it reruns a stage), and are only reused when the settings and the dataset id match.
+before it reruns a stage), and are only reused when the settings, the dataset id and the parent match.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from pathlib import Path
 from gaugan.classes import ClassTable
 from gaugan.data import dataset_id
 from gaugan.numerics import set_deterministic
-from pipeline.distributed import broadcast_object, init_distributed, shutdown
+from pipeline.distributed import init_distributed, shutdown
 from pipeline.params import Params, scoped
 from pipeline.training.checkpoints import CheckpointStore
 from pipeline.training.loop import TrainingLoop
-from pipeline.training.parent import load_parent_model, parent_identity, read_parent_record
+from pipeline.training.parent import parent_identity, read_parent_record
 from pipeline.training.session import (
     build_loader,
     build_trainer,
@@ -37,6 +37,7 @@ from pipeline.training.session import (
     log_start,
     parent_starter,
     restore,
+    shared_parent,
     start_tracking,
     write_outputs,
 )
@@ -60,7 +61,7 @@ def run(params: Params, root: Path = Path("."), resume: str = "auto") -> dict:
         record = read_parent_record(root / t.parent_dir, t.init_from)
         fingerprint = settings_fingerprint(params, dataset, parent_identity(record))
         trainer = build_trainer(params, classes, ctx)
-        parent = broadcast_object(ctx, load_parent_model(root / t.parent_dir, record) if ctx.is_main else None)
+        parent = shared_parent(ctx, root / t.parent_dir, record)
         start, parent_info = parent_starter(trainer, parent, params, classes, record, ctx)
         store = CheckpointStore(root / t.checkpoint_dir)
         start_step, run_id = restore(trainer, store, fingerprint, ctx, resume, start)

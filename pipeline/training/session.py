@@ -16,6 +16,7 @@ import torch
 from gaugan.checkpoint import save_generator, save_train_state
 from gaugan.classes import ClassTable
 from gaugan.data import PreparedDataset, split_size
+from gaugan.errors import GauGANError
 from gaugan.parent import ParentModel, start_from_parent
 from gaugan.trainer import GauGANTrainer
 from gaugan.transforms import Geometry
@@ -28,7 +29,7 @@ from pipeline.tracking import RunRef, Tracker, git_commit, require_server, resol
 from pipeline.training.checkpoints import CheckpointStore, losses_csv
 from pipeline.training.loader import build_train_loader
 from pipeline.training.loop import TrainingLoop
-from pipeline.training.parent import parent_summary, parent_tags
+from pipeline.training.parent import load_parent_model, parent_summary, parent_tags
 from pipeline.training.samples import SampleMaker
 from pipeline.training.settings import model_config, train_options
 
@@ -84,6 +85,21 @@ def restore(
     if ctx.distributed:
         trainer.distribute(device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     return start_step, run_id
+
+
+def shared_parent(ctx: DistContext, parent_dir: Path, record: dict) -> ParentModel | None:
+    """Rank 0 reads the parent (to CPU) and every rank gets it; a file it refuses stops every rank with
+    the same message (the others would otherwise wait at the broadcast until the timeout)."""
+    parent, problem = None, None
+    if ctx.is_main:
+        try:
+            parent = load_parent_model(parent_dir, record)
+        except GauGANError as err:
+            problem = err
+    parent, problem = broadcast_object(ctx, (parent, problem))
+    if problem is not None:
+        raise problem
+    return parent
 
 
 def parent_starter(
