@@ -4,7 +4,7 @@
 ``models:/<model>@champion`` (the ``resolve-parent`` stage turns the alias into one version, once)
 and the fine-tune's step count and decay in ``params.yaml``, where DVC and ``git diff`` see them.
 ``scratch``, or no champion yet, trains from step 0. The summary reads what the stages wrote: the
-parent (``models/parent/parent.json``) and the registration's decision (``register.out``).
+parent (``<train.parent_dir>/parent.json``) and the registration's decision (``register.out``).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _plain(text: str) -> dict:
 def summary(params_path: Path, root: Path, plan: RetrainPlan | None) -> dict:
     """What the retraining started from and what it decided, from the stages' own records."""
     params = load_params(params_path)
-    parent_file = root / "models" / "parent" / "parent.json"
+    parent_file = root / params.train.parent_dir / "parent.json"
     parent = json.loads(parent_file.read_text()) if parent_file.is_file() else {}
     reg_file = root / params.registry.out
     registration = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
@@ -147,7 +147,7 @@ def summary(params_path: Path, root: Path, plan: RetrainPlan | None) -> dict:
 
 
 def describe_parent(parent: dict) -> str:
-    """One line on the parent of the trained model (``models/parent/parent.json``)."""
+    """One line on the parent of the trained model (``<train.parent_dir>/parent.json``)."""
     kind = parent.get("kind")
     if not parent or kind in (None, "none"):
         return "step 0 (no parent model)"

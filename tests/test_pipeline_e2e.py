@@ -41,6 +41,13 @@ TINY = {
         "device": "cpu",
         "num_samples": 2,
     },
+    "register": {"bootstrap": 200},
+    "retrain": {
+        "finetune_steps": 40,
+        "finetune_decay_start_step": 20,
+        "scratch_steps": 3,
+        "scratch_decay_start_step": None,
+    },
 }
 
 
@@ -170,24 +177,66 @@ def test_prefect_flows_run_the_same_pipeline_and_retrain_on_new_data(project):
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
         return proc.stdout + proc.stderr
 
-    first = cli("flow", "retrain")  # no snapshot yet: runs the pipeline through Prefect
+    # the first retraining (no snapshot yet: every file is new) fine-tunes the champion of `dvc repro`
+    # (3 steps) for retrain.finetune_steps: clearly better on the same validation images, promoted
+    champion_before = _champion_version(root)
+    first = cli("flow", "retrain")
     assert "running the pipeline" in first and "Finished in state Completed" in first
+    assert "retraining: fine-tuning models:/gaugan-demo@champion" in first
+    assert "train.init_from: None -> models:/gaugan-demo@champion" in first
+    first_reg = _registration(root)
+    assert first_reg["promoted"] is True, first_reg["reason"]
+    assert first_reg["comparison"]["champion_evidence"] == "its stored evidence"  # nothing changed but the model
+    assert first_reg["comparison"]["ci_low"] > 0
+    assert _version_tags(root, first_reg)["parent_version"] == str(champion_before)
+    assert _champion_version(root) == first_reg["version"]
     assert "nothing to do" in cli("flow", "retrain")
-    versions_before = json.loads((root / "outputs/register/registration.json").read_text())["version"]
-    from pipeline.datasets.demo import generate_sample
 
-    image, label, instance = generate_sample(123, 0, 64, 64)
-    for sub, arr in (("images", image), ("labels", label), ("instances", instance)):
-        from PIL import Image
+    # a data drop: new training samples, some of a class the champion never saw; validation untouched
+    from pipeline.datasets.demo import add_demo_drop
+    from pipeline.params import load_params
 
-        Image.fromarray(arr).save(root / "data/raw/demo" / sub / "train" / "arrived_later.png")
+    add_demo_drop(root / "data/raw/demo", load_params(root / "params.yaml").data.demo, 4, "fence", seed=1)
     third = cli("flow", "retrain")
-    assert "3 added, 0 changed, 0 removed" in third  # image, label and instance map
-    assert "Running stage 'ingest'" in third and "Running stage 'train'" in third
+    assert "12 added, 1 changed, 0 removed" in third  # 4 x image, label, instance map; classes.json
+    assert "Running stage 'ingest'" in third and "Running stage 'train-segmenter'" in third
     stats = json.loads((root / "data/prepared/stats.json").read_text())
-    assert stats["processed_this_run"] == 1  # incremental: only the new sample was prepared
+    assert stats["processed_this_run"] == 4  # incremental: only the new samples were prepared
+    reg = _registration(root)
+    assert reg["version"] == first_reg["version"] + 1
+    assert _version_tags(root, reg)["parent_version"] == str(first_reg["version"])  # the champion of the moment
+    comparison = reg["comparison"]  # compared on the same images, the champion scored again by today's segmenter
+    assert comparison["champion_version"] == first_reg["version"]
+    assert comparison["champion_evidence"].startswith("scored again now") and "segmenter_id" in reg["reason"]
+    assert "not comparable" not in reg["reason"] and "interval" in reg["reason"]
+    from gaugan.checkpoint import load_generator
+
+    grown = load_generator(root / "models/generator.pt")
+    assert grown.config.label_nc == 13 and grown.classes is not None and grown.classes.names[-1] == "fence"
+    summary = json.loads((root / ".gaugan/retrain_summary.json").read_text())
+    assert summary["started_from"].startswith(f"models:/gaugan-demo@champion = version {first_reg['version']}")
+    assert summary["decision"].startswith(f"version {reg['version']} of gaugan-demo")
+    assert "nothing to do" in cli("flow", "retrain")
+
+
+def _registration(root: Path) -> dict:
     registration = json.loads((root / "outputs/register/registration.json").read_text())
-    assert int(registration["version"]) == int(versions_before) + 1
+    registration["version"] = int(registration["version"])
+    return registration
+
+
+def _champion_version(root: Path) -> int:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    return int(client.get_registered_model("gaugan-demo").aliases["champion"])
+
+
+def _version_tags(root: Path, registration: dict) -> dict:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    return dict(client.get_model_version(registration["name"], str(registration["version"])).tags)
 
 
 @pytest.mark.slow
@@ -201,7 +250,9 @@ def test_dvc_exp_run_with_a_set_parameter_and_plots(project):
     _git(root, "add", "-A")
     _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline")
 
-    out = _dvc(project, "exp", "run", "-S", "train.max_steps=4", "--name", "longer")
+    out = _dvc(
+        project, "exp", "run", "-S", "train.max_steps=4", "-S", "train.decay_start_step=null", "--name", "longer"
+    )
     assert {"train", "evaluate", "register"} <= _ran(out) and "ingest" not in _ran(out)
     losses = (root / "outputs/train/losses.csv").read_text().splitlines()
     assert losses[-1].split(",")[0] == "4"  # the experiment trained to the new max_steps
