@@ -66,6 +66,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from pipeline.errors import MissingInputError, PipelineError, StageFailed  # noqa: E402
 from pipeline.io import atomic_write_json, digest, sha256_file  # noqa: E402
+from pipeline.retraining import RetrainPlan  # noqa: E402
 from pipeline.tools import tool_env  # noqa: E402
 
 NEW_DATA_EVENT = "gaugan.dataset.updated"
@@ -304,7 +305,7 @@ def detect_new_data(repo: str) -> dict:
 
 
 @task(name="plan-retraining", cache_policy=NO_CACHE)
-def plan_retraining_task(repo: str):
+def plan_retraining_task(repo: str) -> RetrainPlan:
     """Decide finetune or scratch (``retrain`` in params.yaml) and write the training settings it needs."""
     from pipeline.params import load_params
     from pipeline.retraining import apply_plan, plan_retraining

@@ -28,14 +28,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from gaugan.checkpoint import load_generator
-from gaugan.classes import DONTCARE
 from pipeline.distributed import pick_device
 from pipeline.errors import EvaluationError
 from pipeline.evaluation.evidence import EVIDENCE_FILE, Evidence, paired_bootstrap
-from pipeline.evaluation.inputs import EvaluationInputs, full_float32, load_inputs
+from pipeline.evaluation.inputs import EvaluationInputs, classes_beyond, full_float32, load_inputs
 from pipeline.evaluation.report import evidence
 from pipeline.evaluation.scoring import real_feature_cache, score_split
 from pipeline.params import Params
@@ -204,19 +202,6 @@ def verdict(result: dict, settings, version, how: str, recorded: float | None) -
         "promotion_decision": reason[:4900],
     }
     return Decision(promoted, result["champion"], reason, record, tags)
-
-
-def classes_beyond(data_root: Path, label_nc: int, num_images: int) -> dict[int, int]:
-    """Classes at or above ``label_nc`` in the first ``num_images`` validation label maps -> images using them."""
-    from gaugan.data import PreparedDataset
-
-    found: dict[int, int] = {}
-    for row in PreparedDataset(data_root, "val", load_instances=False).rows[:num_images]:
-        with Image.open(data_root / row["label"]) as im:
-            values = np.unique(np.asarray(im))
-        for c in values[(values >= label_nc) & (values != DONTCARE)].tolist():
-            found[int(c)] = found.get(int(c), 0) + 1
-    return dict(sorted(found.items()))
 
 
 def champion_generator(tracking_uri: str, champion, into: Path) -> Path | None:

@@ -12,9 +12,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from gaugan.classes import ClassTable
+from gaugan.classes import DONTCARE, ClassTable
 from gaugan.config import size_hw
 from gaugan.data import PreparedDataset, dataset_id, split_size, val_split_id
 from gaugan.numerics import auto_precision
@@ -73,7 +75,8 @@ def load_inputs(params: Params, root: Path, generator: Path | None = None) -> Ev
     backbone.module.to(device)
     identity = dataset_id(data_root)
     gen_path, seg_path = generator or root / params.train.model_out, root / params.segmenter.out
-    synth = load_generator_checked(gen_path, classes, data_root, device, older=generator is not None)
+    synth = load_generator_checked(gen_path, classes, data_root, device, older=True)
+    check_older_generator(synth, classes, data_root, n, gen_path)
     segmenter = load_segmenter_checked(seg_path, classes, data_root, identity, device)
     use_vae = bool(synth.config.use_vae)
     diversity = LpipsDiversity(e.diversity_net, device) if use_vae and e.diversity_net else None
@@ -178,6 +181,35 @@ def load_generator_checked(
     if not (older and own is not None and own.names == classes.names[: own.label_nc]):
         check_same_classes(own, classes, "generator", path, data_root)
     return synth
+
+
+def check_older_generator(synth: Synthesizer, classes: ClassTable, data_root: Path, n: int, path: Path) -> None:
+    """A generator trained before classes were appended scores today's split only when the maps it
+    synthesizes use just its classes."""
+    own = synth.classes
+    if own is None or own.label_nc >= classes.label_nc:
+        return
+    beyond = classes_beyond(data_root, own.label_nc, n)
+    if beyond:
+        listed = ", ".join(f"{c} {classes.names[c]!r} ({k} maps)" for c, k in beyond.items())
+        raise EvaluationError(
+            f"the generator {path} has {own.label_nc} classes, the first {own.label_nc} of {data_root}'s "
+            f"{classes.label_nc}, but validation maps use later ones: {listed}. It cannot synthesize them; "
+            "evaluate a model trained on this dataset"
+        )
+
+
+def classes_beyond(data_root: Path, label_nc: int, num_images: int) -> dict[int, int]:
+    """Classes at or above ``label_nc`` in the first ``num_images`` validation label maps -> images using them."""
+    from gaugan.data import PreparedDataset
+
+    found: dict[int, int] = {}
+    for row in PreparedDataset(data_root, "val", load_instances=False).rows[:num_images]:
+        with Image.open(data_root / row["label"]) as im:
+            values = np.unique(np.asarray(im))
+        for c in values[(values >= label_nc) & (values != DONTCARE)].tolist():
+            found[int(c)] = found.get(int(c), 0) + 1
+    return dict(sorted(found.items()))
 
 
 def load_segmenter_checked(
