@@ -144,10 +144,15 @@ def test_val_split_id_ignores_the_training_split_and_follows_the_validation_rows
 # the evaluate stage's evidence, and the register stage with if_significant
 
 
-def _params(**register):
-    override = tiny_override(stats_cache=None)
-    override["register"] = {"bootstrap": 200, **register}
-    return make_params(override)
+def _override(segmenter_steps: int = 4, **evaluate) -> dict:
+    """test_eval_stage's tiny settings; a segmenter of a few steps (its quality does not matter here)."""
+    override = tiny_override(stats_cache=None, **evaluate)
+    override["segmenter"]["steps"] = segmenter_steps
+    return override
+
+
+def _params(segmenter_steps: int = 4, **register):
+    return make_params({**_override(segmenter_steps), "register": {"bootstrap": 200, **register}})
 
 
 def _trained(root: Path, uri: str, seed: int, classes: ClassTable | None = None, **model) -> str:
@@ -177,7 +182,7 @@ def test_evaluate_writes_per_image_evidence_that_gives_back_the_split_numbers_ex
     _project(tmp_path)
     write_tiny_generator(tmp_path / _params().train.model_out, ClassTable.load(tmp_path / _params().data.out))
     for ignore in (None, [1]):
-        metrics = run_evaluate(make_params(tiny_override(stats_cache=None, ignore_classes=ignore)), tmp_path)
+        metrics = run_evaluate(make_params(_override(ignore_classes=ignore)), tmp_path)
         ev = Evidence.load(tmp_path / "outputs/evaluate/per_image.npz")
         assert list(ev.ids) == [f"val-{i:03d}" for i in range(6)] and ev.fake_features.shape == (6, 64)
         for metric in ("fid", "kid_mean", "miou", "accuracy"):
@@ -222,8 +227,7 @@ def test_if_significant_reuses_stored_evidence_then_rescores_the_champion_after_
     manifest = pd.read_parquet(root / "data/prepared/manifest.parquet")
     extra = manifest[manifest["split"] == "train"].iloc[:1].assign(id="train-new", source_hash="new")
     pd.concat([manifest, extra]).to_parquet(root / "data/prepared/manifest.parquet", index=False)
-    run_train_segmenter(make_params({**tiny_override(), "segmenter": {**tiny_override()["segmenter"], "steps": 30}}),
-                        root)  # fmt: skip
+    run_train_segmenter(_params(segmenter_steps=3), root)
     champion = client.get_model_version_by_alias(NAME, "champion")
     _trained(root, uri, seed=3)
     third = _register(root, metric="miou", greater_is_better=True)
@@ -234,9 +238,9 @@ def test_if_significant_reuses_stored_evidence_then_rescores_the_champion_after_
     generator = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="checkpoint/generator.pt",
                                                     dst_path=str(root / "champion"), tracking_uri=uri)  # fmt: skip
     (root / "outputs/train/run.json").unlink()  # scored, logged nowhere
-    again = run_evaluate(make_params({**tiny_override(stats_cache=None), "train": {**tiny_override()["train"],
-                                                                                  "model_out": str(generator)}}),
-                         root)  # fmt: skip
+    override = _override()
+    override["train"]["model_out"] = generator
+    again = run_evaluate(make_params(override), root)
     assert c["champion"] == again["miou"] != c["champion_value_recorded"]
 
 
