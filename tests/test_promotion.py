@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import TOY_NAMES, make_params, toy_classes, write_tiny_generator, write_toy_prepared
 from PIL import Image
 from test_eval_stage import tiny_override
@@ -82,6 +83,29 @@ def test_a_clearly_better_model_is_promoted_and_a_second_draw_of_the_champion_is
     # the other way round: the champion is the better one, the interval lies below zero
     back = paired_bootstrap(champion, better, metric, s.greater_is_better, s.bootstrap, s.confidence, seed=0)
     assert back["ci_high"] < 0 and back["improvement"] == pytest.approx(-result["improvement"])
+
+
+def test_a_resample_drawing_every_image_once_gives_the_split_values():
+    """The replicates' shortcuts (KID from draw counts, mIoU from summed counts) agree with the split's metric
+    (FID: float64 here, torchmetrics there when images outnumber dimensions)."""
+    from pipeline.evaluation.evidence import _replicates
+    from pipeline.evaluation.metrics import compute_kid
+
+    real = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+    ev = synthetic(real, shift=0.5, quality=0.6, seed=1)
+    once = np.random.default_rng(1).permutation(30)[None]
+    kid = compute_kid(torch.from_numpy(real), torch.from_numpy(ev.fake_features), subset_size=30)[0]
+    assert _replicates(ev, "kid_mean", once)[0] == pytest.approx(kid, rel=1e-4, abs=1e-7)
+    for metric in ("fid", "miou", "accuracy"):
+        assert _replicates(ev, metric, once)[0] == pytest.approx(metric_value(ev, metric), rel=1e-6), metric
+
+
+def test_if_significant_needs_a_metric_with_per_image_evidence():
+    from pipeline.errors import ParamsError
+
+    with pytest.raises(ParamsError, match=r"if_significant compares fid, kid_mean, miou, accuracy.*'precision'"):
+        settings("precision")
+    assert settings("precision", promote="if_better").metric == "precision"
 
 
 def test_the_paired_bootstrap_refuses_evidence_of_other_images():
