@@ -1,6 +1,7 @@
 """Promotion on evidence on the demo (issue #20): seeds against each other, a 10x longer training against both.
 
-    python bench/promotion.py --work /tmp/promotion [--steps 50] [--seeds 0 1 2] [--factor 10] [--json OUT]
+    python bench/promotion.py --work /tmp/promotion [--steps 50] [--seeds 0 1 2] [--factor 10]
+                              [--segmenter-steps N] [--json OUT]
 
 In ``--work`` (a fresh folder, or one from an earlier call: finished models are reused): the demo
 dataset and its segmenter (params.yaml's settings), then the demo generator trained ``--steps``
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import shutil
 import sys
 import time
@@ -35,11 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+SEGMENTER_STEPS: int | None = None  # --segmenter-steps
+
+
 def _params(work: Path, name: str | None = None, steps: int = 0, seed: int = 0):
     from pipeline.params import load_params, override
 
     params = load_params(ROOT / "params.yaml")
-    updates: dict = {"mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}"}
+    updates: dict = {"mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "segmenter.steps": SEGMENTER_STEPS}
     if name is not None:
         updates.update({
             "seed": seed, "train.max_steps": steps, "train.decay_start_step": int(steps * 0.6),
@@ -137,8 +142,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--factor", type=int, default=10)
+    parser.add_argument("--segmenter-steps", type=int, help="segmenter.steps (default: params.yaml's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    global SEGMENTER_STEPS
+    SEGMENTER_STEPS = args.segmenter_steps
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     prepare(work)
