@@ -1,7 +1,7 @@
 """Promotion on evidence on the demo (issue #20): seeds against each other, a 10x longer training against both.
 
     python bench/promotion.py --work /tmp/promotion [--steps 50] [--seeds 0 1 2] [--factor 10]
-                              [--segmenter-steps N] [--json OUT]
+                              [--segmenter-steps N] [--size PX] [--ngf N] [--json OUT]
 
 In ``--work`` (a fresh folder, or one from an earlier call: finished models are reused): the demo
 dataset and its segmenter (params.yaml's settings), then the demo generator trained ``--steps``
@@ -38,13 +38,15 @@ sys.path.insert(0, str(ROOT))
 
 
 SEGMENTER_STEPS: int | None = None  # --segmenter-steps
+SMALL: dict = {}  # --size / --ngf: a smaller demo for a loaded CPU
 
 
 def _params(work: Path, name: str | None = None, steps: int = 0, seed: int = 0):
     from pipeline.params import load_params, override
 
     params = load_params(ROOT / "params.yaml")
-    updates: dict = {"mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "segmenter.steps": SEGMENTER_STEPS}
+    updates: dict = {"mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "segmenter.steps": SEGMENTER_STEPS,
+                     **SMALL}  # fmt: skip
     if name is not None:
         updates.update({
             "seed": seed, "train.max_steps": steps, "train.decay_start_step": int(steps * 0.6),
@@ -143,10 +145,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--factor", type=int, default=10)
     parser.add_argument("--segmenter-steps", type=int, help="segmenter.steps (default: params.yaml's)")
+    parser.add_argument("--size", type=int, help="demo images and crops of this many pixels (default: params.yaml's)")
+    parser.add_argument("--ngf", type=int, help="model.ngf, ndf and nef (default: params.yaml's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     global SEGMENTER_STEPS
     SEGMENTER_STEPS = args.segmenter_steps
+    if args.size:
+        SMALL.update({"data.demo.width": args.size, "data.demo.height": args.size, "train.crop_size": args.size,
+                      "train.load_size": args.size + args.size // 8})  # fmt: skip
+    if args.ngf:
+        SMALL.update({"model.ngf": args.ngf, "model.ndf": args.ngf, "model.nef": args.ngf})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
