@@ -18,8 +18,10 @@ Printed:
    seed (the first champion), the second short seed, then the long model, with each
    registration.json's decision sentence (the version's tags hold the same).
 
-Then a JSON summary (``--json`` writes it to a file too). On a 2-core CPU, ``--steps 50`` takes
-about 10 minutes (the long training dominates).
+Then a JSON summary (``--json`` writes it to a file too). Training dominates: about 2.5 demo steps
+per second on an idle 2-core CPU (README, Benchmarks), so the defaults (3 x 50 + 500 steps) take
+about 5 minutes there; on the same VM shared with three other jobs (load 14-18) a 20-step 32 px
+model (``--size 32 --ngf 8``) took 6 minutes. ``--factor 0`` compares the seeds alone.
 """
 
 from __future__ import annotations
@@ -87,15 +89,15 @@ def model(work: Path, name: str, steps: int, seed: int) -> dict:
     return json.loads(metrics.read_text())
 
 
-def pairs(work: Path, short: list[str], long: str) -> list[dict]:
+def pairs(work: Path, short: list[str], longer: list[str]) -> list[dict]:
     """The paired bootstrap and the if_significant decision for each pair (challenger, champion)."""
     from pipeline.evaluation.evidence import Evidence, paired_bootstrap
     from pipeline.promotion import verdict
 
     s = _params(work).registry
-    evidence = {n: Evidence.load(work / "outputs" / n / "evaluate" / "per_image.npz") for n in [*short, long]}
+    evidence = {n: Evidence.load(work / "outputs" / n / "evaluate" / "per_image.npz") for n in [*short, *longer]}
     rows = []
-    for challenger, champion in [*itertools.permutations(short, 2), *((long, n) for n in short)]:
+    for challenger, champion in [*itertools.permutations(short, 2), *itertools.product(longer, short)]:
         result = paired_bootstrap(evidence[challenger], evidence[champion], s.metric, s.greater_is_better,
                                   s.bootstrap, s.confidence, seed=0)  # fmt: skip
         decision = verdict(result, s, 0, champion, None)
@@ -143,7 +145,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--factor", type=int, default=10)
+    parser.add_argument("--factor", type=int, default=10, help="the long model's steps / --steps; 0: no long model")
     parser.add_argument("--segmenter-steps", type=int, help="segmenter.steps (default: params.yaml's)")
     parser.add_argument("--size", type=int, help="demo images and crops of this many pixels (default: params.yaml's)")
     parser.add_argument("--ngf", type=int, help="model.ngf, ndf and nef (default: params.yaml's)")
@@ -161,15 +163,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     prepare(work)
     short = {f"s{args.steps}-seed{s}": (args.steps, s) for s in args.seeds}
-    long_name = f"s{args.steps * args.factor}-seed{args.seeds[0]}"
-    models = {**short, long_name: (args.steps * args.factor, args.seeds[0])}
+    long = {f"s{args.steps * args.factor}-seed{args.seeds[0]}": (args.steps * args.factor, args.seeds[0])}
+    models = {**short, **(long if args.factor > 1 else {})}  # --factor 0 or 1: the seeds alone
     metrics = {name: model(work, name, steps, seed) for name, (steps, seed) in models.items()}
     metric = _params(work).registry.metric
     for name, m in metrics.items():
         print(f"{name:>14}: {metric} {m[metric]:.4f} (FID interval [{m['fid_ci_low']:.3f}, {m['fid_ci_high']:.3f}]), "
               f"mIoU {m['miou']:.3f}")  # fmt: skip
-    rows = pairs(work, list(short), long_name)
-    order = [(n, *short[n]) for n in list(short)[:2]] + [(long_name, *models[long_name])]
+    rows = pairs(work, list(short), [n for n in models if n not in short])
+    order = [(n, *models[n]) for n in [*list(short)[:2], *(n for n in models if n not in short)]]
     summary = {"metrics": {n: {k: m[k] for k in ("fid", "kid_mean", "miou", "accuracy")} for n, m in metrics.items()},
                "pairs": rows, "registrations": registrations(work, order)}  # fmt: skip
     print(json.dumps(summary, indent=1, default=str))
