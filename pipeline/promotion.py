@@ -121,22 +121,25 @@ class EvidenceJudge:
                    if champion.tags.get(k) != v]  # fmt: skip
         if not changed:
             stored = self._stored(champion)
-            if stored is not None:
+            if isinstance(stored, Evidence):
                 return stored, "its stored evidence"
-            changed = [f"no {EVIDENCE_ARTIFACT} in its run {champion.run_id}"]
+            changed = [stored]
         log.info("register: scoring %s again on today's terms (%s)", label, "; ".join(changed))
         return self._rescore(champion, label), f"scored again now ({'; '.join(changed)})"
 
-    def _stored(self, champion) -> Evidence | None:
-        """The champion's logged evidence, if it was made on exactly today's terms (else None)."""
+    def _stored(self, champion) -> Evidence | str:
+        """The champion's logged evidence if it was made on exactly today's terms, else why not."""
         with tempfile.TemporaryDirectory(prefix="gaugan-evidence-") as tmp:
             path = download(self.uri, tmp, run_id=champion.run_id, artifact_path=EVIDENCE_ARTIFACT)
-            stored = Evidence.load(path) if path is not None else None
+            if path is None:
+                return f"no {EVIDENCE_ARTIFACT} in its run {champion.run_id}"
+            stored = Evidence.load(path)
         mine = self.challenger
-        if stored is None or any(stored.meta.get(k) != mine.meta.get(k) for k in _SAME_TERMS):
-            return None
+        for key in _SAME_TERMS:
+            if stored.meta.get(key) != mine.meta.get(key):
+                return f"its stored evidence has {key} {stored.meta.get(key)!r}, today's {mine.meta.get(key)!r}"
         if list(stored.ids) != list(mine.ids) or not np.array_equal(stored.real_features, mine.real_features):
-            return None
+            return "its stored evidence has other images or real-image features than today's"
         return stored
 
     def _rescore(self, champion, label: str) -> Evidence | str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import TOY_NAMES, make_params, toy_classes, write_tiny_generator, write_toy_prepared
 from PIL import Image
 from test_eval_stage import tiny_override
@@ -84,6 +85,29 @@ def test_a_clearly_better_model_is_promoted_and_a_second_draw_of_the_champion_is
     assert back["ci_high"] < 0 and back["improvement"] == pytest.approx(-result["improvement"])
 
 
+def test_a_resample_drawing_every_image_once_gives_the_split_values():
+    """The replicates' shortcuts (KID from draw counts, mIoU from summed counts) agree with the split's metric
+    (FID: float64 here, torchmetrics there when images outnumber dimensions)."""
+    from pipeline.evaluation.evidence import _replicates
+    from pipeline.evaluation.metrics import compute_kid
+
+    real = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+    ev = synthetic(real, shift=0.5, quality=0.6, seed=1)
+    once = np.random.default_rng(1).permutation(30)[None]
+    kid = compute_kid(torch.from_numpy(real), torch.from_numpy(ev.fake_features), subset_size=30)[0]
+    assert _replicates(ev, "kid_mean", once)[0] == pytest.approx(kid, rel=1e-4, abs=1e-7)
+    for metric in ("fid", "miou", "accuracy"):
+        assert _replicates(ev, metric, once)[0] == pytest.approx(metric_value(ev, metric), rel=1e-6), metric
+
+
+def test_if_significant_needs_a_metric_with_per_image_evidence():
+    from pipeline.errors import ParamsError
+
+    with pytest.raises(ParamsError, match=r"if_significant compares fid, kid_mean, miou, accuracy.*'precision'"):
+        settings("precision")
+    assert settings("precision", promote="if_better").metric == "precision"
+
+
 def test_the_paired_bootstrap_refuses_evidence_of_other_images():
     from pipeline.errors import EvaluationError
 
@@ -144,10 +168,15 @@ def test_val_split_id_ignores_the_training_split_and_follows_the_validation_rows
 # the evaluate stage's evidence, and the register stage with if_significant
 
 
-def _params(**register):
-    override = tiny_override(stats_cache=None)
-    override["register"] = {"bootstrap": 200, **register}
-    return make_params(override)
+def _override(segmenter_steps: int = 4, **evaluate) -> dict:
+    """test_eval_stage's tiny settings; a segmenter of a few steps (its quality does not matter here)."""
+    override = tiny_override(stats_cache=None, **evaluate)
+    override["segmenter"]["steps"] = segmenter_steps
+    return override
+
+
+def _params(segmenter_steps: int = 4, **register):
+    return make_params({**_override(segmenter_steps), "register": {"bootstrap": 200, **register}})
 
 
 def _trained(root: Path, uri: str, seed: int, classes: ClassTable | None = None, **model) -> str:
@@ -177,7 +206,7 @@ def test_evaluate_writes_per_image_evidence_that_gives_back_the_split_numbers_ex
     _project(tmp_path)
     write_tiny_generator(tmp_path / _params().train.model_out, ClassTable.load(tmp_path / _params().data.out))
     for ignore in (None, [1]):
-        metrics = run_evaluate(make_params(tiny_override(stats_cache=None, ignore_classes=ignore)), tmp_path)
+        metrics = run_evaluate(make_params(_override(ignore_classes=ignore)), tmp_path)
         ev = Evidence.load(tmp_path / "outputs/evaluate/per_image.npz")
         assert list(ev.ids) == [f"val-{i:03d}" for i in range(6)] and ev.fake_features.shape == (6, 64)
         for metric in ("fid", "kid_mean", "miou", "accuracy"):
@@ -222,8 +251,7 @@ def test_if_significant_reuses_stored_evidence_then_rescores_the_champion_after_
     manifest = pd.read_parquet(root / "data/prepared/manifest.parquet")
     extra = manifest[manifest["split"] == "train"].iloc[:1].assign(id="train-new", source_hash="new")
     pd.concat([manifest, extra]).to_parquet(root / "data/prepared/manifest.parquet", index=False)
-    run_train_segmenter(make_params({**tiny_override(), "segmenter": {**tiny_override()["segmenter"], "steps": 30}}),
-                        root)  # fmt: skip
+    run_train_segmenter(_params(segmenter_steps=3), root)
     champion = client.get_model_version_by_alias(NAME, "champion")
     _trained(root, uri, seed=3)
     third = _register(root, metric="miou", greater_is_better=True)
@@ -234,9 +262,9 @@ def test_if_significant_reuses_stored_evidence_then_rescores_the_champion_after_
     generator = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="checkpoint/generator.pt",
                                                     dst_path=str(root / "champion"), tracking_uri=uri)  # fmt: skip
     (root / "outputs/train/run.json").unlink()  # scored, logged nowhere
-    again = run_evaluate(make_params({**tiny_override(stats_cache=None), "train": {**tiny_override()["train"],
-                                                                                  "model_out": str(generator)}}),
-                         root)  # fmt: skip
+    override = _override()
+    override["train"]["model_out"] = generator
+    again = run_evaluate(make_params(override), root)
     assert c["champion"] == again["miou"] != c["champion_value_recorded"]
 
 

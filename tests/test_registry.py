@@ -317,10 +317,8 @@ def test_registry_refuses_to_compare_across_datasets_or_segmenters_and_says_whic
         assert "style_source" not in reason  # only what differs is named
     # the training split grew (another dataset id), the validation split did not: comparable
     grown = {**SAME, "eval_dataset_id": "d3"}
-    assert (
-        decide(20.0, grown, champion, "fid", False)[0] is True
-        and decide(0.3, grown, champion, "miou", True)[0] is False
-    )
+    assert decide(20.0, grown, champion, "fid", False)[0] is True
+    assert decide(0.3, grown, champion, "miou", True)[0] is False
     promoted, _, reason = decide(1.0, {**SAME, "style_source": "encoded-real"}, champion, "fid", False)
     assert promoted is False and "style_source is 'encoded-real' here and 'none'" in reason
     # a champion registered before these tags existed cannot be compared: said so, never assumed equal
