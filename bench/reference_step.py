@@ -22,6 +22,7 @@ change); per-step process CPU time is recorded next to wall time (useful on a lo
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -36,7 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- children
-def _reference_trainer(reference: Path, size: int, workdir: str):
+@functools.cache
+def load_reference(reference: Path):
+    """The reference's ``(TrainOptions, Pix2PixTrainer)`` classes, imported from the checkout with
+    the run-time patches of this module's docstring (random VGG19 weights, dill, ``.cuda()`` on CPU)."""
     import torch
     import torchvision
 
@@ -53,19 +57,41 @@ def _reference_trainer(reference: Path, size: int, workdir: str):
     from options.train_options import TrainOptions  # the reference's own parser
     from trainers.pix2pix_trainer import Pix2PixTrainer
 
+    return TrainOptions, Pix2PixTrainer
+
+
+def reference_options(reference: Path, workdir: str, args: list[str]):
+    """The reference's options parsed from ``args`` (after a name, checkpoints dir and GPU ids), quietly."""
+    import torch
+
+    TrainOptions, _ = load_reference(reference)
     sys.argv = [
         "train.py",
-        *("--name", "bench", "--dataset_mode", "ade20k", "--dataroot", workdir),
-        *("--checkpoints_dir", workdir, "--gpu_ids", "0" if torch.cuda.is_available() else "-1"),
-        *("--batchSize", "1", "--crop_size", str(size), "--load_size", str(size)),
-        *("--label_nc", "150", "--contain_dontcare_label", "--no_instance"),
+        *("--name", "bench", "--checkpoints_dir", workdir),
+        *("--gpu_ids", "0" if torch.cuda.is_available() else "-1"),
+        *args,
     ]
     with open(os.devnull, "w") as quiet:
         stdout, sys.stdout = sys.stdout, quiet
         try:
-            opt = TrainOptions().parse()
+            return TrainOptions().parse()
         finally:
             sys.stdout = stdout
+
+
+def _reference_trainer(reference: Path, size: int, workdir: str):
+    import torch
+
+    _, Pix2PixTrainer = load_reference(reference)
+    opt = reference_options(
+        reference,
+        workdir,
+        [
+            *("--dataset_mode", "ade20k", "--dataroot", workdir),
+            *("--batchSize", "1", "--crop_size", str(size), "--load_size", str(size)),
+            *("--label_nc", "150", "--contain_dontcare_label", "--no_instance"),
+        ],
+    )
     trainer = Pix2PixTrainer(opt)
     g = torch.Generator().manual_seed(0)
     data = {

@@ -112,6 +112,8 @@ class TrainSettings(_Section):
     flip: bool
     ema: bool
     ema_decay: float = Field(gt=0, lt=1)
+    ema_warmup: bool
+    ema_start_step: int = Field(ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     channels_last: Literal["auto", "on", "off"]
     compile: bool

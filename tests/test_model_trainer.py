@@ -11,7 +11,7 @@ from conftest import tiny_config, train_options, trainer_weights
 
 import gaugan.trainer as trainer_module
 from gaugan.config import GauGANConfig
-from gaugan.trainer import GauGANTrainer, NonFiniteLossError, TrainOptions
+from gaugan.trainer import GauGANTrainer, NonFiniteLossError, TrainOptions, ema_decay_at
 
 
 def tiny(**kw) -> GauGANConfig:
@@ -207,6 +207,42 @@ def test_inference_generator_is_an_eval_copy_with_the_ema_weights():
     no_ema = GauGANTrainer(cfg, train_options(ema_decay=None))
     netG2, netE2 = no_ema.inference_generator()
     assert all(torch.equal(v, no_ema.netG.state_dict()[k]) for k, v in netG2.state_dict().items())
+
+
+def test_ema_decay_schedule_warms_up_and_starts_late():
+    def decays(steps, decay, warmup, start):
+        return [round(float(ema_decay_at(torch.tensor(t), decay, warmup, start)), 4) for t in steps]
+
+    assert decays([0, 1, 500], 0.995, False, 0) == [0.995, 0.995, 0.995]  # the plain EMA
+    # (1 + t) / (10 + t) until it reaches the decay: 0.1 at the first update, 0.9 at t = 80
+    assert decays([0, 1, 80, 1790, 5000], 0.995, True, 0) == [0.1, 0.1818, 0.9, 0.995, 0.995]
+    assert decays([0, 9, 10, 11, 90], 0.995, True, 10) == [0.0, 0.0, 0.1, 0.1818, 0.9]  # G itself before the start
+    assert decays([2, 3], 0.5, False, 3) == [0.0, 0.5]
+    with pytest.raises(ValueError, match="ema_start_step"):
+        TrainOptions(ema_start_step=-1)
+
+
+@pytest.mark.parametrize("warmup,start", [(True, 0), (False, 1)])
+def test_ema_is_the_scheduled_average_of_the_live_weights(warmup, start):
+    """After each step: ema = d_t * ema + (1 - d_t) * G_t, d_t from the schedule (0 before the start:
+    the EMA is G); the exported generator is that average."""
+    cfg = tiny(use_instance=True)
+    torch.manual_seed(0)
+    options = train_options(ema_decay=0.8, ema_warmup=warmup, ema_start_step=start)
+    trainer = GauGANTrainer(cfg, options)
+    expected = {k: v.clone().double() for k, v in trainer.netG.named_parameters()}
+    for t in range(3):
+        trainer.train_step(make_batch(cfg, seed=t))
+        d = 0.0 if t < start else min(0.8, (1 + t - start) / (10 + t - start)) if warmup else 0.8
+        for k, v in trainer.netG.named_parameters():
+            expected[k] = d * expected[k] + (1 - d) * v.detach().double()
+    netG, _ = trainer.inference_generator()
+    exported = dict(netG.named_parameters())
+    assert exported.keys() == expected.keys()
+    for k, v in expected.items():
+        torch.testing.assert_close(exported[k].double(), v, rtol=1e-5, atol=1e-6, msg=k)
+    live = dict(trainer.netG.named_parameters())
+    assert any(not torch.allclose(live[k], exported[k]) for k in exported if k.endswith("weight_orig"))
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -254,12 +254,19 @@ def test_outputs_and_tracking(prepared, tmp_path):
     from pipeline.params import load_params
     from pipeline.stages.train import run as run_train
 
-    project, _ = _project(tmp_path, prepared)
+    ema = {"ema": True, "ema_decay": 0.9, "ema_warmup": True, "ema_start_step": 1}
+    project, _ = _project(tmp_path, prepared, train=ema)
     metrics = run_train(load_params(project / "params.yaml"), project)
     assert metrics["steps"] == 4 and all(
         torch.isfinite(torch.tensor(metrics[k])) for k in ("G_GAN", "D_real", "D_Fake")
     )
-    assert (project / "models/generator.pt").is_file()
+    # the exported generator is the average (the last checkpoint's EMA, step 4), not the live G
+    exported = torch.load(project / "models/generator.pt", map_location="cpu", weights_only=True)["G"]
+    state = _trainer_state(project)["trainer"]
+    average = {k[len("netG.") :]: v for k, v in state["ema"].items() if k.startswith("netG.")}
+    assert exported.keys() == average.keys() == state["G"].keys()
+    assert all(torch.equal(v, average[k]) for k, v in exported.items())
+    assert any(not torch.equal(v, state["G"][k]) for k, v in exported.items() if k.endswith("weight_orig"))
     saved = json.loads((project / "outputs/train/metrics.json").read_text())
     assert saved["steps"] == 4
     from PIL import Image

@@ -112,6 +112,8 @@ def train_options(params: Params, device: torch.device) -> TrainOptions:
         lambda_kld=t.lambda_kld,
         vgg_weights=t.vgg_weights,
         ema_decay=t.ema_decay if t.ema else None,
+        ema_warmup=t.ema_warmup,
+        ema_start_step=t.ema_start_step,
         precision=resolve_precision(t.precision, device),
         channels_last=(t.channels_last == "on") or (t.channels_last == "auto" and device.type == "cuda"),
         compile=t.compile,
