@@ -95,6 +95,8 @@ def prepare(settings: DataSettings, source: Path, out: Path, progress: bool = Tr
         tasks,
         classes,
         out,
+        shard_size_mb=settings.shard_size_mb,
+        compact_dead_fraction=settings.compact_dead_fraction,
         workers=settings.workers,
         on_error=settings.on_error,
         progress=progress,
