@@ -54,6 +54,7 @@ class DataSettings(_Section):
     on_error: Literal["fail", "skip"]
     shard_size_mb: float = Field(gt=0)
     compact_dead_fraction: float = Field(ge=0, le=1)
+    dask_address: str | None = Field(min_length=1)
     coco_portraits: bool
     coco_crowd: Literal["ignore", "instance"]
     ade20k_short_side: int = Field(ge=16)

@@ -220,3 +220,24 @@ def test_the_cli_converts_both_ways(prepared, tmp_path):
     assert done.exit_code == 0 and PreparedDataset(tmp_path / "s", "train").sharded
     done = runner.invoke(app, ["prepared", "export", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     assert done.exit_code == 1 and "no manifest" in done.output
+
+
+@pytest.mark.slow
+def test_ingest_over_a_dask_cluster_writes_the_bytes_of_the_local_pool(prepared, tmp_path):
+    """Two worker processes of a Dask LocalCluster on loopback, started and closed here."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        ingest_dataset(
+            "demo",
+            tmp_path,
+            tmp_path / "dask",
+            shard_size_mb=SHARD_MB,
+            demo=DEMO,
+            dask_address=cluster.scheduler_address,
+        )
+    assert _tree(tmp_path / "dask") == _tree(prepared)
+    with pytest.raises(IngestError, match="no Dask scheduler answers"):
+        ingest_dataset("demo", tmp_path, tmp_path / "none", demo=DEMO, dask_address="tcp://127.0.0.1:9")

@@ -25,7 +25,9 @@ Writing (parallel, incremental, atomic): writer.py. The stage itself: ``pipeline
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,18 +93,42 @@ def prepare(settings: DataSettings, source: Path, out: Path, progress: bool = Tr
             f"{source}: no samples found for format {settings.format!r}; check the source layout "
             f"(documented in pipeline/datasets/{settings.format.replace('-', '_')}.py)"
         )
-    return write_prepared(
-        tasks,
-        classes,
-        out,
-        shard_size_mb=settings.shard_size_mb,
-        compact_dead_fraction=settings.compact_dead_fraction,
-        workers=settings.workers,
-        on_error=settings.on_error,
-        progress=progress,
-        fmt=settings.format,
-        source=source_name,
-    )
+    with _executor(settings.dask_address) as executor:
+        return write_prepared(
+            tasks,
+            classes,
+            out,
+            shard_size_mb=settings.shard_size_mb,
+            compact_dead_fraction=settings.compact_dead_fraction,
+            workers=settings.workers,
+            on_error=settings.on_error,
+            progress=progress,
+            fmt=settings.format,
+            source=source_name,
+            executor=executor,
+        )
+
+
+@contextmanager
+def _executor(address: str | None) -> Iterator[Executor | None]:
+    """None (the local process pool), or the executor of a Dask cluster's client: its workers load,
+    check and encode samples (they need this package and the source, and the previous output, at
+    the same paths); the shards are still written here, in order, so the bytes are the same."""
+    if address is None:
+        yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise IngestError(
+            f'data.dask_address is {address!r} but Dask is not installed; pip install ".[dask]" or set it to null'
+        ) from None
+    try:
+        client = Client(address, set_as_default=False, timeout=30)
+    except OSError as err:
+        raise IngestError(f"data.dask_address {address!r}: no Dask scheduler answers ({err})") from None
+    with client:
+        yield client.get_executor(pure=False)
 
 
 def _given_classes(settings: DataSettings, root: Path) -> ClassTable | None:
