@@ -26,13 +26,10 @@ from torch.utils.data import Dataset
 
 from gaugan.classes import ClassTable
 from gaugan.errors import DatasetError, MissingFileError
+from gaugan.layout import KINDS, SHARD_COLUMNS
 
 MANIFEST_FILE = "manifest.parquet"
 SPLITS = ("train", "val")
-KINDS = ("image", "label", "instance", "edge")  # a sample's maps, in the order they are stored
-# Manifest columns of the shard layout (see pipeline/datasets/__init__.py): the sample's shard and
-# byte range, its sha256, and each member's data offset and size in the shard (-1 where absent).
-SHARD_COLUMNS = ("shard", "offset", "length", "sha256") + tuple(f"{k}_{f}" for k in KINDS for f in ("offset", "size"))
 
 
 def read_manifest(root: Path | str, columns: list[str] | None = None):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from gaugan.data import KINDS, SHARD_COLUMNS, PreparedDataset, read_manifest
+from gaugan.data import PreparedDataset, read_manifest
+from gaugan.layout import KINDS, SHARD_COLUMNS
 from pipeline.datasets.shards import SHARD_DIR, ShardWriter, member_name, placed, sample_blob
 from pipeline.errors import IngestError
 from pipeline.io import atomic_path

@@ -23,7 +23,7 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
-from gaugan.data import KINDS
+from gaugan.layout import KINDS
 from pipeline.errors import IngestError
 
 BLOCK = 512

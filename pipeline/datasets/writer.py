@@ -37,8 +37,8 @@ import numpy as np
 from PIL import Image
 
 from gaugan.classes import DONTCARE, ClassTable
-from gaugan.data import KINDS, SHARD_COLUMNS
 from gaugan.edges import instance_edges
+from gaugan.layout import KINDS, SHARD_COLUMNS
 from pipeline.datasets.common import ImageData, encode_png
 from pipeline.datasets.shards import (
     END,
