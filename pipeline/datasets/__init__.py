@@ -3,18 +3,27 @@
 Prepared format (the contract with every later stage)::
 
     <out>/manifest.parquet   one row per sample: id, split ('train'|'val'), image, label, instance, edge
-                             (paths relative to <out>; instance/edge null without instances), width,
+                             (the tar member names; instance/edge null without instances), width,
                              height, source (path relative to the source root, or generated:<seed>:<i>),
-                             source_hash (sha256 of the sample's source bytes + parser settings), dataset
+                             source_hash (sha256 of the sample's source bytes + parser settings), dataset,
+                             shard (shards/<split>-<NNNNNN>.tar), offset and length (the sample's bytes
+                             in the shard), sha256 (of those bytes), <map>_offset / <map>_size (each
+                             member's data in the shard, -1 where absent)
     <out>/classes.json       format_version, dataset, label_nc, dontcare (255), contain_dontcare_label,
                              has_instances, classes: [{index, name, color}] (+ ignore, notes); a
                              label value 255 only where contain_dontcare_label is true
     <out>/stats.json         num_samples per split, class_pixel_frequency per split, dontcare_fraction,
-                             processed_this_run, reused, skipped [{file, error}], source, format
-    <out>/images/<split>/<id>.jpg|png      RGB JPEG/PNG bytes kept as they came (see common.py)
-    <out>/labels/<split>/<id>.png          uint8 class indices, 255 = dontcare
-    <out>/instances/<split>/<id>.png       uint16 instance ids, 0 = none
-    <out>/edges/<split>/<id>.png           uint8, 255 where a 4-neighbour has another instance id
+                             processed_this_run, reused, skipped [{file, error}], source, format,
+                             shards {written, kept, compacted, removed}
+    <out>/shards/<split>-<NNNNNN>.tar   POSIX tar, WebDataset names (shards.py), per sample:
+        <id>.jpg|png         RGB JPEG/PNG bytes kept as they came (see common.py)
+        <id>.label.png       uint8 class indices, 255 = dontcare
+        <id>.instance.png    uint16 instance ids, 0 = none
+        <id>.edge.png        uint8, 255 where a 4-neighbour has another instance id
+
+``gaugan-pipeline prepared export`` writes the same maps as one file per map
+(``images|labels|instances|edges/<split>/<id>.*``, the manifest's map columns then being paths);
+``gaugan.data.PreparedDataset`` reads both layouts.
 
 Formats and their source layouts: ``demo`` (demo.py), ``folder`` and ``spade`` (folder.py),
 ``coco-stuff`` (coco_stuff.py), ``ade20k`` (ade20k.py), ``ade20k-full`` (ade20k_full.py),
