@@ -102,7 +102,8 @@ class PreparedDataset(Dataset):
         return self._store.read(index, self.ids[index])
 
     def __getitem__(self, index: int) -> dict:
-        data = self._store.read(index, self.ids[index], skip=() if self.load_instances else ("instance", "edge"))
+        skip = ("edge",) if self.load_instances else ("instance", "edge")  # edges come from the instances
+        data = self._store.read(index, self.ids[index], skip=skip)
         sample = {
             "id": self.ids[index],
             "image": self._decode(data, index, "image"),

@@ -241,3 +241,31 @@ def test_ingest_over_a_dask_cluster_writes_the_bytes_of_the_local_pool(prepared,
     assert _tree(tmp_path / "dask") == _tree(prepared)
     with pytest.raises(IngestError, match="no Dask scheduler answers"):
         ingest_dataset("demo", tmp_path, tmp_path / "none", demo=DEMO, dask_address="tcp://127.0.0.1:9")
+
+
+def _dvc(repo: Path, *args: str) -> str:
+    import os
+    import sys
+
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_after_a_data_drop_dvc_pushes_only_the_new_shard_manifest_and_stats(source, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    _dvc(repo, "init", "-q")
+    _dvc(repo, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    _ingest(source, repo / "data/prepared")
+    _dvc(repo, "add", "data/prepared")
+    first = _dvc(repo, "push")
+    shards = len(list((repo / "data/prepared/shards").iterdir()))
+    assert f"{shards + 3 + 1} files pushed" in first  # shards, manifest, classes, stats, and DVC's .dir listing
+    _add_train_sample(source, "drop_0001", 71)
+    _ingest(source, repo / "data/prepared")
+    _dvc(repo, "add", "data/prepared")
+    assert "4 files pushed" in _dvc(repo, "push")  # the new shard, the manifest, stats and the new .dir listing
