@@ -68,8 +68,8 @@ class PreparedDataset(Dataset):
     ``ds[i]`` is ``dict(id=str, image=uint8 [H,W,3], label=int64 [H,W] (255 = dontcare),
     instance=int32 [H,W] or None)``, passed through ``transform(sample)`` when one is given.
     ``ids`` lists the sample ids in order, ``classes`` is the :class:`ClassTable`;
-    :meth:`member_bytes` gives a sample's stored bytes. The manifest is held as arrays (a few
-    dozen bytes per sample), and a sample is one ``pread`` of its byte range, checked against the
+    :meth:`member_bytes` gives a sample's stored bytes. The manifest is held as arrays (about 170
+    bytes per sample), and a sample is one ``pread`` of its byte range, checked against the
     manifest's sha256 before it is decoded.
     """
 
