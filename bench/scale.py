@@ -13,7 +13,9 @@ and this times, for each layout:
 - loader throughput: samples/s of one process (one loader worker) reading training samples in
   the training order (random) at 256 px with the paper's transforms (resize to 286, random crop
   256, flip), the training loader's own dataset classes; the layouts in turn, best of 3,
-- the manifest: its file size and the reader's memory for it (tracemalloc, ``PreparedDataset``).
+- the manifest: its file size and the reader's memory for it (tracemalloc, ``PreparedDataset``),
+- DVC's fixed start-up: a no-op ``dvc status`` in a repository without data, part of every DVC
+  figure (on a loaded machine it is most of the shards' figures).
 
 Usage: ``python bench/scale.py [--n 20000] [--old-ref COMMIT] [--no-s3] [--json out.json]``
 (needs ``pip install -e ".[bench]"``). Prints a table. Takes about an hour at N = 20000 on 2 cores.
@@ -204,6 +206,16 @@ def dvc_times(tmp: Path, name: str, data: Path, drop, s3: Moto | None, record) -
             record("s3_error", str(err)[-300:])
 
 
+def dvc_fixed_cost(tmp: Path) -> float:
+    """A no-op ``dvc status`` in a repository without data (best of 3): DVC's own start-up, which
+    every figure above includes; t(N) - this is the part that grows with the data."""
+    repo = tmp / "repo-empty"
+    dvc_repo(repo, tmp / "repo-empty-data", {})
+    best = min(_run(["dvc", "status"], repo) for _ in range(3))
+    shutil.rmtree(repo)
+    return best
+
+
 def _push_pull(tmp: Path, name: str, repo: Path, remote: str, record) -> None:
     record(f"dvc_push_{remote}", _run(["dvc", "push", "-r", remote], repo))
     clone = tmp / f"clone-{name}-{remote}"
@@ -300,6 +312,9 @@ def _bench(tmp: Path, args, save) -> dict:
             rate = loader_rate(outs[name], args.loader_samples)
             recorder(name)("loader_samples_per_s", max(rate, result["layouts"][name].get("loader_samples_per_s", 0)))
     _move_drop_in(tmp, source)
+    (tmp / "repo-empty-data").mkdir()
+    result["dvc_fixed_s"] = dvc_fixed_cost(tmp)
+    save(result)
     with Moto() if not args.no_s3 else contextlib.nullcontext() as s3:
         for name, fn in ingest.items():
             dvc_times(tmp, name, outs[name], fn, s3, recorder(name))
@@ -327,6 +342,7 @@ ROWS = [
 def table(result: dict) -> str:
     files, shards = result["layouts"]["files"], result["layouts"]["shards"]
     head = f"N = {result['n']} samples ({result['size']}), drop = {result['drop']} samples, {result['cpu_count']} CPUs"
+    head += f"; DVC's fixed start-up (no-op status without data): {result.get('dvc_fixed_s')} s"
     lines = [head, "", "| measure | files | shards | files / shards |", "|---|---|---|---|"]
     for key, label in ROWS:
         if key in files and key in shards:
