@@ -32,6 +32,7 @@ demo: install
 	$(BIN)/gaugan-pipeline demo
 
 bench: install
+	$(BIN)/pip install -e ".[dev,bench]"
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:

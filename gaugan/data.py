@@ -1,8 +1,11 @@
 """Reader of the prepared dataset format (written by the ingest stage, ``pipeline.datasets``).
 
-Layout: ``manifest.parquet`` (one row per sample), ``classes.json`` (the :class:`ClassTable`),
-``images/``, ``labels/`` (uint8/uint16 class indices, 255 = dontcare), ``instances/`` (ids, 0 =
-none) and ``edges/``. Label PNGs are read as raw indices, never converted.
+Layout: ``manifest.parquet`` (one row per sample), ``classes.json`` (the :class:`ClassTable`) and
+the samples' bytes: tar shards under ``shards/`` (what ingest writes; the manifest gives each
+sample's shard and byte range), or one file per map under ``images/``, ``labels/`` (uint8/uint16
+class indices, 255 = dontcare), ``instances/`` (ids, 0 = none) and ``edges/`` (the layout of
+``gaugan-pipeline prepared export``). :class:`PreparedDataset` reads both, and every stage uses it.
+Label PNGs are read as raw indices, never converted.
 
 A prepared dataset has one identity, :func:`dataset_id`: a hash of its class table and of the
 manifest's (split, id, source hash) rows. Generator and segmenter files, MLflow runs and registered
@@ -14,7 +17,9 @@ be compared, so that a growing training split does not make them incomparable.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +28,7 @@ from torch.utils.data import Dataset
 
 from gaugan.classes import ClassTable
 from gaugan.errors import DatasetError, MissingFileError
+from gaugan.layout import KINDS, SHARD_COLUMNS
 
 MANIFEST_FILE = "manifest.parquet"
 SPLITS = ("train", "val")
@@ -78,11 +84,15 @@ def _identity(classes: dict, rows: list) -> str:
 
 
 class PreparedDataset(Dataset):
-    """One split of a prepared dataset (a torch Dataset).
+    """One split of a prepared dataset (a torch Dataset), whatever its layout: shards (tar files
+    addressed by the manifest's byte ranges, what ingest writes) or one file per map.
 
     ``ds[i]`` is ``dict(id=str, image=uint8 [H,W,3], label=int64 [H,W] (255 = dontcare),
     instance=int32 [H,W] or None)``, passed through ``transform(sample)`` when one is given.
-    ``ids`` lists the sample ids in order, ``classes`` is the :class:`ClassTable`.
+    ``ids`` lists the sample ids in order, ``classes`` is the :class:`ClassTable`;
+    :meth:`member_bytes` gives a sample's stored bytes. The manifest is held as arrays (about 170
+    bytes per sample), and a sample is one ``pread`` of its byte range, checked against the
+    manifest's sha256 before it is decoded.
     """
 
     def __init__(self, root: Path | str, split: str, transform=None, load_instances: bool = True):
@@ -96,39 +106,149 @@ class PreparedDataset(Dataset):
             raise DatasetError(
                 f"{self.root / MANIFEST_FILE}: manifest lacks the columns {sorted(missing)}; re-run the ingest stage"
             )
-        rows = manifest[manifest["split"] == split].sort_values("id").astype(object)
+        rows = manifest[manifest["split"] == split].sort_values("id", kind="stable")
         if rows.empty:
             raise DatasetError(f"{self.root / MANIFEST_FILE}: the {split!r} split is empty")
-        self.rows = rows.to_dict("records")
-        self.ids = [r["id"] for r in self.rows]
+        self.ids = [str(i) for i in rows["id"]]
         self.split = split
         self.transform = transform
         self.load_instances = load_instances
+        self.sharded = "shard" in rows.columns and bool(rows["shard"].notna().all())
+        self._store = _ShardStore(self.root, rows) if self.sharded else _FileStore(self.root, rows)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.ids)
 
-    def _read(self, rel: str, rgb: bool = False) -> np.ndarray:
-        path = self.root / rel
-        try:
-            with Image.open(path) as im:
-                if rgb and im.mode != "RGB":
-                    return np.array(im.convert("RGB"))  # images only: maps are always read as raw indices
-                return np.array(im)
-        except OSError as err:  # FileNotFoundError included
-            raise MissingFileError(f"{path}: cannot read ({err}); re-run the ingest stage") from None
+    def member_bytes(self, index: int) -> dict[str, bytes | None]:
+        """The stored bytes of sample ``index``: image, label, instance, edge (None where absent)."""
+        return self._store.read(index, self.ids[index])
 
     def __getitem__(self, index: int) -> dict:
-        row = self.rows[index]
+        skip = ("edge",) if self.load_instances else ("instance", "edge")  # edges come from the instances
+        data = self._store.read(index, self.ids[index], skip=skip)
         sample = {
-            "id": row["id"],
-            "image": self._read(row["image"], rgb=True),
-            "label": self._read(row["label"]).astype(np.int64),
+            "id": self.ids[index],
+            "image": self._decode(data, index, "image"),
+            "label": self._decode(data, index, "label").astype(np.int64),
             "instance": None,
         }
-        if self.load_instances and not _isnull(row.get("instance")):
-            sample["instance"] = self._read(row["instance"]).astype(np.int32)
+        if self.load_instances and data["instance"] is not None:
+            sample["instance"] = self._decode(data, index, "instance").astype(np.int32)
         return self.transform(sample) if self.transform else sample
+
+    def _decode(self, data: dict[str, bytes | None], index: int, kind: str) -> np.ndarray:
+        raw = data[kind]
+        where = self._store.where(index, self.ids[index], kind)
+        if raw is None:
+            raise DatasetError(f"{where}: the manifest names no {kind}; re-run the ingest stage")
+        try:
+            with Image.open(io.BytesIO(raw)) as im:
+                if kind == "image" and im.mode != "RGB":
+                    return np.array(im.convert("RGB"))  # images only: maps are always read as raw indices
+                return np.array(im)
+        except OSError as err:
+            raise DatasetError(f"{where}: cannot decode the {kind} ({err}); re-run the ingest stage") from None
+
+
+class _FileStore:
+    """One file per map (the layout of ``gaugan-pipeline prepared export``)."""
+
+    def __init__(self, root: Path, rows):
+        self.root = root
+        self.paths = {k: [None if _isnull(v) else str(v) for v in rows[k]] if k in rows else None for k in KINDS}
+
+    def where(self, index: int, sample_id: str, kind: str = "label") -> str:
+        paths = self.paths[kind]
+        return str(self.root / str(paths[index] if paths is not None else kind))
+
+    def read(self, index: int, sample_id: str, skip: tuple[str, ...] = ()) -> dict[str, bytes | None]:
+        out: dict[str, bytes | None] = {}
+        for kind in KINDS:
+            paths = self.paths[kind]
+            rel = None if paths is None or kind in skip else paths[index]
+            if rel is None:
+                out[kind] = None
+                continue
+            try:
+                out[kind] = (self.root / rel).read_bytes()
+            except OSError as err:  # FileNotFoundError included
+                raise MissingFileError(f"{self.root / rel}: cannot read ({err}); re-run the ingest stage") from None
+        return out
+
+
+class _ShardStore:
+    """Samples inside tar shards: each row gives its shard, its byte range (offset, length, sha256)
+    and each member's data offset and size (absolute in the shard; -1 where absent)."""
+
+    def __init__(self, root: Path, rows):
+        missing = set(SHARD_COLUMNS) - set(rows.columns)
+        if missing:
+            raise DatasetError(
+                f"{root / MANIFEST_FILE}: manifest lacks the shard columns {sorted(missing)}; re-run the ingest stage"
+            )
+        codes, self.shards = _factorize(rows["shard"])
+        self.shard_of = codes.astype(np.int32)
+        self.offset = rows["offset"].to_numpy(np.int64)
+        self.length = rows["length"].to_numpy(np.int64)
+        self.sha = np.frombuffer(bytes.fromhex("".join(rows["sha256"])), np.uint8).reshape(len(rows), 32)
+        self.members = np.stack(
+            [rows[f"{k}_{f}"].to_numpy(np.int64) for k in KINDS for f in ("offset", "size")], axis=1
+        ).reshape(len(rows), len(KINDS), 2)
+        for k, kind in enumerate(KINDS):  # a map the manifest names no member for is absent
+            self.members[rows[kind].isna().to_numpy(), k, 0] = -1
+        self.root = root
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fds": {}}  # descriptors do not travel to spawned loader workers
+
+    def where(self, index: int, sample_id: str, kind: str = "") -> str:
+        member = f", member {kind}" if kind else ""
+        return f"{self.root / self.shards[self.shard_of[index]]} (sample {sample_id!r}{member})"
+
+    def _fd(self, code: int, sample_id: str) -> int:
+        if self._pid != os.getpid():  # a forked loader worker opens its own descriptors
+            self._fds, self._pid = {}, os.getpid()
+        if code not in self._fds:
+            path = self.root / self.shards[code]
+            try:
+                self._fds[code] = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise MissingFileError(
+                    f"{path}: shard missing (needed for sample {sample_id!r}); restore it with `dvc pull` / "
+                    "`dvc checkout`, or re-run the ingest stage"
+                ) from None
+        return self._fds[code]
+
+    def read(self, index: int, sample_id: str, skip: tuple[str, ...] = ()) -> dict[str, bytes | None]:
+        code = int(self.shard_of[index])
+        start, length = int(self.offset[index]), int(self.length[index])
+        fd = self._fd(code, sample_id)
+        data = os.pread(fd, length, start)  # one read of the whole sample
+        where = self.where(index, sample_id)
+        if len(data) != length:
+            raise DatasetError(
+                f"{where}: the manifest points at bytes {start}..{start + length} but the shard ends at "
+                f"{os.fstat(fd).st_size} (truncated or replaced); restore it with `dvc pull` or re-run the ingest stage"
+            )
+        if hashlib.sha256(data).digest() != self.sha[index].tobytes():
+            raise DatasetError(
+                f"{where}: corrupt bytes {start}..{start + length} (sha256 differs from the manifest); "
+                "restore the shard with `dvc pull` / `dvc checkout`, or re-run the ingest stage"
+            )
+        out: dict[str, bytes | None] = {}
+        for k, kind in enumerate(KINDS):
+            off, size = (int(v) for v in self.members[index, k])
+            out[kind] = None if off < 0 or kind in skip else data[off - start : off - start + size]
+        return out
+
+
+def _factorize(values) -> tuple[np.ndarray, list[str]]:
+    import pandas as pd
+
+    codes, uniques = pd.factorize(values, sort=True)
+    return codes, [str(u) for u in uniques]
 
 
 def _isnull(value) -> bool:

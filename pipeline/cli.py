@@ -29,6 +29,8 @@ app = typer.Typer(
 )
 flow_app = typer.Typer(help="Prefect flows that run the DVC stages.", no_args_is_help=True)
 app.add_typer(flow_app, name="flow")
+prepared_app = typer.Typer(help="The prepared dataset: shards <-> one file per map.", no_args_is_help=True)
+app.add_typer(prepared_app, name="prepared")
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="parameters file")
 _debug = {"on": False}
@@ -98,6 +100,40 @@ def ingest(
         stats = stage.run(p)
     counts = ", ".join(f"{k}: {v}" for k, v in stats.get("num_samples", {}).items())
     typer.echo(f"prepared {counts}; skipped {len(stats.get('skipped', []))}")
+
+
+@prepared_app.command("export")
+def prepared_export(
+    out: Path = typer.Option(..., "--out", help="folder to write (one file per map)"),
+    data: Path | None = typer.Option(None, "--data", help="the prepared dataset (default: data.out)"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Write a prepared dataset as images/, labels/, instances/, edges/ files (the bytes unchanged)."""
+    from pipeline.prepared_files import export_files
+
+    _convert("prepared export", export_files, data or Path(_params(params).data.out), out, "written as files to")
+
+
+@prepared_app.command("import")
+def prepared_import(
+    files: Path = typer.Option(..., "--files", help="a prepared dataset of the file layout"),
+    out: Path | None = typer.Option(None, "--out", help="the sharded dataset to write (default: data.out)"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Pack a prepared dataset of the file layout into shards (data.shard_size_mb), as ingest writes them."""
+    from functools import partial
+
+    from pipeline.prepared_files import import_files
+
+    settings = _params(params).data
+    pack = partial(import_files, shard_size_mb=settings.shard_size_mb)
+    _convert("prepared import", pack, files, out or Path(settings.out), "packed into shards in")
+
+
+def _convert(command: str, convert, src: Path, dst: Path, done: str) -> None:
+    with _reported(command):
+        n = convert(src, dst)
+    typer.echo(f"{n} samples of {src} {done} {dst}")
 
 
 @app.command("demo-data")

@@ -52,6 +52,9 @@ class DataSettings(_Section):
     out: str
     workers: int = Field(ge=1)
     on_error: Literal["fail", "skip"]
+    shard_size_mb: float = Field(gt=0)
+    compact_dead_fraction: float = Field(ge=0, le=1)
+    dask_address: str | None = Field(min_length=1)
     coco_portraits: bool
     coco_crowd: Literal["ignore", "instance"]
     ade20k_short_side: int = Field(ge=16)

@@ -197,6 +197,15 @@ def ingest_dataset(fmt: str, source: Path, out: Path, **data) -> dict:
     return prepare(settings, Path(source), Path(out), progress=False)
 
 
+def as_files(prepared: Path) -> Path:
+    """``prepared`` exported beside it as one file per map (``prepared export``: the bytes its shards hold)."""
+    from pipeline.prepared_files import export_files
+
+    out = prepared.with_name(prepared.name + "-files")
+    export_files(prepared, out)
+    return out
+
+
 def copy_project(root: Path, names) -> Path:
     """The named files and folders of this project, and its DVC config (no cache), copied into ``root``."""
     for name in names:

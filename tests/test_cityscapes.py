@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ingest_dataset
+from conftest import as_files, ingest_dataset
 from PIL import Image
 
 from gaugan.config import reference_setting
@@ -101,6 +101,8 @@ def test_labels_instances_edges_and_the_class_table(source, tmp_path):
     assert list(manifest["id"]) == ["aachen_000000_000019", "bochum_000000_001234", "frankfurt_000001_000005"]
     assert manifest["source"][0] == "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png"
     ds = PreparedDataset(out, "train")
+    files = as_files(out)  # the edge maps as files: the bytes the shards hold
+    files_manifest = pd.read_parquet(files / "manifest.parquet")
     assert ds.classes == builtin_table("cityscapes")
     for i, seed in enumerate((0, 1)):
         sample = ds[i]
@@ -112,7 +114,7 @@ def test_labels_instances_edges_and_the_class_table(source, tmp_path):
             assert set(np.unique(inst[raw == value])) == {want}
         # elsewhere one id per label value (after the objects): the reference's edges, exactly
         assert set(np.unique(inst[raw < 1000])) == set(range(4, 4 + len(np.unique(label[raw < 1000]))))
-        edges = np.array(Image.open(out / manifest["edge"][i]))
+        edges = np.array(Image.open(files / files_manifest["edge"][i]))
         np.testing.assert_array_equal(edges == 255, reference_edges(raw))
     semantic = encode_labels(torch.from_numpy(ds[0]["label"])[None], 35, False)
     assert semantic.shape[1] + 1 == reference_setting("cityscapes").semantic_nc  # + the edge channel

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ingest_dataset, toy_classes
+from conftest import as_files, ingest_dataset, toy_classes
 from PIL import Image
 
 from gaugan.classes import ClassTable
@@ -32,10 +32,17 @@ def test_items_have_the_documented_types_and_match_the_files(prepared):
     assert item["image"].dtype == np.uint8 and item["image"].shape == (32, 40, 3)
     assert item["label"].dtype == np.int64 and item["label"].shape == (32, 40)
     assert item["instance"].dtype == np.int32 and item["instance"].shape == (32, 40)
-    np.testing.assert_array_equal(item["label"], np.array(Image.open(prepared / "labels/train/demo_train_000001.png")))
+    files = as_files(prepared)  # the same dataset as one file per map: the same items
+    np.testing.assert_array_equal(item["label"], np.array(Image.open(files / "labels/train/demo_train_000001.png")))
     np.testing.assert_array_equal(
-        item["instance"], np.array(Image.open(prepared / "instances/train/demo_train_000001.png"))
+        item["instance"], np.array(Image.open(files / "instances/train/demo_train_000001.png"))
     )
+    from_files = PreparedDataset(files, "train")
+    assert not from_files.sharded and PreparedDataset(prepared, "train").sharded
+    for i in range(len(ds)):
+        for key in ("image", "label", "instance"):
+            np.testing.assert_array_equal(from_files[i][key], ds[i][key])
+            assert from_files[i][key].dtype == ds[i][key].dtype
     assert PreparedDataset(prepared, "train", load_instances=False)[0]["instance"] is None
     seen = []
     ds_t = PreparedDataset(prepared, "val", transform=lambda s: seen.append(s["id"]) or s["label"].sum())
@@ -102,7 +109,7 @@ def test_null_instances_from_a_dataset_without_them(tmp_path, prepared):
 
 def test_errors_name_the_file(tmp_path, prepared):
     root = tmp_path / "p"
-    shutil.copytree(prepared, root)
+    shutil.copytree(as_files(prepared), root)  # the file layout (errors of shards: test_shards.py)
     with pytest.raises(ValueError, match="split must be"):
         PreparedDataset(root, "test")
     (root / "labels/train/demo_train_000002.png").unlink()

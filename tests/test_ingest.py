@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ingest_dataset
+from conftest import as_files, ingest_dataset
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -85,10 +85,11 @@ def test_spade_portrait_folders_train_as_the_reference(spade_source, tmp_path):
     _portraits(spade_source, {"000000000139": "portrait_a", "000000000785": "portrait_b"})
     stats = ingest_dataset("spade", spade_source, tmp_path / "with", workers=2)
     assert stats["num_samples"] == {"train": 15, "val": 8}
-    manifest = pd.read_parquet(tmp_path / "with/manifest.parquet").set_index("id")
+    files = as_files(tmp_path / "with")
+    manifest = pd.read_parquet(files / "manifest.parquet").set_index("id")
     assert manifest.loc["portrait_a", "split"] == "train"
     assert manifest.loc["portrait_a", "source"] == "train_img_portrait/portrait_a.jpg"
-    label = _read(tmp_path / "with" / manifest.loc["portrait_b", "label"])
+    label = _read(files / manifest.loc["portrait_b", "label"])
     np.testing.assert_array_equal(label, _read(spade_source / "val_label/000000000785.png"))
     stats = ingest_dataset("spade", spade_source, tmp_path / "without", workers=2, coco_portraits=False)
     assert stats["num_samples"] == {"train": 13, "val": 8}
@@ -109,22 +110,23 @@ def test_spade_dataroot_labels_identical_instances_same_regions(spade_source, tm
     classes = ClassTable.load(out)
     assert (classes.dataset, classes.label_nc, classes.has_instances) == ("coco-stuff", 182, True)
     assert classes.names[0] == "person" and classes.names[181] == "wood" and classes.names[91] == "banner"
-    manifest = pd.read_parquet(out / "manifest.parquet")
+    files = as_files(out)  # the bytes the shards hold, as one file per map
+    manifest = pd.read_parquet(files / "manifest.parquet")
     assert len(manifest) == 21 and set(manifest["dataset"]) == {"coco-stuff"}
     for row in manifest.itertuples():
         src_label = _read(spade_source / f"{row.split}_label/{row.id}.png")
-        label = _read(out / row.label)
+        label = _read(files / row.label)
         np.testing.assert_array_equal(label, src_label)  # values 0..181 and 255 kept as they are
-        assert (out / row.label).read_bytes() == (spade_source / f"{row.split}_label/{row.id}.png").read_bytes()
-        assert (out / row.image).read_bytes() == (spade_source / f"{row.split}_img/{row.id}.jpg").read_bytes()
-        assert (row.width, row.height) == Image.open(out / row.image).size
+        assert (files / row.label).read_bytes() == (spade_source / f"{row.split}_label/{row.id}.png").read_bytes()
+        assert (files / row.image).read_bytes() == (spade_source / f"{row.split}_img/{row.id}.jpg").read_bytes()
+        assert (row.width, row.height) == Image.open(files / row.image).size
         assert row.source == f"{row.split}_img/{row.id}.jpg"
         src_inst = _read(spade_source / f"{row.split}_inst/{row.id}.png")
-        inst = _read(out / row.instance)
+        inst = _read(files / row.instance)
         assert inst.dtype == np.uint16 and inst.min() == 1 and inst.max() == len(np.unique(src_inst))
         assert _same_partition(inst, src_inst)
         # so the edges are exactly the reference's edges of its own map
-        np.testing.assert_array_equal(_read(out / row.edge), instance_edges(src_inst))
+        np.testing.assert_array_equal(_read(files / row.edge), instance_edges(src_inst))
     val = PreparedDataset(out, "val")
     sample = val[val.ids.index("000000000139")]
     assert 255 in sample["label"] and sample["label"][sample["label"] != 255].max() <= 181
@@ -242,7 +244,7 @@ def test_coco_stuff_from_json_end_to_end(tmp_path, real_fixtures, rikai):
     out = tmp_path / "prepared"
     stats = ingest_dataset("coco-stuff", src, out, workers=2)
     assert stats["num_samples"] == {"train": 6, "val": 0}
-    ds = PreparedDataset(out, "train")
+    ds, files = PreparedDataset(out, "train"), as_files(out)
     for image in data["images"][:6]:
         sample = ds[ds.ids.index(Path(image["file_name"]).stem)]
         anns = [a for a in data["annotations"] if a["image_id"] == image["id"] and not a["iscrowd"]]
@@ -255,9 +257,9 @@ def test_coco_stuff_from_json_end_to_end(tmp_path, real_fixtures, rikai):
                 assert ds.classes.names[a["category_id"] - 1] == names[a["category_id"]]
         assert (label[inst > n] == 255).all()  # no stuff annotations: the rest is unlabeled
         assert len(np.unique(inst[inst > n])) == len(np.unique(label[inst > n]))  # one id per background class
-        np.testing.assert_array_equal(_read(out / f"edges/train/{sample['id']}.png"), instance_edges(inst))
+        np.testing.assert_array_equal(_read(files / f"edges/train/{sample['id']}.png"), instance_edges(inst))
         # blank JPEGs are stored byte for byte
-        assert (out / f"images/train/{image['file_name']}").read_bytes() == (
+        assert (files / f"images/train/{image['file_name']}").read_bytes() == (
             src / "train2017" / image["file_name"]
         ).read_bytes()
 
@@ -266,7 +268,8 @@ def test_crowd_policy_changes_the_output_and_the_hash(tmp_path, real_fixtures, r
     src = _coco_source(tmp_path, real_fixtures, rikai)
     a = ingest_dataset("coco-stuff", src, tmp_path / "a", coco_crowd="ignore")
     b = ingest_dataset("coco-stuff", src, tmp_path / "b", coco_crowd="instance")
-    ma, mb = (pd.read_parquet(tmp_path / p / "manifest.parquet").set_index("id") for p in ("a", "b"))
+    fa, fb = as_files(tmp_path / "a"), as_files(tmp_path / "b")
+    ma, mb = (pd.read_parquet(f / "manifest.parquet").set_index("id") for f in (fa, fb))
     crowd_images = {
         Path(im["file_name"]).stem
         for im in rikai[0]["images"][:6]
@@ -274,7 +277,7 @@ def test_crowd_policy_changes_the_output_and_the_hash(tmp_path, real_fixtures, r
     }
     assert crowd_images and (ma["source_hash"] != mb["source_hash"]).all()
     for stem in crowd_images:  # crowd pixels labelled (person) and owned by an id only with "instance"
-        la, lb = _read(tmp_path / "a" / ma.loc[stem, "label"]), _read(tmp_path / "b" / mb.loc[stem, "label"])
+        la, lb = _read(fa / ma.loc[stem, "label"]), _read(fb / mb.loc[stem, "label"])
         assert (la == 255).sum() > (lb == 255).sum()
     assert a["num_samples"] == b["num_samples"]
 
@@ -347,11 +350,12 @@ def test_ade20k_scene_parsing_labels_identical(tmp_path, real_fixtures):
     classes = json.loads((out / "classes.json").read_text())
     assert classes["label_nc"] == 151 and classes["ignore"] == [0] and "other" in classes["notes"]
     assert classes["has_instances"] is False
-    manifest = pd.read_parquet(out / "manifest.parquet")
+    files = as_files(out)
+    manifest = pd.read_parquet(files / "manifest.parquet")
     assert manifest["instance"].isna().all() and manifest["edge"].isna().all()
     for row in manifest.itertuples():
         src_label = _read(src / f"annotations/validation/{row.id}.png")
-        np.testing.assert_array_equal(_read(out / row.label), src_label)
+        np.testing.assert_array_equal(_read(files / row.label), src_label)
         assert src_label.max() <= 150 and 0 in src_label  # 'other' present, kept as class 0
     assert PreparedDataset(out, "val")[0]["instance"] is None
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ingest_dataset, make_params
+from conftest import as_files, ingest_dataset, make_params
 from PIL import Image
 
 from gaugan.data import PreparedDataset
@@ -63,9 +63,12 @@ def test_demo_format_and_its_folder_source_give_the_same_dataset(tmp_path, sourc
     ingest_dataset("demo", tmp_path, tmp_path / "a", demo=SMALL.model_dump())
     stats = ingest_dataset("folder", source, tmp_path / "b")
     assert stats["num_samples"] == {"train": 4, "val": 2}
-    fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
+    fa, fb = _files(as_files(tmp_path / "a")), _files(as_files(tmp_path / "b"))
     pngs = [k for k in fa if k.endswith(".png")]
     assert len(pngs) == 6 * 4 and all(fa[k] == fb[k] for k in pngs)
+    shards = [k for k in _files(tmp_path / "a") if k.startswith("shards/")]
+    assert shards == ["shards/train-000000.tar", "shards/val-000000.tar"]
+    assert all((tmp_path / "a" / k).read_bytes() == (tmp_path / "b" / k).read_bytes() for k in shards)
     ma = pd.read_parquet(tmp_path / "a/manifest.parquet")
     assert list(ma.columns) == list(MANIFEST_COLUMNS) and ma["source"].iloc[0] == "generated:3:0"
     assert pd.read_parquet(tmp_path / "b/manifest.parquet")["source"].iloc[0] == "images/train/demo_train_000000.png"
@@ -93,7 +96,7 @@ def test_folder_with_classes_txt_and_written_files(tmp_path):
     a = PreparedDataset(out, "train")[0]
     np.testing.assert_array_equal(a["label"], label)
     np.testing.assert_array_equal(a["image"], np.repeat(grey[..., None], 3, axis=2))
-    assert (out / "images/val/b.jpg").read_bytes() == (src / "images/val/b.jpg").read_bytes()
+    assert PreparedDataset(out, "val").member_bytes(0)["image"] == (src / "images/val/b.jpg").read_bytes()
     freq = stats["class_pixel_frequency"]["train"]
     assert freq == {
         "0": pytest.approx(1 / 3, abs=1e-6),
@@ -107,8 +110,9 @@ def test_incremental_rerun_processes_only_new_and_changed(tmp_path, source):
     out = tmp_path / "prepared"
     first = ingest_dataset("folder", source, out)
     assert (first["processed_this_run"], first["reused"]) == (6, 0)
+    assert first["shards"]["written"] == ["shards/train-000000.tar", "shards/val-000000.tar"]
     before = _files(out)
-    inodes = {p.relative_to(out).as_posix(): p.stat().st_ino for p in out.rglob("*.png")}
+    inode = (out / "shards/train-000000.tar").stat().st_ino
     # add one image, change one, remove one
     image, label, instance = generate_sample(99, 0, 32, 24)
     for sub, arr in (("images", image), ("labels", label), ("instances", instance)):
@@ -119,19 +123,26 @@ def test_incremental_rerun_processes_only_new_and_changed(tmp_path, source):
     Image.fromarray(lab).save(changed)
     for sub in ("images", "labels", "instances"):
         (source / sub / "val" / "demo_val_000001.png").unlink()
-    second = ingest_dataset("folder", source, out, workers=2)
+    second = ingest_dataset("folder", source, out, workers=2, compact_dead_fraction=0.6)
     assert (second["processed_this_run"], second["reused"]) == (2, 4)
     assert second["num_samples"] == {"train": 5, "val": 1}
+    # new and changed samples go into a new shard; the old train shard (1 of 4 samples dead) stays
+    # as it was, hard-linked; so does the val shard (1 of 2 samples dead: about half, under 0.6)
+    assert second["shards"] == {
+        "written": ["shards/train-000001.tar"],
+        "kept": ["shards/train-000000.tar", "shards/val-000000.tar"],
+        "compacted": [],
+        "removed": [],
+    }
     after = _files(out)
-    kept = [k for k in before if k.endswith(".png") and "demo_train_000001" not in k and "demo_val_000001" not in k]
-    assert len(kept) == 4 * 4
-    for k in kept:  # untouched samples: the same bytes, hard-linked from the previous output
-        assert after[k] == before[k] and (out / k).stat().st_ino == inodes[k]
-    assert (out / "labels/val/demo_val_000001.png").exists() is False
-    np.testing.assert_array_equal(_read(out / "labels/train/demo_train_000001.png"), lab)
-    np.testing.assert_array_equal(_read(out / "labels/train/new_one.png"), label)
-    manifest = pd.read_parquet(out / "manifest.parquet")
-    assert sorted(manifest["id"]) == sorted(
+    assert {k for k in after if k != "shards/train-000001.tar"} == set(before)
+    assert [k for k in before if before[k] != after[k]] == ["manifest.parquet", "stats.json"]
+    assert (out / "shards/train-000000.tar").stat().st_ino == inode
+    train = PreparedDataset(out, "train")
+    np.testing.assert_array_equal(train[train.ids.index("demo_train_000001")]["label"], lab)
+    np.testing.assert_array_equal(train[train.ids.index("new_one")]["label"], label)
+    manifest = pd.read_parquet(out / "manifest.parquet").set_index("id")
+    assert sorted(manifest.index) == sorted(
         [
             "demo_train_000000",
             "demo_train_000001",
@@ -141,9 +152,11 @@ def test_incremental_rerun_processes_only_new_and_changed(tmp_path, source):
             "demo_val_000000",
         ]
     )
-    third = ingest_dataset("folder", source, out)
+    assert manifest.loc["demo_train_000001", "shard"] == manifest.loc["new_one", "shard"] == "shards/train-000001.tar"
+    third = ingest_dataset("folder", source, out, compact_dead_fraction=0.6)
     assert (third["processed_this_run"], third["reused"]) == (0, 6)
     assert third["class_pixel_frequency"] == second["class_pixel_frequency"]  # counted again from the labels
+    assert _files(out)["shards/train-000000.tar"] == before["shards/train-000000.tar"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".prepared")]
 
 
@@ -153,8 +166,8 @@ def test_two_workers_write_the_same_dataset(tmp_path):
     two = ingest_dataset("demo", tmp_path, tmp_path / "two", workers=2, demo=demo)
     assert one == two
     fa, fb = _files(tmp_path / "one"), _files(tmp_path / "two")
-    assert fa.keys() == fb.keys() and len(fa) == 9 * 4 + 3
-    assert all(fa[k] == fb[k] for k in fa)
+    assert sorted(fa) == sorted(fb) == ["classes.json", "manifest.parquet", *one["shards"]["written"], "stats.json"]
+    assert len(one["shards"]["written"]) == 2 and all(fa[k] == fb[k] for k in fa)
 
 
 BAD = [

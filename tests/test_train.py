@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import deep_merge, ingest_dataset, make_params, network_outputs, write_project_params
+from conftest import as_files, deep_merge, ingest_dataset, make_params, network_outputs, write_project_params
 
 from pipeline.errors import ParamsError, TrainError
 from pipeline.training.loader import StepBatchSampler
@@ -248,6 +248,25 @@ def test_killed_run_resumes_to_the_same_weights(prepared, tmp_path, monkeypatch)
     assert sorted(set(steps)) == [1, 2, 3, 4]
     rows = (crashed / "outputs/train/losses.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+
+
+def test_training_from_shards_is_bit_identical_to_training_from_files(prepared, tmp_path):
+    """The same samples as shards (what ingest writes) and as one file per map: the same weights."""
+    from gaugan.data import PreparedDataset
+    from pipeline.params import load_params
+    from pipeline.stages.train import run as run_train
+
+    files = as_files(prepared)
+    assert PreparedDataset(prepared, "train").sharded and not PreparedDataset(files, "train").sharded
+    from_shards = _fresh(tmp_path, "shards", prepared)
+    from_files = _fresh(tmp_path, "files", files)
+    for project in (from_shards, from_files):
+        run_train(load_params(project / "params.yaml"), project)
+    a, b = _trainer_state(from_shards), _trainer_state(from_files)
+    assert a["step"] == b["step"] == 4
+    for net in ("G", "D"):  # bit for bit
+        assert a["trainer"][net].keys() == b["trainer"][net].keys()
+        assert all(torch.equal(v, b["trainer"][net][k]) for k, v in a["trainer"][net].items()), net
 
 
 def test_outputs_and_tracking(prepared, tmp_path):

@@ -3,18 +3,27 @@
 Prepared format (the contract with every later stage)::
 
     <out>/manifest.parquet   one row per sample: id, split ('train'|'val'), image, label, instance, edge
-                             (paths relative to <out>; instance/edge null without instances), width,
+                             (the tar member names; instance/edge null without instances), width,
                              height, source (path relative to the source root, or generated:<seed>:<i>),
-                             source_hash (sha256 of the sample's source bytes + parser settings), dataset
+                             source_hash (sha256 of the sample's source bytes + parser settings), dataset,
+                             shard (shards/<split>-<NNNNNN>.tar), offset and length (the sample's bytes
+                             in the shard), sha256 (of those bytes), <map>_offset / <map>_size (each
+                             member's data in the shard, -1 where absent)
     <out>/classes.json       format_version, dataset, label_nc, dontcare (255), contain_dontcare_label,
                              has_instances, classes: [{index, name, color}] (+ ignore, notes); a
                              label value 255 only where contain_dontcare_label is true
     <out>/stats.json         num_samples per split, class_pixel_frequency per split, dontcare_fraction,
-                             processed_this_run, reused, skipped [{file, error}], source, format
-    <out>/images/<split>/<id>.jpg|png      RGB JPEG/PNG bytes kept as they came (see common.py)
-    <out>/labels/<split>/<id>.png          uint8 class indices, 255 = dontcare
-    <out>/instances/<split>/<id>.png       uint16 instance ids, 0 = none
-    <out>/edges/<split>/<id>.png           uint8, 255 where a 4-neighbour has another instance id
+                             processed_this_run, reused, skipped [{file, error}], source, format,
+                             shards {written, kept, compacted, removed}
+    <out>/shards/<split>-<NNNNNN>.tar   POSIX tar, WebDataset names (shards.py), per sample:
+        <id>.jpg|png         RGB JPEG/PNG bytes kept as they came (see common.py)
+        <id>.label.png       uint8 class indices, 255 = dontcare
+        <id>.instance.png    uint16 instance ids, 0 = none
+        <id>.edge.png        uint8, 255 where a 4-neighbour has another instance id
+
+``gaugan-pipeline prepared export`` writes the same maps as one file per map
+(``images|labels|instances|edges/<split>/<id>.*``, the manifest's map columns then being paths);
+``gaugan.data.PreparedDataset`` reads both layouts.
 
 Formats and their source layouts: ``demo`` (demo.py), ``folder`` and ``spade`` (folder.py),
 ``coco-stuff`` (coco_stuff.py), ``ade20k`` (ade20k.py), ``ade20k-full`` (ade20k_full.py),
@@ -25,7 +34,9 @@ Writing (parallel, incremental, atomic): writer.py. The stage itself: ``pipeline
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,16 +102,42 @@ def prepare(settings: DataSettings, source: Path, out: Path, progress: bool = Tr
             f"{source}: no samples found for format {settings.format!r}; check the source layout "
             f"(documented in pipeline/datasets/{settings.format.replace('-', '_')}.py)"
         )
-    return write_prepared(
-        tasks,
-        classes,
-        out,
-        workers=settings.workers,
-        on_error=settings.on_error,
-        progress=progress,
-        fmt=settings.format,
-        source=source_name,
-    )
+    with _executor(settings.dask_address) as executor:
+        return write_prepared(
+            tasks,
+            classes,
+            out,
+            shard_size_mb=settings.shard_size_mb,
+            compact_dead_fraction=settings.compact_dead_fraction,
+            workers=settings.workers,
+            on_error=settings.on_error,
+            progress=progress,
+            fmt=settings.format,
+            source=source_name,
+            executor=executor,
+        )
+
+
+@contextmanager
+def _executor(address: str | None) -> Iterator[Executor | None]:
+    """None (the local process pool), or the executor of a Dask cluster's client: its workers load,
+    check and encode samples (they need this package and the source, and the previous output, at
+    the same paths); the shards are still written here, in order, so the bytes are the same."""
+    if address is None:
+        yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise IngestError(
+            f'data.dask_address is {address!r} but Dask is not installed; pip install ".[dask]" or set it to null'
+        ) from None
+    try:
+        client = Client(address, set_as_default=False, timeout=30)
+    except OSError as err:
+        raise IngestError(f"data.dask_address {address!r}: no Dask scheduler answers ({err})") from None
+    with client:
+        yield client.get_executor(pure=False)
 
 
 def _given_classes(settings: DataSettings, root: Path) -> ClassTable | None:

@@ -1,24 +1,33 @@
-"""Writes the prepared dataset: parallel, incremental, atomic.
+"""Writes the prepared dataset: parallel, incremental, append-only, atomic.
 
 Each source sample is a :class:`SampleTask`. A worker hashes the sample's source files (plus the
-parser settings and per-sample metadata, ``task.tag`` and ``task.meta``); when the hash equals the one in the
-existing manifest, the previous output files are hard-linked (copied where links are impossible)
-into the new tree, so they stay byte-identical and nothing is decoded or encoded again; otherwise
-the sample is loaded, validated and written. The new dataset is built in a temporary sibling
-folder and renamed onto ``out`` at the end (``pipeline.io.atomic_path``): an interrupted or failed
-run leaves the previous output as it was. Results are collected in task order and the manifest is
-sorted, so the output is the same whatever the number of workers.
+parser settings and per-sample metadata, ``task.tag`` and ``task.meta``). When the hash equals the
+one in the existing manifest, the sample is *reused*: its blob is read back from its shard (checked
+against the manifest's sha256, so a truncated, corrupt or missing shard stops ingest naming the
+shard and the sample) only to count its label's classes. Otherwise the sample is loaded, validated
+and encoded into a blob (shards.py), and the parent appends it to a *new* shard of its split.
+
+Old shards whose samples are all kept are hard-linked into the new tree (copied where links are
+impossible), so they stay byte-identical and DVC pushes only the new ones. Samples removed or
+replaced leave dead bytes in their old shard; a shard whose dead fraction passes
+``data.compact_dead_fraction`` is rewritten under its own name with its live blobs (only that
+shard), and a shard with no live sample is dropped. The new dataset is built in a temporary
+sibling folder and renamed onto ``out`` at the end (``pipeline.io.atomic_path``): an interrupted or
+failed run leaves the previous output as it was. Samples are handled in (split, id) order and the
+parent alone writes shards, so the output bytes are the same whatever the number of workers and
+whichever executor runs them (a process pool, or a Dask cluster's executor: ``executor=``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
 from collections.abc import Callable, Generator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +38,19 @@ from PIL import Image
 
 from gaugan.classes import DONTCARE, ClassTable
 from gaugan.edges import instance_edges
+from gaugan.layout import KINDS, SHARD_COLUMNS
 from pipeline.datasets.common import ImageData, encode_png
+from pipeline.datasets.shards import (
+    END,
+    SHARD_DIR,
+    ShardWriter,
+    member,
+    member_name,
+    placed,
+    read_blob,
+    sample_blob,
+    shard_index,
+)
 from pipeline.errors import IngestError
 from pipeline.io import atomic_path, atomic_write_json
 
@@ -46,6 +67,7 @@ MANIFEST_COLUMNS = (
     "source",
     "source_hash",
     "dataset",
+    *SHARD_COLUMNS,
 )
 HASH_VERSION = "prepared/1"  # bump when the way outputs are written changes, so old outputs are redone
 
@@ -100,18 +122,9 @@ class _Job:
     task: SampleTask
     prev: dict | None
     old_root: str
-    new_root: str
     label_nc: int
     dataset: str
     dontcare: bool  # 255 allowed (the class table has a dontcare channel)
-
-
-def _paths(task: SampleTask, ext: str, with_instance: bool) -> dict:
-    s, i = task.split, task.id
-    rel = {"image": f"images/{s}/{i}{ext}", "label": f"labels/{s}/{i}.png", "instance": None, "edge": None}
-    if with_instance:
-        rel["instance"], rel["edge"] = f"instances/{s}/{i}.png", f"edges/{s}/{i}.png"
-    return rel
 
 
 def _counts(label: np.ndarray) -> np.ndarray:
@@ -122,26 +135,19 @@ def _reuse(job: _Job, digest: str) -> tuple[dict, np.ndarray] | None:
     prev = job.prev
     if prev is None or prev.get("source_hash") != digest:
         return None
-    rels = [prev[k] for k in ("image", "label", "instance", "edge") if not _isnull(prev.get(k))]
-    old, new = Path(job.old_root), Path(job.new_root)
-    if not all((old / r).is_file() for r in rels):
-        return None
-    for r in rels:
-        try:
-            os.link(old / r, new / r)
-        except OSError:
-            shutil.copy2(old / r, new / r)
-    with Image.open(new / prev["label"]) as im:
+    blob = read_blob(Path(job.old_root), prev)  # a bad shard is an IngestError that stops the run
+    with Image.open(io.BytesIO(member(blob, prev, "label") or b"")) as im:
         label = np.array(im)
     row: dict[str, Any] = {
         k: (None if _isnull(prev.get(k)) and k in ("instance", "edge") else prev.get(k)) for k in MANIFEST_COLUMNS
     }
-    row["width"], row["height"] = int(row["width"]), int(row["height"])
+    for k in ("width", "height", "offset", "length", *(f"{k}_{f}" for k in KINDS for f in ("offset", "size"))):
+        row[k] = int(row[k])
     row["source"], row["dataset"] = job.task.source, job.dataset  # the same bytes may have moved
     return row, _counts(label)
 
 
-def _process(job: _Job, digest: str) -> tuple[dict, np.ndarray]:
+def _process(job: _Job, digest: str) -> tuple[dict, np.ndarray, bytes]:
     task = job.task
     where = ", ".join(task.files) or task.source
     try:
@@ -179,45 +185,52 @@ def _process(job: _Job, digest: str) -> tuple[dict, np.ndarray]:
             raise IngestError(
                 f"{where}: instance ids must be 0..65535, got {int(instance.min())}..{int(instance.max())}"
             )
-    rel = _paths(task, image.ext, instance is not None)
-    root = Path(job.new_root)
-    (root / rel["image"]).write_bytes(image.data)
     label8 = label.astype(np.uint8)
-    (root / rel["label"]).write_bytes(sample.label_png if sample.label_png is not None else encode_png(label8))
+    members = {"image": image.data, "label": sample.label_png if sample.label_png is not None else encode_png(label8)}
     if instance is not None:
-        (root / rel["instance"]).write_bytes(encode_png(instance.astype(np.uint16)))
-        (root / rel["edge"]).write_bytes(encode_png(instance_edges(instance)))
+        members["instance"] = encode_png(instance.astype(np.uint16))
+        members["edge"] = encode_png(instance_edges(instance))
+    named = {k: (member_name(task.id, k, image.ext), v) for k, v in members.items()}
+    blob, info = sample_blob(named)
     row = {
         "id": task.id,
         "split": task.split,
-        **rel,
+        **{k: named[k][0] if k in named else None for k in KINDS},
         "width": w,
         "height": h,
         "source": task.source,
         "source_hash": digest,
         "dataset": job.dataset,
+        **info,
     }
-    return row, counts[:256].astype(np.int64)
+    return row, counts[:256].astype(np.int64), blob
 
 
 def _work(job: _Job):
-    """-> (status, row, counts, error): status 'reused' | 'processed' | 'error'."""
+    """-> (status, row, counts, error, blob): status 'reused' | 'processed' | 'error'."""
     digest = sample_hash(job.task)
     reused = _reuse(job, digest)
     if reused is not None:
-        return "reused", reused[0], reused[1], None
+        return "reused", reused[0], reused[1], None, None
     try:
-        row, counts = _process(job, digest)
+        row, counts, blob = _process(job, digest)
     except IngestError as err:
-        return "error", None, None, {"file": ", ".join(job.task.files) or job.task.source, "error": str(err)}
-    return "processed", row, counts, None
+        return "error", None, None, {"file": ", ".join(job.task.files) or job.task.source, "error": str(err)}, None
+    return "processed", row, counts, None, blob
 
 
-def _results(jobs: list[_Job], workers: int, progress: bool) -> Generator[Any, None, None]:
+def _results(
+    jobs: list[_Job], workers: int, progress: bool, executor: Executor | None = None
+) -> Generator[Any, None, None]:
     from pipeline.logs import Progress
 
     bar = Progress(len(jobs), "ingest", every=max(1, len(jobs) // 10), unit="img", enabled=progress)
     try:
+        if executor is not None:  # e.g. a Dask client's executor: results still come back in job order
+            for result in executor.map(_work, jobs):
+                yield result
+                bar.update()
+            return
         if workers <= 1 or len(jobs) < 2:
             for job in jobs:
                 yield _work(job)
@@ -267,8 +280,8 @@ def _old_state(out: Path, classes: ClassTable) -> dict:
         if (old_classes.get("dataset"), old_classes.get("label_nc"), old_classes.get("contain_dontcare_label")) != same:
             return {}
         frame = pd.read_parquet(manifest)
-        if not set(MANIFEST_COLUMNS) <= set(frame.columns):
-            return {}
+        if not set(MANIFEST_COLUMNS) <= set(frame.columns) or frame["shard"].isna().any():
+            return {}  # another layout (e.g. an exported file tree): everything is prepared again
         return {(r["split"], r["id"]): r for r in frame.astype(object).to_dict("records")}
     except Exception:  # noqa: BLE001 - an unreadable previous output is simply rebuilt
         return {}
@@ -302,16 +315,58 @@ def write_prepared(
     classes: ClassTable,
     out: Path,
     *,
+    shard_size_mb: float,
+    compact_dead_fraction: float,
     workers: int = 1,
     on_error: str = "fail",
     progress: bool = True,
     fmt: str = "",
     source: str = "",
+    executor: Executor | None = None,
 ) -> dict:
     """Prepare ``tasks`` into ``out`` (see the module docstring); returns the stats."""
-    import pandas as pd
-
     out = Path(out)
+    _check_tasks(tasks)
+    recover(out)
+    old_rows = _old_state(out, classes)
+    label_nc, dataset = classes.label_nc, classes.dataset
+    rows, skipped, counts = [], [], {s: np.zeros(256, np.int64) for s in SPLITS}
+    done = {"processed": 0, "reused": 0}
+    with atomic_path(out) as tmp:
+        (tmp / SHARD_DIR).mkdir(parents=True)
+        dontcare = classes.contain_dontcare_label
+        jobs = [_Job(t, old_rows.get((t.split, t.id)), str(out), label_nc, dataset, dontcare) for t in tasks]
+        jobs.sort(key=lambda j: (j.task.split, j.task.id))  # shards fill in manifest order
+        first = {s: 1 + max((shard_index(r["shard"]) for r in old_rows.values() if r["split"] == s), default=-1)
+                 for s in SPLITS}  # fmt: skip
+        writers = {s: ShardWriter(tmp, s, first[s], int(shard_size_mb * 2**20)) for s in SPLITS}
+        # closing(): on failure the pool is shut down before atomic_path removes the tree it writes into
+        with closing(_results(jobs, workers, progress, executor)) as results:
+            for status, row, c, err, blob in results:
+                if status == "error":
+                    if on_error == "fail":
+                        raise IngestError(err["error"])
+                    skipped.append(err)
+                    continue
+                done[status] += 1
+                if status == "processed":
+                    row = placed(row, *writers[row["split"]].add(blob))
+                rows.append(row)
+                counts[row["split"]] += c
+        for writer in writers.values():
+            writer.close()
+        if not rows:
+            raise IngestError(f"{source}: no usable samples ({len(skipped)} skipped)")
+        shards = _carry_shards(out, tmp, rows, old_rows, compact_dead_fraction)
+        shards["written"] = sorted(n for w in writers.values() for n in w.written)
+        stats = _stats(rows, counts, label_nc, skipped, fmt, dataset, source, done["processed"], done["reused"])
+        _write_manifest(tmp, rows)
+        atomic_write_json(tmp / "classes.json", classes.to_dict())
+        atomic_write_json(tmp / "stats.json", {**stats, "shards": shards})
+    return {**stats, "shards": shards}
+
+
+def _check_tasks(tasks: list[SampleTask]) -> None:
     seen = set()
     for t in tasks:
         if t.split not in SPLITS:
@@ -322,38 +377,54 @@ def write_prepared(
                 "(e.g. the same name with two extensions)"
             )
         seen.add((t.split, t.id))
-    recover(out)
-    old_rows = _old_state(out, classes)
-    label_nc, dataset = classes.label_nc, classes.dataset
-    rows, skipped, counts = [], [], {s: np.zeros(256, np.int64) for s in SPLITS}
-    processed = reused = 0
-    with atomic_path(out) as tmp:
-        for sub in ("images", "labels", "instances", "edges"):
-            for split in SPLITS:
-                (tmp / sub / split).mkdir(parents=True, exist_ok=True)
-        dontcare = classes.contain_dontcare_label
-        jobs = [_Job(t, old_rows.get((t.split, t.id)), str(out), str(tmp), label_nc, dataset, dontcare) for t in tasks]
-        # closing(): on failure the pool is shut down before atomic_path removes the tree it writes into
-        with closing(_results(jobs, workers, progress)) as results:
-            for status, row, c, err in results:
-                if status == "error":
-                    if on_error == "fail":
-                        raise IngestError(err["error"])
-                    skipped.append(err)
-                    continue
-                processed += status == "processed"
-                reused += status == "reused"
-                rows.append(row)
-                counts[row["split"]] += c
-        if not rows:
-            raise IngestError(f"{source}: no usable samples ({len(skipped)} skipped)")
-        stats = _stats(rows, counts, label_nc, skipped, fmt, dataset, source, processed, reused)
-        frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).sort_values(["split", "id"], kind="stable")
-        frame = frame.astype({"width": "int64", "height": "int64"}).reset_index(drop=True)
-        frame.to_parquet(tmp / "manifest.parquet", index=False)
-        atomic_write_json(tmp / "classes.json", classes.to_dict())
-        atomic_write_json(tmp / "stats.json", stats)
-    return stats
+
+
+def _write_manifest(tmp: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).sort_values(["split", "id"], kind="stable")
+    ints = ["width", "height", "offset", "length", *(f"{k}_{f}" for k in KINDS for f in ("offset", "size"))]
+    frame = frame.astype(dict.fromkeys(ints, "int64")).reset_index(drop=True)
+    frame.to_parquet(tmp / "manifest.parquet", index=False)
+
+
+def _carry_shards(out: Path, tmp: Path, rows: list[dict], old_rows: dict, dead_limit: float) -> dict:
+    """Old shards into the new tree: linked unchanged, compacted (rewritten with their live blobs,
+    ``rows`` updated) when their dead fraction passes ``dead_limit``, or dropped when nothing in
+    them lives. Returns the shard names of each case."""
+    old = sorted({str(r["shard"]) for r in old_rows.values()})
+    live: dict[str, list[dict]] = {name: [] for name in old}
+    for row in rows:
+        if row["shard"] in live:  # a reused sample (new ones are in new shards)
+            live[row["shard"]].append(row)
+    report: dict[str, list[str]] = {"kept": [], "compacted": [], "removed": []}
+    for name in old:
+        payload = (out / name).stat().st_size - len(END)
+        dead = 1.0 - sum(int(r["length"]) for r in live[name]) / max(1, payload)
+        if not live[name]:
+            report["removed"].append(name)
+        elif dead > dead_limit:
+            _compact(out, tmp, name, live[name])
+            report["compacted"].append(name)
+        else:
+            try:
+                os.link(out / name, tmp / name)
+            except OSError:
+                shutil.copy2(out / name, tmp / name)
+            report["kept"].append(name)
+    return report
+
+
+def _compact(out: Path, tmp: Path, name: str, live: list[dict]) -> None:
+    """Rewrite shard ``name`` with only its ``live`` samples' blobs (in id order); updates their rows."""
+    with open(tmp / name, "xb") as fh:
+        pos = 0
+        for row in sorted(live, key=lambda r: r["id"]):
+            blob = read_blob(out, row)
+            fh.write(blob)
+            row.update(placed(row, name, pos))
+            pos += len(blob)
+        fh.write(END)
 
 
 def _stats(rows, counts, label_nc, skipped, fmt, dataset, source, processed, reused) -> dict:

@@ -6,6 +6,7 @@ the same classes, at least two images. Anything that does not fits fails here, n
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -204,8 +205,9 @@ def classes_beyond(data_root: Path, label_nc: int, num_images: int) -> dict[int,
     from gaugan.data import PreparedDataset
 
     found: dict[int, int] = {}
-    for row in PreparedDataset(data_root, "val", load_instances=False).rows[:num_images]:
-        with Image.open(data_root / row["label"]) as im:
+    val = PreparedDataset(data_root, "val", load_instances=False)
+    for index in range(min(num_images, len(val))):
+        with Image.open(io.BytesIO(val.member_bytes(index)["label"] or b"")) as im:
             values = np.unique(np.asarray(im))
         for c in values[(values >= label_nc) & (values != DONTCARE)].tolist():
             found[int(c)] = found.get(int(c), 0) + 1

@@ -1,8 +1,8 @@
 """The ingest stage: a raw dataset (``data.source``, of ``data.format``) in, the prepared dataset out.
 
 The prepared format is the contract with every later stage (``pipeline/datasets/__init__.py``).
-Ingest is incremental: a rerun prepares only new or changed samples and swaps the output in
-atomically.
+Ingest is incremental and append-only: a rerun prepares only new or changed samples, into new
+shards, keeps the other shards byte for byte, and swaps the output in atomically.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ def run(params: Params, root: Path = Path("."), progress: bool = True) -> dict:
     )
     stats = prepare(data, source, out, progress=progress, root=Path(root))
     log.info(
-        "ingest: %s; processed %d, reused %d, skipped %d",
+        "ingest: %s; processed %d, reused %d, skipped %d; shards: %s",
         ", ".join(f"{k} {v}" for k, v in stats["num_samples"].items()),
         stats["processed_this_run"],
         stats["reused"],
         len(stats["skipped"]),
+        ", ".join(f"{len(v)} {k}" for k, v in stats["shards"].items()),
     )
     return stats
