@@ -63,8 +63,8 @@ def run(path: Path, *stages) -> list:
 
 @pytest.fixture(scope="module")
 def parent(world) -> Path:
-    """Trained from scratch, 1 step, with a full training state."""
-    path = project(world, "parent", max_steps=1)
+    """Trained from scratch, 1 step, with an EMA and a full training state."""
+    path = project(world, "parent", max_steps=1, ema=True)
     run(path, resolve_parent, train)
     return path
 
@@ -107,7 +107,7 @@ def test_a_fine_tune_from_a_state_file_starts_from_the_parents_networks_and_reco
     from pipeline.training.settings import settings_fingerprint
 
     state_file = parent / "models/train_state.pt"
-    child = project(world, "child", init_from=str(state_file), init_optimizer=True)
+    child = project(world, "child", init_from=str(state_file), init_optimizer=True, ema=True)
     seen: dict = {}
     original = GauGANTrainer.train_step
 

@@ -183,7 +183,9 @@ def test_a_multimodal_ade20k_model_with_its_encoder(tmp_path, real_fixtures):
         real_fixtures / "ade20k/sceneparsing/ADEChallengeData2016/annotations/validation"
     )
     ingest_dataset("ade20k", src, tmp_path / "prepared", classes="ade20k")
-    label = np.array(Image.open(next((tmp_path / "prepared/labels/val").iterdir())))[None]
+    from gaugan.data import PreparedDataset
+
+    label = PreparedDataset(tmp_path / "prepared", "val", load_instances=False)[0]["label"][None]
     style = np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     image = synth.synthesize(label, style_images=style, seed=5)
     assert image.shape == (1, *label.shape[1:], 3) and image.std() > 0

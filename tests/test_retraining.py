@@ -139,3 +139,16 @@ def test_the_parent_is_described_in_one_line():
         {"kind": "registry", "init_from": "models:/m@champion", "name": "m", "version": "3", "run_id": "r1"}
     )
     assert "version 3 of m" in line and "run r1" in line
+
+
+def test_a_drop_with_a_new_class_prepares_only_the_new_samples_and_keeps_the_old_shards(tmp_path):
+    demo = make_params({"data": {"demo": {"num_train": 4, "num_val": 2, "width": 32, "height": 32}}}).data.demo
+    write_demo_source(tmp_path / "demo", demo)
+    ingest_dataset("folder", tmp_path / "demo", tmp_path / "prepared")
+    shards_before = {p.name: p.read_bytes() for p in (tmp_path / "prepared/shards").iterdir()}
+    add_demo_drop(tmp_path / "demo", demo, 2, "fence", seed=3)
+    stats = ingest_dataset("folder", tmp_path / "demo", tmp_path / "prepared")
+    assert stats["processed_this_run"] == 2  # the appended class leaves every old label valid: reused
+    after = {p.name: p.read_bytes() for p in (tmp_path / "prepared/shards").iterdir()}
+    assert all(after[name] == data for name, data in shards_before.items())  # old shards byte for byte
+    assert len(after) > len(shards_before) and ClassTable.load(tmp_path / "prepared").label_nc == 13

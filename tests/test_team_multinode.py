@@ -93,8 +93,10 @@ def test_two_torchrun_nodes_from_the_slurm_script_train_like_one_process(team_st
     semantics = encode_labels(labels, config.label_nc, True, torch.zeros(2, 1, 64, 64))
     (fake_a, score_a) = network_outputs(config, a["trainer"], semantics)
     (fake_b, score_b) = network_outputs(config, b["trainer"], semantics)
-    torch.testing.assert_close(fake_a, fake_b, atol=2e-3, rtol=0)
-    torch.testing.assert_close(score_a, score_b, atol=2e-3, rtol=0)
+    # one process vs two: each gloo process normalises with its own batch statistics; measured 5.2e-3
+    # on the 2-core VM (2026-12-07, also at the commit before this change), 20x below what training moved
+    torch.testing.assert_close(fake_a, fake_b, atol=1e-2, rtol=0)
+    torch.testing.assert_close(score_a, score_b, atol=1e-2, rtol=0)
 
     # one MLflow run for the two-node training, on the team's server, saying so
     client = mlflow.MlflowClient(uri)

@@ -201,8 +201,10 @@ def test_two_gloo_processes_match_one_process(prepared, tmp_path):
         return network_outputs(config, state, semantics)
 
     (fake_a, score_a), (fake_b, score_b) = outputs(a["trainer"]), outputs(b["trainer"])
-    torch.testing.assert_close(fake_a, fake_b, atol=2e-3, rtol=0)
-    torch.testing.assert_close(score_a, score_b, atol=2e-3, rtol=0)
+    # one process vs two: each gloo process normalises with its own batch statistics; measured 5.2e-3
+    # on the 2-core VM (2026-12-07, also at the commit before this change), 20x below what training moved
+    torch.testing.assert_close(fake_a, fake_b, atol=1e-2, rtol=0)
+    torch.testing.assert_close(score_a, score_b, atol=1e-2, rtol=0)
     # ... while training did change the function: the initial generator's output is far away
     torch.manual_seed(params.seed)
     cpu = torch.device("cpu")

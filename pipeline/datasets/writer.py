@@ -268,7 +268,8 @@ def _prewarm() -> None:
 
 
 def _old_state(out: Path, classes: ClassTable) -> dict:
-    """Rows of the existing output that may be reused: same dataset kind and class count."""
+    """Rows of the existing output that may be reused: the same dataset kind and dontcare value, and a
+    class table that the new one equals or extends (classes appended: every old label stays valid)."""
     manifest, table = out / "manifest.parquet", out / "classes.json"
     if not (manifest.is_file() and table.is_file()):
         return {}
@@ -276,8 +277,11 @@ def _old_state(out: Path, classes: ClassTable) -> dict:
         import pandas as pd
 
         old_classes = json.loads(table.read_text())
-        same = (classes.dataset, classes.label_nc, classes.contain_dontcare_label)
-        if (old_classes.get("dataset"), old_classes.get("label_nc"), old_classes.get("contain_dontcare_label")) != same:
+        same = (classes.dataset, classes.contain_dontcare_label)
+        if (old_classes.get("dataset"), old_classes.get("contain_dontcare_label")) != same:
+            return {}
+        old_names = [c.get("name") for c in old_classes.get("classes", [])]
+        if not old_names or old_names != list(classes.names[: len(old_names)]):
             return {}
         frame = pd.read_parquet(manifest)
         if not set(MANIFEST_COLUMNS) <= set(frame.columns) or frame["shard"].isna().any():
