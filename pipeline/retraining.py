@@ -10,17 +10,13 @@ parent (``<train.parent_dir>/parent.json``) and the registration's decision (``r
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import ParamsError
 from pipeline.io import atomic_write_text
 from pipeline.params import Params, load_params, parse_params
-
-log = logging.getLogger(__name__)
-
-CHAMPION_ALIAS = "champion"
+from pipeline.registry import CHAMPION
 
 
 @dataclass
@@ -63,7 +59,7 @@ def champion_exists(params: Params, root: Path, name: str) -> bool:
             if err.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return False
             raise
-    return CHAMPION_ALIAS in dict(model.aliases or {})
+    return CHAMPION in dict(model.aliases or {})
 
 
 def plan_retraining(params: Params, root: Path) -> RetrainPlan:
@@ -71,7 +67,7 @@ def plan_retraining(params: Params, root: Path) -> RetrainPlan:
     r = params.retrain
     name = registered_model_name(params, root) if r.mode == "finetune" else None
     if r.mode == "finetune" and name is not None and champion_exists(params, root, name):
-        uri = f"models:/{name}@{CHAMPION_ALIAS}"
+        uri = f"models:/{name}@{CHAMPION}"
         settings = {
             "train.init_from": uri,
             "train.max_steps": r.finetune_steps,
