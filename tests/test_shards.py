@@ -108,6 +108,38 @@ def test_a_data_drop_adds_new_shards_and_leaves_every_old_byte(source, tmp_path)
     assert ds.ids[0] == "a_drop_0002" and len(ds) == 26 and ds[0]["label"].shape == (24, 32)
 
 
+def test_kept_samples_count_classes_from_the_manifest_without_decoding(source, tmp_path, monkeypatch):
+    """A data drop decodes only the new samples; the class statistics equal a fresh ingest's, also
+    from a manifest written before the count columns existed (its kept samples are decoded once)."""
+    from pipeline.datasets import writer
+
+    out, fresh = tmp_path / "prepared", tmp_path / "fresh"
+    _ingest(source, out)
+    manifest = pd.read_parquet(out / "manifest.parquet").set_index("id")
+    label = np.array(Image.open(source / "labels/train/demo_train_000003.png"))
+    values, pixels = np.unique(label, return_counts=True)
+    row = manifest.loc["demo_train_000003"]
+    assert list(row["label_classes"]) == values.tolist() and list(row["label_pixels"]) == pixels.tolist()
+    _add_train_sample(source, "drop_0001", 71)
+    opened = []
+    real_open = writer.Image.open
+    monkeypatch.setattr(writer.Image, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    stats = _ingest(source, out)
+    assert stats["reused"] == 28 and opened == []  # no kept label decoded (the new one is read by its parser)
+    monkeypatch.undo()
+    expected = _ingest(source, fresh)["class_pixel_frequency"]
+    assert stats["class_pixel_frequency"] == expected
+    old = pd.read_parquet(out / "manifest.parquet").drop(columns=["label_classes", "label_pixels"])
+    old.to_parquet(out / "manifest.parquet", index=False)  # a manifest of the first shard version
+    stats = _ingest(source, out)
+    assert (stats["processed_this_run"], stats["reused"]) == (0, 29) and stats["class_pixel_frequency"] == expected
+    counts = [
+        {r["id"]: (list(r["label_classes"]), list(r["label_pixels"])) for _, r in pd.read_parquet(p).iterrows()}
+        for p in (out / "manifest.parquet", fresh / "manifest.parquet")
+    ]
+    assert counts[0] == counts[1]  # the columns are written again for the kept samples
+
+
 def test_dead_bytes_stay_until_compaction_rewrites_only_that_shard(source, tmp_path):
     out = tmp_path / "prepared"
     _ingest(source, out, compact_dead_fraction=0.5)

@@ -6,6 +6,8 @@ Prepared format (the contract with every later stage)::
                              (the tar member names; instance/edge null without instances), width,
                              height, source (path relative to the source root, or generated:<seed>:<i>),
                              source_hash (sha256 of the sample's source bytes + parser settings), dataset,
+                             label_classes / label_pixels (the label values present and their pixel
+                             counts: a data drop's statistics without decoding the kept samples),
                              shard (shards/<split>-<NNNNNN>.tar), offset and length (the sample's bytes
                              in the shard), sha256 (of those bytes), <map>_offset / <map>_size (each
                              member's data in the shard, -1 where absent)

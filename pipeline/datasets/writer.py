@@ -2,10 +2,11 @@
 
 Each source sample is a :class:`SampleTask`. A worker hashes the sample's source files (plus the
 parser settings and per-sample metadata, ``task.tag`` and ``task.meta``). When the hash equals the
-one in the existing manifest, the sample is *reused*: its blob is read back from its shard (checked
-against the manifest's sha256, so a truncated, corrupt or missing shard stops ingest naming the
-shard and the sample) only to count its label's classes. Otherwise the sample is loaded, validated
-and encoded into a blob (shards.py), and the parent appends it to a *new* shard of its split.
+one in the existing manifest, the sample is *reused*: its blob is read back from its shard and checked
+against the manifest's sha256 (a truncated, corrupt or missing shard stops ingest naming the shard
+and the sample), and its label's class pixel counts come from the manifest (``label_classes``,
+``label_pixels``), so nothing is decoded. Otherwise the sample is loaded, validated and encoded into
+a blob (shards.py), and the parent appends it to a *new* shard of its split.
 
 Old shards whose samples are all kept are hard-linked into the new tree (copied where links are
 impossible), so they stay byte-identical and DVC pushes only the new ones. Samples removed or
@@ -55,6 +56,9 @@ from pipeline.errors import IngestError
 from pipeline.io import atomic_path, atomic_write_json
 
 SPLITS = ("train", "val")
+# the label values present in a sample (255 = dontcare included) and their pixel counts: what an
+# incremental ingest needs of a kept sample for stats.json, without decoding its label map
+COUNT_COLUMNS = ("label_classes", "label_pixels")
 MANIFEST_COLUMNS = (
     "id",
     "split",
@@ -67,6 +71,7 @@ MANIFEST_COLUMNS = (
     "source",
     "source_hash",
     "dataset",
+    *COUNT_COLUMNS,
     *SHARD_COLUMNS,
 )
 HASH_VERSION = "prepared/1"  # bump when the way outputs are written changes, so old outputs are redone
@@ -127,8 +132,22 @@ class _Job:
     dontcare: bool  # 255 allowed (the class table has a dontcare channel)
 
 
-def _counts(label: np.ndarray) -> np.ndarray:
-    return np.bincount(label.ravel(), minlength=256)[:256].astype(np.int64)
+def _count_fields(counts: np.ndarray) -> dict:
+    """The manifest's ``label_classes`` / ``label_pixels`` of a label's 256-bin histogram."""
+    present = np.flatnonzero(counts)
+    return {"label_classes": present.tolist(), "label_pixels": counts[present].astype(np.int64).tolist()}
+
+
+def _stored_counts(prev: dict, blob: bytes) -> np.ndarray:
+    """A kept sample's histogram: from its manifest row, or (a manifest written before those columns)
+    from its label map."""
+    classes, pixels = prev.get("label_classes"), prev.get("label_pixels")
+    if classes is not None and pixels is not None and not isinstance(classes, float):
+        counts = np.zeros(256, np.int64)
+        counts[np.asarray(classes, np.int64)] = np.asarray(pixels, np.int64)
+        return counts
+    with Image.open(io.BytesIO(member(blob, prev, "label") or b"")) as im:
+        return np.bincount(np.array(im).ravel(), minlength=256)[:256].astype(np.int64)
 
 
 def _reuse(job: _Job, digest: str) -> tuple[dict, np.ndarray] | None:
@@ -136,15 +155,16 @@ def _reuse(job: _Job, digest: str) -> tuple[dict, np.ndarray] | None:
     if prev is None or prev.get("source_hash") != digest:
         return None
     blob = read_blob(Path(job.old_root), prev)  # a bad shard is an IngestError that stops the run
-    with Image.open(io.BytesIO(member(blob, prev, "label") or b"")) as im:
-        label = np.array(im)
+    counts = _stored_counts(prev, blob)
     row: dict[str, Any] = {
-        k: (None if _isnull(prev.get(k)) and k in ("instance", "edge") else prev.get(k)) for k in MANIFEST_COLUMNS
+        k: (None if _isnull(prev.get(k)) and k in ("instance", "edge") else prev.get(k))
+        for k in MANIFEST_COLUMNS
+        if k not in COUNT_COLUMNS
     }
     for k in ("width", "height", "offset", "length", *(f"{k}_{f}" for k in KINDS for f in ("offset", "size"))):
         row[k] = int(row[k])
     row["source"], row["dataset"] = job.task.source, job.dataset  # the same bytes may have moved
-    return row, _counts(label)
+    return row | _count_fields(counts), counts
 
 
 def _process(job: _Job, digest: str) -> tuple[dict, np.ndarray, bytes]:
@@ -202,6 +222,7 @@ def _process(job: _Job, digest: str) -> tuple[dict, np.ndarray, bytes]:
         "source_hash": digest,
         "dataset": job.dataset,
         **info,
+        **_count_fields(counts[:256]),
     }
     return row, counts[:256].astype(np.int64), blob
 
@@ -284,7 +305,7 @@ def _old_state(out: Path, classes: ClassTable) -> dict:
         if not old_names or old_names != list(classes.names[: len(old_names)]):
             return {}
         frame = pd.read_parquet(manifest)
-        if not set(MANIFEST_COLUMNS) <= set(frame.columns) or frame["shard"].isna().any():
+        if not set(MANIFEST_COLUMNS) - set(COUNT_COLUMNS) <= set(frame.columns) or frame["shard"].isna().any():
             return {}  # another layout (e.g. an exported file tree): everything is prepared again
         return {(r["split"], r["id"]): r for r in frame.astype(object).to_dict("records")}
     except Exception:  # noqa: BLE001 - an unreadable previous output is simply rebuilt
