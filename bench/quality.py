@@ -57,7 +57,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 EMA_KEYS = {"ema", "ema_decay", "ema_warmup", "ema_start_step"}
-DEFAULT_VARIANTS = ["reference", "defaults", "no-ema:ema=false", "ema-plain:ema_warmup=false"]
+DEFAULT_VARIANTS = [
+    "reference",
+    "defaults",
+    "no-ema:ema=false",
+    "ema-plain:ema_warmup=false",
+    "regenerate:d_fake=regenerate",
+]
 
 
 @dataclass
