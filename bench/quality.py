@@ -337,7 +337,7 @@ def train_group(args, group: list[Variant], seed: int, steps: int, tag: str) -> 
     }
     cmd = [sys.executable, __file__, "--reference", str(args.reference), "--work", str(args.work)]
     cmd += ["--threads", str(args.threads), "--child-spec", json.dumps(spec)]
-    print(f"training {tag} ({', '.join(v.name for v in group)}), seed {seed}, {steps} steps", flush=True)
+    print(f"training {tag} ({', '.join(v.name for v in group)}), seed {seed}, {steps} steps\n", end="", flush=True)
     log = args.work / "runs" / f"{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as f:
