@@ -17,8 +17,13 @@ and this times, for each layout:
 - DVC's fixed start-up: a no-op ``dvc status`` in a repository without data, part of every DVC
   figure (on a loaded machine it is most of the shards' figures).
 
-Usage: ``python bench/scale.py [--n 20000] [--old-ref COMMIT] [--no-s3] [--json out.json]``
-(needs ``pip install -e ".[bench]"``). Prints a table. Takes about an hour at N = 20000 on 2 cores.
+The no-op ``status`` and the local pull are the median of ``--repeat`` runs (default 3): one run
+of a byte-bound pull moved by 2.5x on this VM's disk.
+
+Usage: ``python bench/scale.py [--n 20000] [--old-ref COMMIT] [--no-s3] [--repeat 3] [--tmp DIR]
+[--json out.json]`` (needs ``pip install -e ".[bench]"``). Prints a table. At N = 20000 on 2 idle
+cores: about 25 minutes with the S3 remote (its file-layout push and pull take 7 minutes each),
+11 without.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -178,10 +184,13 @@ def dvc_repo(path: Path, data: Path, remotes: dict[str, list[list[str]]]) -> Non
     shutil.copytree(data, path / "data/prepared")
 
 
-def dvc_times(tmp: Path, name: str, data: Path, drop, s3: Moto | None, record) -> None:
+def dvc_times(tmp: Path, name: str, data: Path, drop, s3: Moto | None, record, repeat: int = 1) -> None:
     """add, no-op status, push and pull (fresh clone) to the local remote; the 1% drop ingested into
     the repository's data/prepared (as ``dvc repro`` runs ingest), its add and push; then push and
-    pull with the S3 remote. ``record(key, seconds)`` gets each figure as it comes."""
+    pull with the S3 remote. ``record(key, seconds)`` gets each figure as it comes. The repeatable
+    ones (status, the local pull into a fresh clone) are the median of ``repeat`` runs, their runs
+    recorded beside it (``_runs``): they are byte-bound or start-up-bound, and a disk's or a shared
+    machine's moods move one run by 2x."""
     repo = tmp / f"repo-{name}"
     remotes = {"local": [["remote", "add", "local", str(tmp / f"remote-{name}")]]}
     if s3 is not None:
@@ -192,8 +201,8 @@ def dvc_times(tmp: Path, name: str, data: Path, drop, s3: Moto | None, record) -
     record("dvc_add", _run(["dvc", "add", "data/prepared"], repo))
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "data"], repo)
-    record("dvc_status", _run(["dvc", "status"], repo))
-    _push_pull(tmp, name, repo, "local", record)
+    _median(record, "dvc_status", [_run(["dvc", "status"], repo) for _ in range(repeat)])
+    _push_pull(tmp, name, repo, "local", record, repeat)
     record("drop_ingest", _timed(lambda: drop(repo / "data/prepared")))
     record("drop_dvc_add", _run(["dvc", "add", "data/prepared"], repo))
     record("drop_dvc_push_local", _run(["dvc", "push", "-r", "local"], repo))
@@ -216,14 +225,23 @@ def dvc_fixed_cost(tmp: Path) -> float:
     return best
 
 
-def _push_pull(tmp: Path, name: str, repo: Path, remote: str, record) -> None:
+def _push_pull(tmp: Path, name: str, repo: Path, remote: str, record, repeat: int = 1) -> None:
     record(f"dvc_push_{remote}", _run(["dvc", "push", "-r", remote], repo))
-    clone = tmp / f"clone-{name}-{remote}"
-    _run(["git", "clone", "-q", str(repo), str(clone)], tmp)
-    try:
-        record(f"dvc_pull_{remote}", _run(["dvc", "pull", "-r", remote], clone))
-    finally:
-        shutil.rmtree(clone)
+    pulls = []
+    for _ in range(repeat):
+        clone = tmp / f"clone-{name}-{remote}"
+        _run(["git", "clone", "-q", str(repo), str(clone)], tmp)
+        try:
+            pulls.append(_run(["dvc", "pull", "-r", remote], clone))
+        finally:
+            shutil.rmtree(clone)
+    _median(record, f"dvc_pull_{remote}", pulls)
+
+
+def _median(record, key: str, runs: list[float]) -> None:
+    record(key, statistics.median(runs))
+    if len(runs) > 1:
+        record(f"{key}_runs", runs)
 
 
 def loader_rate(data: Path, samples: int) -> float:
@@ -270,6 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--old-ref", default=None, help="commit of the file layout's ingest (git archive)")
     parser.add_argument("--loader-samples", type=int, default=400)
     parser.add_argument("--no-s3", action="store_true", help="skip the S3-protocol remote")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the repeatable DVC steps (median)")
     parser.add_argument("--tmp", type=Path, default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -278,6 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
 
+    if args.tmp:
+        args.tmp.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp_name:
         result = _bench(Path(tmp_name), args, save)
     print(table(result))
@@ -317,7 +338,7 @@ def _bench(tmp: Path, args, save) -> dict:
     save(result)
     with Moto() if not args.no_s3 else contextlib.nullcontext() as s3:
         for name, fn in ingest.items():
-            dvc_times(tmp, name, outs[name], fn, s3, recorder(name))
+            dvc_times(tmp, name, outs[name], fn, s3, recorder(name), args.repeat)
     return result
 
 
