@@ -145,14 +145,19 @@ def demo_data(
     drop_seed: int = typer.Option(1, "--drop-seed", help="with --drop: which drop (another seed, other samples)"),
 ) -> None:
     """Write the procedurally generated demo dataset as a plain folder source (images, labels, instances);
-    with --drop, add a data drop to it instead (new training samples, optionally of a new class)."""
+    with --drop, add a data drop to it instead (new training samples, optionally of a new class), and
+    version it with `dvc add` when the source is tracked by DVC (as a team's upload would)."""
+    from pipeline.data_versions import dvc_file, is_tracked, track
     from pipeline.datasets.demo import add_demo_drop, write_demo_source
 
     settings = _params(params).data.demo
     if drop > 0:
         with _reported("demo-data"):
             names = add_demo_drop(out, settings, drop, new_class, drop_seed)
+            versioned = is_tracked(out) and track(out)
         typer.echo(f"{len(names)} training samples added to {out}" + (f" (class {new_class!r})" if new_class else ""))
+        if versioned:
+            typer.echo(f"new version of {out} recorded in {dvc_file(out)} (dvc add); commit it with git")
         return
     write_demo_source(out, settings)
     typer.echo(f"demo source written to {out}")
@@ -373,8 +378,9 @@ def flow_run(
     push: bool = typer.Option(True, "--push/--no-push", help="dvc push at the end when a default remote is set"),
 ) -> None:
     """Run the whole DVC pipeline as a Prefect flow (retries, logs, run history), then push to the DVC remote."""
-    from pipeline.flows import pipeline_flow
+    from pipeline.flows import lean_temporary_server, pipeline_flow
 
+    lean_temporary_server()
     with _reported("flow run"):
         pipeline_flow(repo=str(repo.resolve()), push=push)
 
@@ -384,9 +390,10 @@ def flow_retrain(
     repo: Path = typer.Option(Path("."), "--repo"),
     force: bool = typer.Option(False, "--force", help="run even if the source data did not change"),
 ) -> None:
-    """Rerun the pipeline if the source folder has new or changed files."""
-    from pipeline.flows import retrain_flow
+    """Retrain when DVC says the source data changed; commit and tag what made the model (retrain in params.yaml)."""
+    from pipeline.flows import lean_temporary_server, retrain_flow
 
+    lean_temporary_server()
     with _reported("flow retrain"):
         retrain_flow(repo=str(repo.resolve()), force=force)
 
@@ -431,6 +438,29 @@ def notify_new_data(repo: Path = typer.Option(Path("."), "--repo")) -> None:
 
     with _reported("notify-new-data"):
         emit(repo=str(repo.resolve()))
+
+
+@app.command()
+def reproduce(
+    model: str = typer.Argument(..., help="the registered version: models:/NAME/VERSION (or models:/NAME@ALIAS)"),
+    repo: Path = typer.Option(Path("."), "--repo", help="the project (its git history and DVC cache or remote)"),
+    workdir: Path | None = typer.Option(
+        None, "--workdir", help="an empty folder for the clone (default: a temporary one)"
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="retrain the generator and compare its weights with the registered one"
+    ),
+) -> None:
+    """Make a registered version again from its git ref: clone, dvc pull, dvc repro (up to date?), --force retrains."""
+    import json
+
+    from pipeline.reproduce import reproduce as run
+
+    with _reported("reproduce"):
+        report = run(model, repo, workdir, force)
+    typer.echo(json.dumps(report, indent=2))
+    if force and not report.get("identical"):
+        raise typer.Exit(code=2)
 
 
 @app.command()

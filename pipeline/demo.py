@@ -24,13 +24,19 @@ from pipeline.tools import tool_env
 
 
 def ensure_demo_source(params_path: Path, root: Path) -> None:
+    """Write the demo source when missing, and version it with DVC (``<source>.dvc``, to commit with git)."""
+    from pipeline.data_versions import dvc_file, is_tracked, track
     from pipeline.datasets.demo import write_demo_source
 
     params = load_params(params_path)
     source = root / params.data.source
+    written = False
     if params.data.format == "folder" and not source.exists():
         print(f"writing the demo dataset source to {source}")
         write_demo_source(source, params.data.demo)
+        written = True
+    if (written or is_tracked(source)) and track(source):
+        print(f"{source} versioned with DVC: {dvc_file(source).relative_to(root)} (commit it with git)")
 
 
 def run_demo(params_path: Path = Path("params.yaml"), root: Path = Path(".")) -> None:
@@ -38,10 +44,10 @@ def run_demo(params_path: Path = Path("params.yaml"), root: Path = Path(".")) ->
     if not (root / "dvc.yaml").is_file():
         raise PipelineError(f"{root / 'dvc.yaml'} not found: run the demo from the project root")
     started = time.perf_counter()
-    ensure_demo_source(params_path, root)
     env = tool_env(root)
     if not (root / ".dvc").is_dir():
         subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, env=env, check=True)
+    ensure_demo_source(params_path, root)
     _dvc(root, env, "repro", "ingest", "resolve-parent")  # what train reads
     pending = [stage for stage in SIDE_BY_SIDE if stage in _changed_stages(root, env)]
     if len(pending) > 1 and (os.cpu_count() or 1) > 1:
@@ -127,6 +133,7 @@ def print_summary(params_path: Path, root: Path, tracking_uri: str, seconds: flo
         f"training samples: {root / params.train.out_dir / 'samples.png'}",
         f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --workers 1",
         f"synthesize: gaugan-pipeline synthesize --model {champion} --label LABEL.png --out image.png",
+        "version it: git add -A && git commit -m demo  (data/raw/demo.dvc, dvc.lock, the metrics; the rest is ignored)",
     ]
     print("\n".join(lines))
 

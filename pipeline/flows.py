@@ -7,11 +7,12 @@ Prefect's own result cache is off for these tasks (``NO_CACHE``): a Prefect cach
 DVC's check. The child's output goes line by line into the Prefect run log.
 
 - :func:`pipeline_flow` (``gaugan-pipeline flow run``): every stage, in DVC's order.
-- :func:`retrain_flow` (``gaugan-pipeline flow retrain``): compares the files under ``data.source``
-  with the snapshot of the last successful run (``.gaugan/source_snapshot.json``: relative path ->
-  size, mtime and, once a file has changed, its sha256) and runs the pipeline when files were added,
-  changed or removed (or with ``force``). The ingest stage is incremental and has ``data.source``
-  as a DVC dependency, so only new samples are prepared.
+- :func:`retrain_flow` (``gaugan-pipeline flow retrain``): asks DVC whether ``data.source`` changed
+  since the stages last ran on it (a source tracked with ``dvc add`` is first versioned again), and
+  if so (or with ``force``) retrains (``retrain`` in params.yaml: the champion's version pinned as
+  the parent), registers, and commits what made the model as one git commit tagged
+  ``model/<name>/<version>``, pushed with the data when remotes are set. The ingest stage is
+  incremental, so only new samples are prepared.
 - :func:`serve_schedule` (``gaugan-pipeline schedule --cron "0 3 * * *"``): serves
   :func:`retrain_flow` as a deployment with the cron schedule and an event trigger on
   ``gaugan.dataset.updated`` for this repository's resource id (:func:`dataset_resource_id`).
@@ -46,7 +47,6 @@ a webhook when a deployment run fails.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -65,20 +65,42 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from pipeline.errors import MissingInputError, PipelineError, StageFailed  # noqa: E402
-from pipeline.io import atomic_write_json, digest, sha256_file  # noqa: E402
+from pipeline.io import atomic_write_json, digest  # noqa: E402
 from pipeline.retraining import RetrainPlan  # noqa: E402
 from pipeline.tools import tool_env  # noqa: E402
 
 NEW_DATA_EVENT = "gaugan.dataset.updated"
-SNAPSHOT = Path(".gaugan") / "source_snapshot.json"
 RETRAIN_SUMMARY = Path(".gaugan") / "retrain_summary.json"
 DEPLOYMENT = "gaugan-retrain"
+REGISTER_STAGE = "register"  # the stage that touches the registry: the retraining runs it last
 TAIL_LINES = 40
 # DVC's messages when another DVC command holds the workspace (its repository lock; a stage's files)
 DVC_BUSY = ("Unable to acquire lock", "is busy, it is being blocked by")
 BUSY_POLL_SECONDS = 5
 
 log = logging.getLogger(__name__)
+
+# The temporary server of `flow run` / `flow retrain` writes to one SQLite file from several services
+# at once; a run of the retraining stalled 60 s (SQLite's busy timeout in Prefect) and logged "database
+# is locked". These services serve schedules, automations and the event feed, which a temporary
+# server that lives as long as one command never uses; the run's flow and task states do not need them.
+EPHEMERAL_SERVICES_OFF = {
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",  # and with it the events' vacuum
+    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",
+}
+
+
+def lean_temporary_server() -> None:
+    """With no ``PREFECT_API_URL`` (the command starts Prefect's temporary server), turn off the
+    server services it never uses (:data:`EPHEMERAL_SERVICES_OFF`); call before the first flow runs."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        for key, value in EPHEMERAL_SERVICES_OFF.items():
+            os.environ.setdefault(key, value)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,17 +246,8 @@ def pipeline_flow(
     ``wait_seconds``.
     """
     root = Path(repo).resolve()
-    order = dvc_stages(root)
-    if stages:
-        unknown = [s for s in stages if s not in order]
-        if unknown:
-            raise PipelineError(f"unknown stages {unknown}; {root / 'dvc.yaml'} has {order}")
-        order = [s for s in order if s in stages]
-    run_stage = dvc_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
-    outcomes: dict[str, str] = {}
-    for stage in order:
-        outcomes[stage] = run_stage(stage, str(root), wait_seconds)
-    print("stages: " + ", ".join(f"{s} {o}" for s, o in outcomes.items()))
+    order = _select(dvc_stages(root), stages, root)
+    outcomes, _ = run_stages(root, order, retries, retry_delay_seconds, wait_seconds)
     if push:
         remote = dvc_push(str(root), wait_seconds)
         if remote is not None:
@@ -242,65 +255,67 @@ def pipeline_flow(
     return outcomes
 
 
+def _select(order: list[str], stages: list[str] | None, root: Path) -> list[str]:
+    if not stages:
+        return order
+    unknown = [s for s in stages if s not in order]
+    if unknown:
+        raise PipelineError(f"unknown stages {unknown}; {root / 'dvc.yaml'} has {order}")
+    return [s for s in order if s in stages]
+
+
+def run_stages(
+    root: Path, order: list[str], retries: int, retry_delay_seconds: float, wait_seconds: float
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Each stage as a :func:`dvc_stage` task, in order; -> (stage -> outcome, stage -> seconds)."""
+    run_stage = dvc_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
+    outcomes: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for stage in order:
+        started = time.perf_counter()
+        outcomes[stage] = run_stage(stage, str(root), wait_seconds)
+        seconds[stage] = round(time.perf_counter() - started, 1)
+    print("stages: " + ", ".join(f"{s} {o} ({seconds[s]:.1f} s)" for s, o in outcomes.items()))
+    return outcomes, seconds
+
+
 # ------------------------------------------------------------------------------------------------
-# new data
+# new data and the retraining
 
 
-def source_dir(repo: Path) -> tuple[Path, str]:
+@task(name="detect-new-data", cache_policy=NO_CACHE, tags=["dvc-workspace"])
+def detect_new_data(repo: str) -> dict:
+    """Ask DVC whether ``data.source`` changed since the stages last ran on it.
+
+    A source tracked with ``dvc add`` whose files moved is first recorded as a new version (``dvc
+    add``: its ``.dvc`` file changes, the files go to DVC's cache). Then ``dvc status``: the source's
+    hash against the one ``dvc.lock`` holds; ``dvc diff``: how many files moved since the last commit.
+    """
+    from pipeline.data_versions import is_tracked, source_changed, source_diff, track
     from pipeline.params import load_params
 
-    configured = load_params(repo / "params.yaml").data.source
-    return repo / configured, configured
-
-
-def scan_source(source: Path, previous: dict[str, dict]) -> tuple[dict[str, dict], dict[str, list[str]]]:
-    """(snapshot, changes): files whose size or mtime moved are hashed, and count only if the hash moved."""
-    snapshot: dict[str, dict] = {}
-    added, changed = [], []
-    for path in sorted(p for p in source.rglob("*") if p.is_file()):
-        rel = path.relative_to(source).as_posix()
-        st = path.stat()
-        entry: dict[str, int | str | None] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": None}
-        old = previous.get(rel)
-        if old is None:
-            added.append(rel)
-        elif old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
-            entry["sha256"] = old.get("sha256")
-        else:
-            entry["sha256"] = sha256_file(path)
-            if old.get("size") != st.st_size or old.get("sha256") != entry["sha256"]:
-                changed.append(rel)
-        snapshot[rel] = entry
-    removed = sorted(set(previous) - set(snapshot))
-    return snapshot, {"added": added, "changed": changed, "removed": removed}
-
-
-def read_snapshot(repo: Path, configured_source: str) -> dict[str, dict]:
-    path = repo / SNAPSHOT
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
-    if data.get("source") != configured_source:  # another source folder: everything is new
-        return {}
-    return data.get("files", {})
-
-
-@task(name="detect-new-data", cache_policy=NO_CACHE)
-def detect_new_data(repo: str) -> dict:
-    """Compare ``data.source`` with the last snapshot; returns changes, counts and the new snapshot."""
     root = Path(repo)
-    source, configured = source_dir(root)
-    if not source.is_dir():
-        raise MissingInputError(f"data.source {source} is not a folder (params.yaml); nothing to watch")
-    snapshot, changes = scan_source(source, read_snapshot(root, configured))
+    configured = load_params(root / "params.yaml").data.source
+    source = root / configured
+    if not source.exists():
+        raise MissingInputError(f"data.source {source} does not exist (params.yaml); nothing to watch")
+    tracked = is_tracked(source)
+    if not tracked:
+        get_run_logger().warning(
+            "data.source %s is not versioned by DVC: `dvc add %s` and commit %s.dvc, so that a registered "
+            "model names the data it was trained on",
+            configured,
+            configured,
+            configured,
+        )
+    versioned = track(source) if tracked else False
+    changed = source_changed(root, configured)
     return {
         "source": configured,
-        "files": snapshot,
-        "changes": changes,
-        "num_changes": sum(len(v) for v in changes.values()),
+        "tracked": tracked,
+        "versioned": versioned,
+        "changed": changed,
+        "changes": source_diff(root, configured) if changed and tracked else {},
     }
 
 
@@ -315,32 +330,90 @@ def plan_retraining_task(repo: str) -> RetrainPlan:
     return apply_plan(root / "params.yaml", plan)
 
 
+@task(name="check-remotes", cache_policy=NO_CACHE, tags=["dvc-workspace"])
+def check_remotes(repo: str, dvc_remote: bool, git_remote: str | None, source: str | None) -> None:
+    """Before anything is trained or registered: the git remote answers (``git ls-remote``) and the
+    DVC remote takes the raw data (``dvc push`` of the source's ``.dvc``); else a clear error."""
+    from pipeline.gitstate import check_remote
+
+    root = Path(repo)
+    if git_remote is not None:
+        check_remote(root, git_remote)
+    if dvc_remote and source is not None:
+        _push_to_dvc_remote(root, [f"{source}.dvc"])
+
+
+def _push_to_dvc_remote(root: Path, targets: list[str]) -> None:
+    from pipeline.data_versions import DVCError, dvc
+
+    remote = default_remote(root)
+    try:
+        dvc(root, "push", "-q", *targets)
+    except DVCError as err:
+        url = dvc(root, "remote", "list", check=False).stdout.strip()
+        raise DVCError(
+            f"the DVC remote {remote!r} did not take the data ({err}); remotes: {url or 'none'}; fix it "
+            "(dvc remote modify) and run the retraining again: nothing was committed or registered"
+        ) from err
+
+
 @flow(name="gaugan-retrain", log_prints=True)
 def retrain_flow(repo: str = ".", force: bool = False, retries: int = 1) -> dict:
-    """Run the pipeline if files under ``data.source`` were added, changed or removed since the last
-    successful run (or if ``force``): fine-tune the champion (``retrain.mode``), evaluate, register with
-    ``register.promote``. The snapshot is saved only after the pipeline succeeded; the summary (what it
-    started from, what it decided) is printed, returned and written to ``.gaugan/retrain_summary.json``."""
+    """Retrain when DVC says ``data.source`` changed (or with ``force``), and make the result one git ref.
+
+    In order: the workspace is checked (``retrain.commit``: nothing uncommitted but the recipe,
+    i.e. params.yaml and ``.dvc`` files, on ``retrain.git_branch``); the new data is versioned (``dvc
+    add``) and asked for (:func:`detect_new_data`); the remotes are checked; the plan pins the parent
+    in params.yaml; the stages run up to evaluate; data and models are pushed to the DVC remote;
+    then ``register`` (the registry is touched only once the rest is safe); then one commit of
+    params.yaml, dvc.lock, the ``.dvc`` files and the stages' uncached outputs, tagged
+    ``model/<name>/<version>``, pushed to the git remote; the version and its run get the tags
+    ``git_ref`` and ``git_tag``. The summary (with each stage's seconds) is printed, returned and
+    written to ``.gaugan/retrain_summary.json``.
+    """
+    from pipeline.params import load_params
+    from pipeline.retraining import commit_retraining, prepare_commit, record_ref
     from pipeline.retraining import summary as retrain_summary
 
+    started = time.perf_counter()
     root = Path(repo).resolve()
+    settings = load_params(root / "params.yaml").retrain
+    git_remote = prepare_commit(root, settings) if settings.commit else None
     found = detect_new_data(str(root))
-    changes = found["changes"]
-    counts = {k: len(v) for k, v in changes.items()}
-    if not found["num_changes"] and not force:
-        print(f"no new data in {found['source']} ({len(found['files'])} files unchanged): nothing to do")
+    counts = found["changes"]
+    if not found["changed"] and not force:
+        print(f"no new data in {found['source']} (DVC: unchanged since the last run): nothing to do")
         return {"ran": False, "changes": counts}
-    print(
-        f"{found['source']}: {counts['added']} added, {counts['changed']} changed, "
-        f"{counts['removed']} removed{' (forced)' if force else ''}: running the pipeline"
+    moved = ", ".join(f"{n} {k}" for k, n in counts.items()) if counts else "changed"
+    print(f"{found['source']}: {moved}{' (forced)' if force else ''}: running the pipeline")
+    dvc_remote = settings.push and default_remote(root) is not None
+    check_remotes(
+        str(root), dvc_remote, git_remote if settings.push else None, found["source"] if found["tracked"] else None
     )
     plan = plan_retraining_task(str(root))
     print(f"retraining: {plan.describe()}; params.yaml: {'; '.join(plan.changed) or 'unchanged'}")
-    outcomes = pipeline_flow(repo=str(root), retries=retries)
-    atomic_write_json(root / SNAPSHOT, {"source": found["source"], "files": found["files"]})
+    order = dvc_stages(root)
+    before_register = [s for s in order if s != REGISTER_STAGE]
+    outcomes, seconds = run_stages(root, before_register, retries, 10, 3600)
+    if dvc_remote:
+        print(f"pushed to the DVC remote {dvc_push.with_options(retries=retries)(str(root))!r}")
+    if REGISTER_STAGE in order:
+        more, more_seconds = run_stages(root, [REGISTER_STAGE], retries, 10, 3600)
+        outcomes.update(more)
+        seconds.update(more_seconds)
     result = retrain_summary(root / "params.yaml", root, plan)
+    if settings.commit:
+        ref = commit_retraining(root, result, plan, git_remote if settings.push else None)
+        record_ref(root, result, ref, plan)
+        result["ref"] = ref
+        print(
+            f"committed {ref['commit'][:12]} as {ref['tag'] or 'no tag'}"
+            + (f", pushed to {ref['pushed']}" if ref["pushed"] else "")
+        )
+    result["seconds"] = {**seconds, "total": round(time.perf_counter() - started, 1)}
     atomic_write_json(root / RETRAIN_SUMMARY, result)
     print(f"started from {result['started_from']}; {result['decision']}")
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()))
     return {"ran": True, "changes": counts, "stages": outcomes, **result}
 
 

@@ -152,6 +152,7 @@ class SegmenterSettings(_Section):
     weights: str | None
     width: int = Field(ge=4)
     steps: int = Field(ge=0)
+    continue_steps: int = Field(ge=0)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     num_workers: int = Field(ge=0)
@@ -248,6 +249,9 @@ class RetrainSettings(_Section):
     finetune_decay_start_step: int | None = Field(ge=0)
     scratch_steps: int = Field(ge=1)
     scratch_decay_start_step: int | None = Field(ge=0)
+    commit: bool
+    git_branch: str | None = Field(min_length=1)
+    push: bool
 
     @model_validator(mode="after")
     def _decay_within_steps(self) -> RetrainSettings:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pipeline.errors import MissingInputError, ParamsError, ReferenceImportError
 from pipeline.io import atomic_path, sha256_file
-from pipeline.training.parent import GENERATOR_FILE, PARENT_JSON, STATE_FILE
+from pipeline.training.parent import GENERATOR_FILE, PARENT_JSON, SEGMENTER_FILE, STATE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def resolve_parent(init_from: str | None, out: Path, tracking_uri: str | None, r
         record, fetch = _reference_folder(root / str(init_from), record)
     else:
         fetch = None
+    _warn_if_alias_moved(out, record)
     if _unchanged(out, record):
         log.info("resolve-parent: %s is up to date (%s)", out, _describe(record))
         return json.loads((out / PARENT_JSON).read_text())
@@ -83,6 +84,27 @@ def resolve_parent(init_from: str | None, out: Path, tracking_uri: str | None, r
         (tmp / PARENT_JSON).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     log.info("resolve-parent: %s -> %s", _describe(record), out)
     return record
+
+
+def _warn_if_alias_moved(out: Path, record: dict) -> None:
+    """One line when ``init_from`` is an alias that points at another version than at the last run:
+    the same params now train from another parent."""
+    path = out / PARENT_JSON
+    if record.get("kind") != "registry" or not record.get("alias") or not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    if old.get("init_from") == record["init_from"] and old.get("version") not in (None, record["version"]):
+        name = record["name"]
+        log.warning(
+            "train.init_from %s moved from version %s (the last run's parent) to version %s: training starts "
+            "from version %s; to keep a parent, pin it in params.yaml (train.init_from: models:/%s/%s)",
+            record["init_from"],
+            old["version"],
+            record["version"],
+            record["version"],
+            name,
+            old["version"],
+        )
 
 
 def _describe(record: dict) -> str:
@@ -234,8 +256,8 @@ def _registry(init_from: str, tracking_uri: str | None, root: Path):
 
 def _download_checkpoint(uri: str, run_id: str, generator_sha: str | None, folder: Path, what: str) -> list[str]:
     """The run's ``checkpoint/`` artifacts: the version's generator file (by its sha256 when the version
-    records it) as generator.pt, and a training state as train_state.pt (versions registered before
-    training states were kept have none)."""
+    records it) as generator.pt, a training state as train_state.pt (versions registered before
+    training states were kept have none), and the segmenter it was scored with as segmenter.pt."""
     import mlflow
 
     from gaugan.checkpoint import FORMAT, STATE_FORMAT, read_model_file
@@ -245,6 +267,9 @@ def _download_checkpoint(uri: str, run_id: str, generator_sha: str | None, folde
                                                          tracking_uri=uri))  # fmt: skip
         found: dict[str, Path] = {}
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            if path.name == SEGMENTER_FILE:  # the segmenter the version was scored with (registry.log_model)
+                found[SEGMENTER_FILE] = path
+                continue
             fmt = read_model_file(path).get("format")
             if fmt == STATE_FORMAT:
                 found[STATE_FILE] = path

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 STATE_ARTIFACT = "train_state.pt"  # the training state's name under checkpoint/ (train.init_from reads it)
+SEGMENTER_ARTIFACT = "segmenter.pt"  # the segmenter the version was scored with (train-segmenter continues it)
 PENDING = "pending"  # validation_status of a version whose registration has not decided yet
 # What two evaluations must share before any of their numbers are compared (tags written by the
 # evaluate stage, pipeline/evaluation/comparable.py): the same validation split (samples and class
@@ -114,6 +115,9 @@ def version_tags(metrics: dict, meta: dict, dataset: str, generator: Path, root:
     backbone_name = backbone.get("name") if isinstance(backbone, dict) else backbone
     tags = {
         "git_commit": meta.get("git_commit") or git_commit(root) or "",
+        # as the training run saw the workspace (pipeline.gitstate); a file without them says nothing
+        "git_dirty": str(meta.get("git_dirty", "")),
+        "git_diff_sha256": str(meta.get("git_diff_sha256", "")),
         "dataset": dataset,
         "dataset_id": meta.get("dataset_id") or "",
         "generator_sha256": sha256_file(generator),
@@ -185,9 +189,13 @@ class Decision:
     tags: dict[str, str] = field(default_factory=dict)  # set on the new version with the verdict
 
 
-def log_model(ref: RunRef, model_path: Path, config, state_path: Path | None = None):
-    """The pyfunc model, the raw generator file and (when it exists) the training-state file into the
-    training run (``checkpoint/<file>``, ``checkpoint/train_state.pt``); -> mlflow's ModelInfo."""
+def log_model(
+    ref: RunRef, model_path: Path, config, state_path: Path | None = None, segmenter_path: Path | None = None
+):
+    """The pyfunc model, the raw generator file and (when they exist) the training-state file and the
+    segmenter it was scored with into the training run (``checkpoint/<file>``,
+    ``checkpoint/train_state.pt``, ``checkpoint/segmenter.pt``: a fine-tune of this version continues
+    both); -> mlflow's ModelInfo."""
     import mlflow
 
     from pipeline.serving import log_generator_model
@@ -197,6 +205,8 @@ def log_model(ref: RunRef, model_path: Path, config, state_path: Path | None = N
         mlflow.log_artifact(str(model_path), artifact_path="checkpoint")
         if state_path is not None and state_path.is_file():
             _log_as(state_path, STATE_ARTIFACT, "checkpoint")
+        if segmenter_path is not None and segmenter_path.is_file():
+            _log_as(segmenter_path, SEGMENTER_ARTIFACT, "checkpoint")
     return info
 
 

@@ -1,8 +1,10 @@
 """What a retraining on new data trains, and what it decided: the plan before the pipeline, the summary after.
 
 ``retrain.mode: finetune`` continues the registered champion: the plan sets ``train.init_from`` to
-``models:/<model>@champion`` (the ``resolve-parent`` stage turns the alias into one version, once)
-and the fine-tune's step count and decay in ``params.yaml``, where DVC and ``git diff`` see them.
+the version the champion alias points at now, pinned (``models:/<model>/<version>``, the alias kept
+in the line's comment), and the fine-tune's step count and decay in ``params.yaml``, where DVC and
+``git diff`` see them. Pinned, the commit that holds these params names one parent for good: a
+later ``dvc repro`` of it trains nothing, whatever the alias has moved to since.
 ``scratch``, or no champion yet, trains from step 0. The summary reads what the stages wrote: the
 parent (``<train.parent_dir>/parent.json``) and the registration's decision (``register.out``).
 """
@@ -26,6 +28,7 @@ class RetrainPlan:
     settings: dict[str, object]  # dotted params.yaml key -> value to set
     why: str
     changed: list[str] = field(default_factory=list)  # "key: old -> new" of what applying it changed
+    pinned_from: str | None = None  # the alias the pinned parent version was resolved from
 
     def describe(self) -> str:
         what = f"fine-tuning {self.init_from}" if self.init_from else "training from step 0"
@@ -44,8 +47,9 @@ def registered_model_name(params: Params, root: Path) -> str | None:
     return None
 
 
-def champion_exists(params: Params, root: Path, name: str) -> bool:
-    """Does ``name`` have a champion in the tracking server's registry? (A missing model: no.)"""
+def champion_version(params: Params, root: Path, name: str) -> int | None:
+    """The version ``name``'s champion alias points at in the tracking server's registry (None: no
+    champion, or no such model)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -57,23 +61,26 @@ def champion_exists(params: Params, root: Path, name: str) -> bool:
             model = mlflow.MlflowClient(uri).get_registered_model(name)
         except MlflowException as err:
             if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return False
+                return None
             raise
-    return CHAMPION in dict(model.aliases or {})
+    version = dict(model.aliases or {}).get(CHAMPION)
+    return int(version) if version is not None else None
 
 
 def plan_retraining(params: Params, root: Path) -> RetrainPlan:
-    """finetune from the champion when asked and there is one, else from scratch."""
+    """finetune from the champion (pinned to its version) when asked and there is one, else from scratch."""
     r = params.retrain
     name = registered_model_name(params, root) if r.mode == "finetune" else None
-    if r.mode == "finetune" and name is not None and champion_exists(params, root, name):
-        uri = f"models:/{name}@{CHAMPION}"
+    version = champion_version(params, root, name) if name is not None else None
+    if r.mode == "finetune" and name is not None and version is not None:
+        uri, alias = f"models:/{name}/{version}", f"models:/{name}@{CHAMPION}"
         settings = {
             "train.init_from": uri,
             "train.max_steps": r.finetune_steps,
             "train.decay_start_step": r.finetune_decay_start_step,
         }
-        return RetrainPlan("finetune", uri, settings, f"retrain.mode finetune, {r.finetune_steps} steps")
+        why = f"retrain.mode finetune, {r.finetune_steps} steps, the {CHAMPION} pinned"
+        return RetrainPlan("finetune", uri, settings, why, pinned_from=alias)
     why = "retrain.mode is scratch" if r.mode == "scratch" else f"no champion of {name or 'the model'} yet"
     settings = {
         "train.init_from": None,
@@ -104,11 +111,33 @@ def apply_plan(params_path: Path, plan: RetrainPlan) -> RetrainPlan:
         if old != value:
             plan.changed.append(f"{key}: {old} -> {value}")
             doc[section][name] = value
+        if key == "train.init_from":
+            _note_pin(doc[section], name, plan.pinned_from if value is not None else None)
     buf = StringIO()
     yaml.dump(doc, buf)
     parse_params(_plain(buf.getvalue()), params_path)  # the edited file is valid before it replaces the old one
     atomic_write_text(params_path, buf.getvalue())
     return plan
+
+
+PIN_NOTE = "pinned from {alias} by a retraining; "
+
+
+def _note_pin(section, key: str, alias: str | None) -> None:
+    """The line's comment starts with where a pinned parent came from (an earlier note replaced)."""
+    import re
+
+    comments = section.ca.items.get(key)
+    token = comments[2] if comments and len(comments) > 2 else None
+    text = token.value if token is not None else ""
+    body = re.sub(r"^#\s*pinned from \S+ by a retraining; ", "# ", text.lstrip().rstrip("\n")) or "#"
+    if alias is not None:
+        body = "# " + PIN_NOTE.format(alias=alias) + body.removeprefix("#").lstrip()
+    if token is not None:
+        padding = text[: len(text) - len(text.lstrip())]
+        token.value = padding + body + ("\n" if text.endswith("\n") else "")
+    elif alias is not None:
+        section.yaml_add_eol_comment(body, key)
 
 
 def _plain(text: str) -> dict:
@@ -153,3 +182,117 @@ def describe_parent(parent: dict) -> str:
             f"(run {parent.get('run_id')}, dataset {parent.get('dataset_id')})"
         )
     return f"{kind} {parent.get('init_from')}"
+
+
+# ------------------------------------------------------------------------------------------------
+# the retraining's result as one git ref
+
+RECIPE_FILES = ("params.yaml",)  # besides `.dvc` files and DVC's .gitignore files: what a retraining may change
+
+
+def _is_recipe(path: str) -> bool:
+    name = Path(path).name
+    return path in RECIPE_FILES or name.endswith(".dvc") or name == ".gitignore"
+
+
+def prepare_commit(root: Path, settings) -> str | None:
+    """Before a retraining that commits its result (``retrain.commit``): a git repository, on
+    ``retrain.git_branch`` when one is set, with nothing uncommitted but the recipe (params.yaml,
+    ``.dvc`` and ``.gitignore`` files) and what the pipeline writes. Returns the git remote to push
+    to (the branch's upstream, else origin; None when there is none)."""
+    from pipeline.gitstate import GitError, current_branch, git_state, is_git_repo, push_remote
+
+    if not is_git_repo(root):
+        raise GitError(
+            f"retrain.commit is true but {root} is not a git repository: `git init` and commit the project, "
+            "or set retrain.commit: false in params.yaml"
+        )
+    branch = current_branch(root)
+    if settings.git_branch and branch != settings.git_branch:
+        raise GitError(
+            f"retrain.git_branch is {settings.git_branch!r} but {branch or 'a detached HEAD'} is checked out in "
+            f"{root}: `git switch {settings.git_branch}` (or set retrain.git_branch: null)"
+        )
+    unrelated = [p for p in git_state(root).dirty_paths if not _is_recipe(p)]
+    if unrelated:
+        shown = ", ".join(unrelated[:5]) + (f" and {len(unrelated) - 5} more" if len(unrelated) > 5 else "")
+        raise GitError(
+            f"uncommitted changes in {root}: {shown}; a retraining commits everything that made its model, so "
+            "commit or stash them first (or set retrain.commit: false)"
+        )
+    return push_remote(root, branch)
+
+
+def commit_retraining(root: Path, result: dict, plan: RetrainPlan | None, remote: str | None) -> dict:
+    """One commit of what made the model (params.yaml, dvc.lock, ``.dvc`` and ``.gitignore`` files,
+    the stages' uncached outputs), tagged ``model/<name>/<version>``, pushed to ``remote`` when given;
+    -> {commit, tag, branch, pushed}. A push that fails leaves the commit and tag local and says how
+    to push them."""
+    from pipeline.gitstate import (
+        GitError,
+        current_branch,
+        git,
+        head,
+        identity_args,
+        is_pipeline_written,
+        pipeline_written,
+    )
+
+    raw = git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all")
+    written = pipeline_written(root)
+    paths, entries, i = [], [e for e in raw.split("\0") if e], 0
+    while i < len(entries):
+        status, path = entries[i][:2], entries[i][3:]
+        i += 2 if ("R" in status or "C" in status) else 1
+        if _is_recipe(path) or is_pipeline_written(path, written):
+            paths.append(path)
+    ident = identity_args(root)
+    registration = result.get("registration") or {}
+    name, version = registration.get("name"), registration.get("version")
+    if paths:
+        git(root, "add", "-A", "--", *paths)
+        what = f"{name} version {version}" if version is not None else "no registration"
+        message = f"retrain: {what}\n\nstarted from {result.get('started_from')}\n{result.get('decision')}\n"
+        if plan is not None and plan.changed:
+            message += "params.yaml: " + "; ".join(plan.changed) + "\n"
+        git(root, *ident, "commit", "-q", "--no-verify", "-m", message)
+    commit = head(root)
+    assert commit is not None  # a commit was just made, or HEAD already held everything
+    tag = f"model/{name}/{version}" if name and version is not None else None
+    if tag:
+        git(root, *ident, "tag", "-f", "-a", tag, "-m", f"{name} version {version}: {result.get('decision')}", commit)
+    branch = current_branch(root)
+    pushed = None
+    if remote is not None:
+        refs = ([f"HEAD:refs/heads/{branch}"] if branch else []) + ([f"refs/tags/{tag}"] if tag else [])
+        try:
+            git(root, "push", "-q", remote, *refs, timeout=600)
+        except GitError as err:
+            raise GitError(
+                f"the commit {commit[:12]} ({tag or 'untagged'}) is made but the git remote {remote!r} did not take "
+                f"it ({err}); push it yourself: git push {remote} {' '.join(refs)}"
+            ) from err
+        pushed = remote
+    return {"commit": commit, "tag": tag, "branch": branch, "pushed": pushed}
+
+
+def record_ref(root: Path, result: dict, ref: dict, plan: RetrainPlan | None) -> None:
+    """The registered version and its run get ``git_ref`` (the commit that reproduces it), ``git_tag``
+    and, for a pinned parent, ``parent_pinned_from`` (the alias it was resolved from)."""
+    import mlflow
+
+    from pipeline.tracking import mlflow_errors
+
+    registration = result.get("registration") or {}
+    if not registration.get("name") or registration.get("version") is None:
+        return
+    tags = {"git_ref": ref["commit"], "git_tag": ref.get("tag") or ""}
+    if plan is not None and plan.pinned_from:
+        tags["parent_pinned_from"] = plan.pinned_from
+    uri = registration["tracking_uri"]
+    client = mlflow.MlflowClient(uri)
+    with mlflow_errors(uri, f"tagging {registration['model_uri']} with its git ref"):
+        for key, value in tags.items():
+            if value:
+                client.set_model_version_tag(registration["name"], str(registration["version"]), key, value)
+                client.set_tag(registration["run_id"], key, value)

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -46,14 +45,17 @@ class RunRef:
 def resolve_tracking_uri(configured: str | None, root: Path | str = ".") -> str:
     """params > MLFLOW_TRACKING_URI > an absolute sqlite file at the project root.
 
-    The path is absolute because DVC experiments run in a temporary copy of the repository.
+    The path is absolute, and the project root is DVC's ``DVC_ROOT`` when DVC runs the stage: queued
+    and temporary DVC experiments run in a copy of the repository under ``.dvc/tmp/exps``, and DVC
+    points ``DVC_ROOT`` at the project they came from, so their runs land in the project's store.
     """
     if configured:
         return configured
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    return f"sqlite:///{(Path(root).resolve() / 'mlflow.db')}"
+    project = os.environ.get("DVC_ROOT") or root
+    return f"sqlite:///{(Path(project).resolve() / 'mlflow.db')}"
 
 
 def artifact_root_for(tracking_uri: str) -> str | None:
@@ -196,12 +198,10 @@ def log_to_run(ref: RunRef | None, metrics: dict, tags: dict, files: list[Path],
 
 
 def git_commit(root: Path | str) -> str | None:
-    """The checked-out commit of the project, recorded with runs and registered versions."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    """The checked-out commit of the project (see :func:`pipeline.gitstate.git_state` for the whole state)."""
+    from pipeline.gitstate import head
+
+    return head(root)
 
 
 def _flatten(prefix: str, value, out: dict) -> dict:
@@ -233,15 +233,16 @@ class Tracker:
         self.pending: deque[Callable[[], object]] = deque()  # MLflow calls not made yet, oldest first
         self.failing_since: float | None = None
 
-    def start(self, run_id: str | None, settings: dict, tags: dict) -> str:
-        """Re-open ``run_id``, or start a run logging ``settings`` (nested dicts, flattened) as params."""
+    def start(self, run_id: str | None, settings: dict, tags: dict, run_name: str | None = None) -> str:
+        """Re-open ``run_id``, or start a run (named ``run_name``; None: MLflow's random name) logging
+        ``settings`` (nested dicts, flattened) as params."""
         mlflow = self.mlflow
         mlflow.set_tracking_uri(self.uri)
         with mlflow_errors(self.uri, "starting the training run"):
             if run_id is not None:
                 self.run = mlflow.start_run(run_id=run_id)
             else:
-                self.run = mlflow.start_run(experiment_id=self.experiment_id)
+                self.run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name)
                 items = list(_flatten("", settings, {}).items())
                 for i in range(0, len(items), 100):
                     mlflow.log_params({k: ("null" if v is None else v) for k, v in items[i : i + 100]})

@@ -36,7 +36,9 @@ def _run(cwd: Path, *cmd: str) -> str:
     return proc.stdout
 
 
-def make_repo(root: Path, stages: str) -> Path:
+def make_repo(root: Path, stages: str, commit: bool = False) -> Path:
+    """A git + DVC project with ``data/raw`` as its source; with ``commit``, the source tracked with
+    ``dvc add`` and everything committed (what the retraining flow starts from)."""
     root.mkdir(parents=True)
     (root / "data/raw").mkdir(parents=True)
     (root / "out").mkdir()
@@ -44,10 +46,23 @@ def make_repo(root: Path, stages: str) -> Path:
     write_project_params(root, {"data": {"source": "data/raw"}})
     (root / "dvc.yaml").write_text(textwrap.dedent(stages))
     (root / "fail.py").write_text(FAIL)
+    (root / ".gitignore").write_text("/.gaugan/\n")  # the flows' own records, as in the project's .gitignore
     _run(root, "git", "init", "-q")
     _run(root, sys.executable, "-m", "dvc", "init", "-q")
     _run(root, sys.executable, "-m", "dvc", "config", "core.autostage", "false")
+    if commit:
+        _run(root, sys.executable, "-m", "dvc", "add", "-q", "data/raw")
+        _git_commit(root, "init")
     return root
+
+
+def _git_commit(root: Path, message: str) -> None:
+    _run(root, "git", "add", "-A")
+    _run(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--allow-empty", "-qm", message)
+
+
+def _git_out(root: Path, *args: str) -> str:
+    return _run(root, "git", *args).strip()
 
 
 TOY = f"""\
@@ -95,27 +110,89 @@ def test_pipeline_flow_runs_the_stages_then_skips_them(prefect_server, toy_repo)
     assert pipeline_flow(repo=str(toy_repo), retries=0) == {"count": "skipped", "report": "skipped"}
 
 
-def test_retrain_runs_on_new_files_only(prefect_server, toy_repo):
-    from pipeline.flows import SNAPSHOT, retrain_flow
+def test_retrain_asks_dvc_for_new_data_and_commits_what_it_ran_with(prefect_server, tmp_path):
+    from pipeline.flows import retrain_flow
 
-    first = retrain_flow(repo=str(toy_repo), retries=0)  # no snapshot yet: the source is new
-    assert first["ran"] and first["changes"]["added"] == 1
-    assert (toy_repo / SNAPSHOT).is_file()
+    repo = make_repo(tmp_path / "retrain", TOY, commit=True)
+    start = _git_out(repo, "rev-parse", "HEAD")
+    first = retrain_flow(repo=str(repo), retries=0)  # no stage has run on the source yet: DVC says changed
+    assert first["ran"] and first["stages"] == {"count": "ran", "report": "ran"}
+    assert set(first["seconds"]) == {"count", "report", "total"}
+    assert _git_out(repo, "status", "--porcelain") == ""  # dvc.lock and DVC's .gitignore files committed
+    assert _git_out(repo, "rev-parse", "HEAD~1") == start and first["ref"]["commit"] == _git_out(
+        repo, "rev-parse", "HEAD"
+    )
+    assert "dvc.lock" in _git_out(repo, "show", "--name-only", "--format=", "HEAD").split()
 
-    assert retrain_flow(repo=str(toy_repo), retries=0) == {
-        "ran": False,
-        "changes": {"added": 0, "changed": 0, "removed": 0},
-    }
+    assert retrain_flow(repo=str(repo), retries=0) == {"ran": False, "changes": {}}
 
-    (toy_repo / "data/raw/b.txt").write_text("b")
-    second = retrain_flow(repo=str(toy_repo), retries=0)
+    (repo / "data/raw/b.txt").write_text("b")  # an upload: not even `dvc add`-ed; the flow versions it
+    before = (repo / "data/raw.dvc").read_text()
+    second = retrain_flow(repo=str(repo), retries=0)
     assert second["ran"] and second["changes"] == {"added": 1, "changed": 0, "removed": 0}
     assert second["stages"] == {"count": "ran", "report": "ran"}
-    assert (toy_repo / "out/files.txt").read_text().split() == ["a.txt", "b.txt"]
-    assert retrain_flow(repo=str(toy_repo), retries=0)["ran"] is False
+    assert (repo / "out/files.txt").read_text().split() == ["a.txt", "b.txt"]
+    assert (repo / "data/raw.dvc").read_text() != before  # the new version of the source...
+    committed = _git_out(repo, "show", "--name-only", "--format=", "HEAD").split()
+    assert {"data/raw.dvc", "dvc.lock"} <= set(committed)  # ...is in the retraining's commit
+    assert _git_out(repo, "status", "--porcelain") == ""
+    assert retrain_flow(repo=str(repo), retries=0)["ran"] is False
 
-    forced = retrain_flow(repo=str(toy_repo), force=True, retries=0)
+    forced = retrain_flow(repo=str(repo), force=True, retries=0)
     assert forced["ran"] and forced["stages"] == {"count": "skipped", "report": "skipped"}
+
+
+def test_retrain_refuses_uncommitted_code_and_the_wrong_branch(prefect_server, tmp_path):
+    from pipeline.flows import retrain_flow
+    from pipeline.gitstate import GitError
+
+    repo = make_repo(tmp_path / "dirty", TOY, commit=True)
+    head = _git_out(repo, "rev-parse", "HEAD")
+    (repo / "fail.py").write_text("print('changed')\n")
+    with pytest.raises(GitError, match=r"uncommitted changes .*fail\.py.*commit or stash"):
+        retrain_flow(repo=str(repo), retries=0)
+    _run(repo, "git", "checkout", "fail.py")
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params.replace("git_branch: null", "git_branch: retraining"))
+    with pytest.raises(GitError, match=r"retrain.git_branch is 'retraining'.*git switch retraining"):
+        retrain_flow(repo=str(repo), retries=0)
+    assert _git_out(repo, "rev-parse", "HEAD") == head and not (repo / "out/files.txt").exists()
+
+
+def test_retrain_pushes_the_commit_and_the_data_to_the_remotes(prefect_server, tmp_path):
+    from pipeline.flows import retrain_flow
+
+    repo = make_repo(tmp_path / "pushed", TOY, commit=True)
+    _run(tmp_path, "git", "init", "-q", "--bare", "origin.git")
+    _run(repo, "git", "remote", "add", "origin", str(tmp_path / "origin.git"))
+    _run(repo, sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(tmp_path / "store"))
+    _git_commit(repo, "remotes")  # .dvc/config: part of the project, so committed
+    result = retrain_flow(repo=str(repo), retries=0)
+    assert result["ref"]["pushed"] == "origin"
+    branch = _git_out(repo, "symbolic-ref", "--short", "HEAD")
+    assert _git_out(tmp_path / "origin.git", "rev-parse", branch) == result["ref"]["commit"]
+    assert any((tmp_path / "store").rglob("*")), "nothing reached the DVC remote"
+
+
+@pytest.mark.parametrize("lost", ["git", "dvc"])
+def test_a_lost_remote_stops_the_retraining_naming_it_with_nothing_committed(prefect_server, tmp_path, lost):
+    from pipeline.errors import PipelineError
+    from pipeline.flows import retrain_flow
+
+    repo = make_repo(tmp_path / f"lost-{lost}", TOY, commit=True)
+    (tmp_path / "a-file").write_text("not a folder")
+    if lost == "git":
+        _run(repo, "git", "remote", "add", "origin", str(tmp_path / "gone.git"))
+    else:
+        _run(repo, sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(tmp_path / "a-file" / "store"))
+    _git_commit(repo, "remotes")
+    head = _git_out(repo, "rev-parse", "HEAD")
+    (repo / "data/raw/b.txt").write_text("b")
+    name = "'origin'" if lost == "git" else "'store'"
+    with pytest.raises(PipelineError, match=f"(?i){lost} remote {name}"):
+        retrain_flow(repo=str(repo), retries=0)
+    assert _git_out(repo, "rev-parse", "HEAD") == head  # nothing committed
+    assert not (repo / "report.txt").exists()  # nothing ran
 
 
 def test_a_failing_stage_raises_with_its_name_and_output(prefect_server, tmp_path):
@@ -140,9 +217,9 @@ def test_a_failing_stage_raises_with_its_name_and_output(prefect_server, tmp_pat
         pipeline_flow(repo=str(repo), stages=["nope"])
 
 
-def test_failed_retrain_keeps_the_old_snapshot(prefect_server, tmp_path):
+def test_a_failed_retrain_commits_nothing_and_sees_the_data_as_new_again(prefect_server, tmp_path):
     from pipeline.errors import StageFailed
-    from pipeline.flows import SNAPSHOT, retrain_flow
+    from pipeline.flows import detect_new_data, retrain_flow
 
     repo = make_repo(
         tmp_path / "failing",
@@ -155,35 +232,13 @@ def test_failed_retrain_keeps_the_old_snapshot(prefect_server, tmp_path):
             outs:
               - out/never.txt
         """,
+        commit=True,
     )
+    head = _git_out(repo, "rev-parse", "HEAD")
     with pytest.raises(StageFailed):
         retrain_flow(repo=str(repo), retries=0)
-    assert not (repo / SNAPSHOT).exists()  # the next run sees the same files as new again
-
-
-def test_snapshot_scan_detects_added_changed_removed(tmp_path):
-    from pipeline.flows import scan_source
-
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub/x.png").write_bytes(b"x")
-    (tmp_path / "y.png").write_bytes(b"y")
-    snap, changes = scan_source(tmp_path, {})
-    assert changes == {"added": ["sub/x.png", "y.png"], "changed": [], "removed": []}
-    assert snap["sub/x.png"]["sha256"] is None  # new files are not read
-
-    (tmp_path / "y.png").write_bytes(b"yy")
-    (tmp_path / "sub/x.png").unlink()
-    snap2, changes = scan_source(tmp_path, snap)
-    assert changes == {"added": [], "changed": ["y.png"], "removed": ["sub/x.png"]}
-    assert len(snap2["y.png"]["sha256"]) == 64
-
-    # touched, same content: hashed again, found equal, not new data (the new mtime is remembered)
-    later = snap2["y.png"]["mtime_ns"] + 10**9
-    os.utime(tmp_path / "y.png", ns=(later, later))
-    snap3, changes = scan_source(tmp_path, snap2)
-    assert changes == {"added": [], "changed": [], "removed": []}
-    assert snap3["y.png"]["mtime_ns"] == later
-    assert scan_source(tmp_path, snap3)[1] == changes
+    assert _git_out(repo, "rev-parse", "HEAD") == head
+    assert detect_new_data.fn(str(repo))["changed"] is True  # the next run tries again
 
 
 def test_schedule_and_new_data_trigger_create_a_run(prefect_server, tmp_path):

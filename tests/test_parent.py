@@ -152,7 +152,9 @@ def test_a_generator_file_onto_a_grown_class_table_records_the_missing_discrimin
     assert state["G"]["fc.weight"].shape[1] == 5 + 2 and state["classes"]["label_nc"] == 5
 
 
-def test_a_registry_alias_is_resolved_once_and_again_only_when_it_moved(parent, world):
+def test_a_registry_alias_is_resolved_once_and_again_only_when_it_moved(parent, world, caplog):
+    import logging
+
     import mlflow
 
     (parent / "outputs/evaluate").mkdir(parents=True)
@@ -179,9 +181,15 @@ def test_a_registry_alias_is_resolved_once_and_again_only_when_it_moved(parent, 
     assert run(child, resolve_parent)[0] == record  # the alias did not move: the same folder, nothing fetched
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
 
+    assert "moved" not in caplog.text
     second = run(parent, register)[0]  # champion moves to version 2
-    moved = run(child, resolve_parent)[0]
+    with caplog.at_level(logging.WARNING, logger="pipeline.parent"):
+        moved = run(child, resolve_parent)[0]
     assert moved["version"] == second["version"] == 2 and moved != record
+    said = [r.getMessage() for r in caplog.records if "moved" in r.getMessage()]
+    assert len(said) == 1, said  # one line: both versions and how to pin the old one
+    assert "from version 1" in said[0] and "to version 2" in said[0]
+    assert f"train.init_from: models:/{NAME}/1" in said[0]
     assert json.loads((folder / "parent.json").read_text())["uri"] == f"models:/{NAME}/2"
 
     run(child, train)

@@ -76,7 +76,8 @@ def _register_champion(uri: str, name: str) -> None:
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    client.create_registered_model(name)
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
     version = client.create_model_version(name, source="file:///nowhere")
     client.set_registered_model_alias(name, "champion", version.version)
 
@@ -95,18 +96,30 @@ def test_the_plan_finetunes_the_champion_and_writes_params_keeping_comments(tmp_
 
     _register_champion(uri, "gaugan-x")
     plan = apply_plan(path, plan_retraining(params, tmp_path))
-    assert plan.mode == "finetune" and plan.init_from == "models:/gaugan-x@champion"
+    # the champion pinned: the version it points at now, so the commit of these params names one parent
+    assert plan.mode == "finetune" and plan.init_from == "models:/gaugan-x/1"
+    assert plan.pinned_from == "models:/gaugan-x@champion"
     written = load_params(path)
     r = params.retrain
-    assert written.train.init_from == "models:/gaugan-x@champion"
+    assert written.train.init_from == "models:/gaugan-x/1"
     assert (written.train.max_steps, written.train.decay_start_step) == (r.finetune_steps, r.finetune_decay_start_step)
-    assert any(line.startswith("train.init_from: None -> models:/gaugan-x@champion") for line in plan.changed)
+    assert any(line.startswith("train.init_from: None -> models:/gaugan-x/1") for line in plan.changed)
     edited = path.read_text()
     assert len(edited.splitlines()) == len(text.splitlines())  # the comments of params.yaml survive the edit
     assert "# training steps (one step" in edited and "  classes: null " in edited
+    line = next(x for x in edited.splitlines() if x.startswith("  init_from:"))
+    assert "# pinned from models:/gaugan-x@champion by a retraining; start from a parent" in line
 
     again = apply_plan(path, plan_retraining(override(written, {"register.model_name": "gaugan-x"}), tmp_path))
     assert again.changed == []  # the same plan twice: nothing moves
+    assert path.read_text() == edited  # not even the note
+
+    _register_champion(uri, "gaugan-x")  # the alias moves to version 2: the next plan pins that one
+    moved = apply_plan(path, plan_retraining(override(written, {"register.model_name": "gaugan-x"}), tmp_path))
+    assert moved.init_from == "models:/gaugan-x/2" and moved.changed == [
+        "train.init_from: models:/gaugan-x/1 -> models:/gaugan-x/2"
+    ]
+    assert path.read_text().count("pinned from") == 1
 
 
 def test_scratch_mode_trains_from_step_0_with_the_scratch_schedule(tmp_path):

@@ -126,3 +126,54 @@ def test_train_segmenter_fine_tunes_torchvision_weights_with_another_head(tmp_pa
     assert seg.arch == "lraspp_mobilenet_v3_large" and seg.num_classes == 4
     assert seg.meta["pretrained_from"] == str(weights) and seg.meta["metrics"]["fresh_head_keys"] == 4
     assert seg.predict(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 32, 32)
+
+
+def test_a_fine_tune_continues_the_parents_segmenter_with_its_classes_grown(tmp_path):
+    """The segmenter the parent version was scored with (``<train.parent_dir>/segmenter.pt``) is
+    continued for ``segmenter.continue_steps`` steps when its settings match, its old classes' rows
+    kept and a new class's row added; another setting, or continue_steps 0, trains from scratch."""
+    import json
+
+    params = _params(continue_steps=6)
+    old = tmp_path / "old"
+    write_toy_prepared(old / params.data.out, n_train=12, n_val=4, names=TOY_NAMES[:3])
+    parent_file = run_train_segmenter(params, old)
+    parent = torch.load(parent_file, map_location="cpu", weights_only=True)
+    assert parent["settings"]["arch"] == "unet-small" and parent["settings"]["input_hw"] == [32, 32]
+
+    grown = tmp_path / "grown"  # a data drop with a fourth class; the parent's segmenter in the parent folder
+    write_toy_prepared(grown / params.data.out, n_train=12, n_val=4, names=TOY_NAMES[:4])
+    (grown / params.train.parent_dir).mkdir(parents=True)
+    (grown / params.train.parent_dir / "segmenter.pt").write_bytes(parent_file.read_bytes())
+    out = torch.load(run_train_segmenter(params, grown), map_location="cpu", weights_only=True)
+    metrics = json.loads((grown / params.segmenter.metrics).read_text())
+    assert metrics["continued_from_parent"] is True and metrics["steps"] == 6
+    assert out["continued_from"]["sha256"] and out["num_classes"] == 4
+    head = [
+        k
+        for k, v in parent["state_dict"].items()
+        if v.dim() >= 1 and v.shape[0] == 3 and out["state_dict"][k].shape[0] == 4
+    ]
+    assert head, "no classifier row grew"
+
+    # another setting than the parent's: from scratch, `segmenter.steps` steps
+    run_train_segmenter(_params(continue_steps=6, width=4), grown)
+    assert json.loads((grown / params.segmenter.metrics).read_text())["continued_from_parent"] is False
+    run_train_segmenter(_params(continue_steps=0), grown)
+    scratch = json.loads((grown / params.segmenter.metrics).read_text())
+    assert scratch["continued_from_parent"] is False and scratch["steps"] == 30
+
+
+def test_growing_a_segmenter_keeps_the_old_classes_rows():
+    from pipeline.evaluation.segmenter_training import grow_into
+
+    torch.manual_seed(0)
+    small, big = UNetSmall(3, 4), UNetSmall(5, 4)
+    fresh = {k: v.clone() for k, v in big.state_dict().items()}
+    grown = grow_into(big, small.state_dict(), 3, 5)
+    assert grown
+    for key in grown:
+        assert torch.equal(big.state_dict()[key][:3], small.state_dict()[key])
+        assert torch.equal(big.state_dict()[key][3:], fresh[key][3:])
+    with pytest.raises(SegmenterError, match="shape"):
+        grow_into(UNetSmall(5, 8), small.state_dict(), 3, 5)

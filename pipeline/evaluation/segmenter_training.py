@@ -106,6 +106,29 @@ def load_pretrained(net: nn.Module, arch: str, path: Path, num_classes: int) -> 
     return fresh
 
 
+def grow_into(net: nn.Module, state: dict, old_classes: int, num_classes: int) -> list[str]:
+    """Load a segmenter's ``state`` of ``old_classes`` into ``net`` of ``num_classes`` (>= old): tensors
+    whose first dimension is the class count keep their old rows, the rows of new classes keep
+    ``net``'s initialisation; -> the keys that grew."""
+    target = net.state_dict()
+    grown, merged = [], {}
+    for key, value in state.items():
+        if key not in target:
+            raise SegmenterError(f"the parent's segmenter has {key}, which this network has not")
+        want = target[key]
+        if tuple(value.shape) == tuple(want.shape):
+            merged[key] = value
+        elif value.dim() >= 1 and value.shape[0] == old_classes and want.shape[0] == num_classes:
+            merged[key] = torch.cat([value, want[old_classes:]], 0)
+            grown.append(key)
+        else:
+            raise SegmenterError(
+                f"the parent's segmenter's {key} has shape {tuple(value.shape)}, not {tuple(want.shape)}"
+            )
+    net.load_state_dict(merged)
+    return grown
+
+
 class SegmenterTrainSet(torch.utils.data.Dataset):
     """Real training images at the evaluation size, with seeded scale-crop, flip and colour jitter.
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from gaugan.checkpoint import load_generator
 from pipeline.errors import MissingInputError
 from pipeline.evaluation.evidence import EVIDENCE_FILE
+from pipeline.evaluation.external_segmenters import EXTERNAL_ARCHS
 from pipeline.params import Params, scoped
 from pipeline.promotion import EvidenceJudge, log_evidence
 from pipeline.registry import log_model, parent_version_tags, read_metric, register_version, tag_run, version_tags
@@ -45,6 +46,8 @@ PARAMS = (
     "train.state_out",
     "train.out_dir",
     "segmenter.out",
+    "segmenter.arch",
+    "segmenter.continue_steps",
 )
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,10 @@ def run(params: Params, root: Path = Path(".")) -> dict:
             )
         judge = EvidenceJudge(params, root, evidence_path, tags, ref.tracking_uri)
         judge.prepare(name)  # the slow part, before this registration waits for its turn
-    info = log_model(ref, model_path, loaded.config, root / params.train.state_out)
+    # the segmenter goes with the version when a fine-tune of it may continue it (segmenter.continue_steps)
+    continued = params.segmenter.continue_steps > 0 and params.segmenter.arch not in EXTERNAL_ARCHS
+    segmenter = root / params.segmenter.out if continued else None
+    info = log_model(ref, model_path, loaded.config, root / params.train.state_out, segmenter)
     if evidence_path.is_file():
         log_evidence(ref, evidence_path)
     result = register_version(ref, name, info, tags, value, settings, root / settings.out, judge)

@@ -22,13 +22,19 @@ from gaugan.data import PreparedDataset, dataset_id, split_size
 from pipeline.distributed import pick_device
 from pipeline.errors import SegmenterError
 from pipeline.evaluation.external_segmenters import EXTERNAL_ARCHS, load_external, probe_outputs
+from pipeline.evaluation.segmentation_nets import build_network
 from pipeline.evaluation.segmenter import Segmenter, save_segmenter, score_on_split
 from pipeline.evaluation.segmenter_spec import SegmenterSpec, read_class_map
-from pipeline.evaluation.segmenter_training import fit, initial_network
+from pipeline.evaluation.segmenter_training import fit, grow_into, initial_network
 from pipeline.io import atomic_write_json, json_safe, sha256_file
 from pipeline.params import Params, SegmenterSettings, scoped
 
-PARAMS = ("seed", "segmenter", "train.crop_size", "train.aspect_ratio", "data.out")
+PARAMS = ("seed", "segmenter", "train.crop_size", "train.aspect_ratio", "train.parent_dir", "data.out")
+# <train.parent_dir>/segmenter.pt: the parent version's segmenter, fetched by resolve-parent (pipeline.parent,
+# pipeline.training.parent.SEGMENTER_FILE; not imported here: that module brings the whole generator)
+SEGMENTER_FILE = "segmenter.pt"
+# the settings a parent's segmenter must share to be continued (anything else: trained from scratch)
+CONTINUE_KEYS = ("arch", "weights", "width", "channel_order", "pixel_range", "mean", "std", "input_size", "upsample")
 log = logging.getLogger(__name__)
 
 
@@ -47,8 +53,11 @@ def run(params: Params, root: Path = Path(".")) -> Path:
         segmenter, extra = _package_external(s, spec, classes.label_nc, hw, root, device)
         losses: list[float] = []
     else:
-        segmenter, losses = _train(s, spec, classes.label_nc, hw, ignore, params.seed, data_root, root, device)
-        extra = {"fresh_head_keys": segmenter.meta.pop("fresh_head_keys")}
+        parent = _parent_segmenter(s, root / params.train.parent_dir, classes, hw)
+        segmenter, losses = _train(s, spec, classes.label_nc, hw, ignore, params.seed, data_root, root, device, parent)
+        extra = {"fresh_head_keys": segmenter.meta.pop("fresh_head_keys"), "settings": _continue_settings(s, hw)}
+        if parent is not None:
+            extra["continued_from"] = {"file": str(parent["path"]), "sha256": parent["sha256"]}
     val_set = _split(data_root, "val", required=False)
     scores = score_on_split(segmenter, val_set, hw, ignore, batch_size=s.batch_size) if len(val_set) else None
     tail = losses[-max(1, len(losses) // 10) :]
@@ -61,6 +70,7 @@ def run(params: Params, root: Path = Path(".")) -> Path:
         "miou_real_val": scores.miou if scores else None,
         "accuracy_real_val": scores.accuracy if scores else None,
         "fresh_head_keys": extra.pop("fresh_head_keys", 0),
+        "continued_from_parent": "continued_from" in extra,
     }
     meta = {
         "input_hw": list(hw),
@@ -149,10 +159,49 @@ def _package_external(
     return segmenter, {"model_file": str(path), "model_sha256": sha256_file(path), "unreachable_classes": unreachable}
 
 
-def _train(s: SegmenterSettings, spec, num_classes: int, hw, ignore, seed: int, data_root, root, device):
-    """Train (or fine-tune) a network of ``segmenter.arch`` on the real training images."""
+def _continue_settings(s: SegmenterSettings, hw) -> dict:
+    return json_safe({**{k: getattr(s, k) for k in CONTINUE_KEYS}, "input_hw": list(hw)})
+
+
+def _parent_segmenter(s: SegmenterSettings, parent_dir: Path, classes: ClassTable, hw) -> dict | None:
+    """The segmenter the parent model was scored with (``<train.parent_dir>/segmenter.pt``, fetched by
+    resolve-parent), when ``segmenter.continue_steps`` > 0, it was trained with the same settings
+    (:data:`CONTINUE_KEYS`, the input size) and its classes begin today's class table; else None
+    (trained from scratch, the reason logged)."""
+    path = parent_dir / SEGMENTER_FILE
+    if s.continue_steps == 0 or not path.is_file():
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    old = ClassTable.from_dict(payload["classes"], str(path)) if payload.get("classes") else None
+    old_names = list(old.names) if old is not None else []
+    why = None
+    if payload.get("settings") != _continue_settings(s, hw):
+        why = "its settings differ from today's segmenter settings"
+    elif not old_names or old_names != list(classes.names[: len(old_names)]) or "state_dict" not in payload:
+        why = "its classes do not begin today's class table"
+    if why:
+        log.info("train-segmenter: not continuing the parent's segmenter %s (%s): from scratch", path, why)
+        return None
+    return {"path": path, "sha256": sha256_file(path), "state_dict": payload["state_dict"], "classes": len(old_names)}
+
+
+def _train(s: SegmenterSettings, spec, num_classes: int, hw, ignore, seed: int, data_root, root, device, parent=None):
+    """Train (or fine-tune) a network of ``segmenter.arch`` on the real training images; with
+    ``parent`` (:func:`_parent_segmenter`), continue it for ``segmenter.continue_steps`` steps, its
+    classifier grown to today's classes (the old classes' rows kept, new rows freshly initialised)."""
     torch.manual_seed(seed)  # initial weights (and a new head) depend on the seed only
-    net, fresh = initial_network(s, num_classes, root)
+    if parent is not None:
+        net, fresh = build_network(s.arch, num_classes, s.width), []
+        fresh = grow_into(net, parent["state_dict"], parent["classes"], num_classes)
+        s = s.model_copy(update={"steps": s.continue_steps})
+        log.info(
+            "train-segmenter: continuing the parent's segmenter %s (%d -> %d classes)",
+            parent["path"],
+            parent["classes"],
+            num_classes,
+        )
+    else:
+        net, fresh = initial_network(s, num_classes, root)
     net.to(device)
     train_set = _split(data_root, "train", required=s.steps > 0)
     train_hw = spec.input_size if spec.input_size is not None and spec.upsample == "image" else hw

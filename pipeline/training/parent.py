@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 PARENT_JSON = "parent.json"
 GENERATOR_FILE = "generator.pt"
 STATE_FILE = "train_state.pt"
+SEGMENTER_FILE = "segmenter.pt"  # the segmenter the parent was scored with: train-segmenter continues from it
 
 
 def read_parent_record(parent_dir: Path, init_from: str | None) -> dict:

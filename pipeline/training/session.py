@@ -22,10 +22,11 @@ from gaugan.trainer import GauGANTrainer
 from gaugan.transforms import Geometry
 from pipeline.distributed import DistContext, broadcast_object
 from pipeline.errors import TrackingError, TrainError
+from pipeline.gitstate import git_state
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.lineage import dvc_lineage
 from pipeline.params import Params
-from pipeline.tracking import RunRef, Tracker, git_commit, require_server, resolve_tracking_uri, write_run_ref
+from pipeline.tracking import RunRef, Tracker, require_server, resolve_tracking_uri, write_run_ref
 from pipeline.training.checkpoints import CheckpointStore, losses_csv
 from pipeline.training.loader import build_train_loader
 from pipeline.training.loop import TrainingLoop
@@ -178,8 +179,9 @@ def start_tracking(
     """Rank 0: start (or re-open) the model's MLflow run, write ``run.json``, and give the loop its
     tracker, the loss history so far, the sample maker and the provenance of the generator file."""
     t, classes, ctx = params.train, loop.classes, loop.ctx
+    git = git_state(root)
     tags = {
-        "git_commit": git_commit(root),
+        **git.tags(),  # git_commit, git_dirty and the changed files' hash: never a dirty workspace passed off as clean
         "dataset_id": dataset,
         "dataset": classes.dataset,
         "settings_fingerprint": loop.fingerprint,
@@ -200,7 +202,8 @@ def start_tracking(
         "train": t.model_dump(),
         "mlflow": params.mlflow.model_dump(),
     }
-    loop.run_id = tracker.start(run_id, settings, tags)
+    # a DVC experiment's run is named after it, so the MLflow UI's run list and `dvc exp show` match
+    loop.run_id = tracker.start(run_id, settings, tags, run_name=os.environ.get("DVC_EXP_NAME"))
     if run_id is None:  # a new run: its training data, as DVC knows it (a resumed run has it already)
         lineage = dvc_lineage(root, params.data.out)
         tracker.log_dataset(lineage.mlflow_dataset(root, classes.dataset, dataset), lineage.tags(dataset))
@@ -216,7 +219,7 @@ def start_tracking(
         "run_id": loop.run_id,
         "dataset_id": dataset,
         "settings_fingerprint": loop.fingerprint,
-        "git_commit": tags["git_commit"],
+        **git.tags(),
         **({"parent": parent} if parent else {}),
     }
 
