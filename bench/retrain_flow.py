@@ -45,6 +45,8 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-retrain-flow-", dir=args.tmp))
     repo = scratch / "gaugan"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+    # the clone's origin is this checkout, whose branch is checked out: nothing to push to
+    subprocess.run(["git", "remote", "remove", "origin"], cwd=repo, check=True)
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "PREFECT_HOME": str(scratch / "prefect")}
     env.pop("MLFLOW_TRACKING_URI", None)

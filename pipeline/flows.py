@@ -357,6 +357,23 @@ def _push_to_dvc_remote(root: Path, targets: list[str]) -> None:
         ) from err
 
 
+@task(name="commit-result", cache_policy=NO_CACHE)
+def commit_result(repo: str, result: dict, plan: RetrainPlan, registered: bool, git_remote: str | None) -> dict:
+    """One commit of what made the model, tagged with its version; the version and its run get the
+    ref (``git_ref``, ``git_tag``); then the push to the git remote, if any. -> the ref."""
+    from pipeline.retraining import commit_retraining, push_ref, record_ref
+
+    root = Path(repo)
+    ref = commit_retraining(root, result, plan, registered)
+    if registered:
+        record_ref(root, result, ref, plan)
+    if git_remote is not None:
+        push_ref(root, ref, git_remote)
+    pushed = f", pushed to {ref['pushed']}" if ref["pushed"] else ""
+    print(f"committed {ref['commit'][:12]} as {ref['tag'] or 'no tag'}{pushed}")
+    return ref
+
+
 @flow(name="gaugan-retrain", log_prints=True)
 def retrain_flow(repo: str = ".", force: bool = False, retries: int = 1) -> dict:
     """Retrain when DVC says ``data.source`` changed (or with ``force``), and make the result one git ref.
@@ -372,7 +389,7 @@ def retrain_flow(repo: str = ".", force: bool = False, retries: int = 1) -> dict
     written to ``.gaugan/retrain_summary.json``.
     """
     from pipeline.params import load_params
-    from pipeline.retraining import commit_retraining, prepare_commit, record_ref
+    from pipeline.retraining import prepare_commit
     from pipeline.retraining import summary as retrain_summary
 
     started = time.perf_counter()
@@ -403,13 +420,8 @@ def retrain_flow(repo: str = ".", force: bool = False, retries: int = 1) -> dict
         seconds.update(more_seconds)
     result = retrain_summary(root / "params.yaml", root, plan)
     if settings.commit:
-        ref = commit_retraining(root, result, plan, git_remote if settings.push else None)
-        record_ref(root, result, ref, plan)
-        result["ref"] = ref
-        print(
-            f"committed {ref['commit'][:12]} as {ref['tag'] or 'no tag'}"
-            + (f", pushed to {ref['pushed']}" if ref["pushed"] else "")
-        )
+        registered = outcomes.get(REGISTER_STAGE) == "ran"  # else registration.json is an earlier version's
+        result["ref"] = commit_result(str(root), result, plan, registered, git_remote if settings.push else None)
     result["seconds"] = {**seconds, "total": round(time.perf_counter() - started, 1)}
     atomic_write_json(root / RETRAIN_SUMMARY, result)
     print(f"started from {result['started_from']}; {result['decision']}")

@@ -223,20 +223,11 @@ def prepare_commit(root: Path, settings) -> str | None:
     return push_remote(root, branch)
 
 
-def commit_retraining(root: Path, result: dict, plan: RetrainPlan | None, remote: str | None) -> dict:
+def commit_retraining(root: Path, result: dict, plan: RetrainPlan | None, registered: bool = True) -> dict:
     """One commit of what made the model (params.yaml, dvc.lock, ``.dvc`` and ``.gitignore`` files,
-    the stages' uncached outputs), tagged ``model/<name>/<version>``, pushed to ``remote`` when given;
-    -> {commit, tag, branch, pushed}. A push that fails leaves the commit and tag local and says how
-    to push them."""
-    from pipeline.gitstate import (
-        GitError,
-        current_branch,
-        git,
-        head,
-        identity_args,
-        is_pipeline_written,
-        pipeline_written,
-    )
+    the stages' uncached outputs), tagged ``model/<name>/<version>`` when this retraining
+    ``registered`` that version; -> {commit, tag, branch, pushed: None} (:func:`push_ref` pushes it)."""
+    from pipeline.gitstate import current_branch, git, head, identity_args, is_pipeline_written, pipeline_written
 
     raw = git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all")
     written = pipeline_written(root)
@@ -248,7 +239,7 @@ def commit_retraining(root: Path, result: dict, plan: RetrainPlan | None, remote
             paths.append(path)
     ident = identity_args(root)
     registration = result.get("registration") or {}
-    name, version = registration.get("name"), registration.get("version")
+    name, version = (registration.get("name"), registration.get("version")) if registered else (None, None)
     if paths:
         git(root, "add", "-A", "--", *paths)
         what = f"{name} version {version}" if version is not None else "no registration"
@@ -261,19 +252,25 @@ def commit_retraining(root: Path, result: dict, plan: RetrainPlan | None, remote
     tag = f"model/{name}/{version}" if name and version is not None else None
     if tag:
         git(root, *ident, "tag", "-f", "-a", tag, "-m", f"{name} version {version}: {result.get('decision')}", commit)
-    branch = current_branch(root)
-    pushed = None
-    if remote is not None:
-        refs = ([f"HEAD:refs/heads/{branch}"] if branch else []) + ([f"refs/tags/{tag}"] if tag else [])
-        try:
-            git(root, "push", "-q", remote, *refs, timeout=600)
-        except GitError as err:
-            raise GitError(
-                f"the commit {commit[:12]} ({tag or 'untagged'}) is made but the git remote {remote!r} did not take "
-                f"it ({err}); push it yourself: git push {remote} {' '.join(refs)}"
-            ) from err
-        pushed = remote
-    return {"commit": commit, "tag": tag, "branch": branch, "pushed": pushed}
+    return {"commit": commit, "tag": tag, "branch": current_branch(root), "pushed": None}
+
+
+def push_ref(root: Path, ref: dict, remote: str) -> None:
+    """The retraining's branch and tag to the git remote; a refusal leaves them local (the version's
+    tags already name the commit) and says how to push them."""
+    from pipeline.gitstate import GitError, git
+
+    refs = ([f"HEAD:refs/heads/{ref['branch']}"] if ref["branch"] else []) + (
+        [f"refs/tags/{ref['tag']}"] if ref["tag"] else []
+    )
+    try:
+        git(root, "push", "-q", remote, *refs, timeout=600)
+    except GitError as err:
+        raise GitError(
+            f"the commit {ref['commit'][:12]} ({ref['tag'] or 'untagged'}) is made and the registry names it, but "
+            f"the git remote {remote!r} did not take it ({err}); push it yourself: git push {remote} {' '.join(refs)}"
+        ) from err
+    ref["pushed"] = remote
 
 
 def record_ref(root: Path, result: dict, ref: dict, plan: RetrainPlan | None) -> None:
