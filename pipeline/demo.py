@@ -1,25 +1,23 @@
 """``gaugan-pipeline demo``: the whole pipeline on the embedded demo dataset, through ``dvc repro``.
 
-The two training stages (GAN and segmenter) read only the prepared data and write separate
-outputs. On a CPU with several cores the demo runs them side by side, each with its share of the
-cores (``dvc repro`` would run them one after the other, and a 64 px model leaves a second thread
-of one process nearly idle), records them with ``dvc commit``, then lets ``dvc repro`` run the
-rest. The commands are dvc.yaml's own; a later ``dvc repro`` finds everything up to date.
+It writes the demo source and versions it with DVC (``data/raw/demo.dvc``), runs ingest and
+resolve-parent, the two training stages side by side on a CPU with several cores
+(:mod:`pipeline.side_by_side`), then lets ``dvc repro`` run the rest. The commands are dvc.yaml's
+own; a later ``dvc repro`` finds everything up to date.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.params import load_params
+from pipeline.side_by_side import SIDE_BY_SIDE, changed_stages, run_side_by_side
 from pipeline.tools import tool_env
 
 
@@ -49,7 +47,7 @@ def run_demo(params_path: Path = Path("params.yaml"), root: Path = Path(".")) ->
         subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, env=env, check=True)
     ensure_demo_source(params_path, root)
     _dvc(root, env, "repro", "ingest", "resolve-parent")  # what train reads
-    pending = [stage for stage in SIDE_BY_SIDE if stage in _changed_stages(root, env)]
+    pending = [stage for stage in SIDE_BY_SIDE if stage in changed_stages(root, env, SIDE_BY_SIDE)]
     if len(pending) > 1 and (os.cpu_count() or 1) > 1:
         run_side_by_side(root, env, pending)
         _dvc(root, env, "commit", "--force", *pending)
@@ -57,64 +55,10 @@ def run_demo(params_path: Path = Path("params.yaml"), root: Path = Path(".")) ->
     print_summary(params_path, root, env["MLFLOW_TRACKING_URI"], time.perf_counter() - started)
 
 
-SIDE_BY_SIDE = ("train", "train-segmenter")  # independent stages: both read only the prepared data
-
-
 def _dvc(root: Path, env: dict, *args: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env)
     if proc.returncode != 0:
         raise PipelineError(f"dvc {args[0]} failed; the failing stage and its error are printed above")
-
-
-def _changed_stages(root: Path, env: dict) -> set[str]:
-    """Stages whose command would run (``dvc status``: changed deps, params or missing outputs)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "status", "--json", *SIDE_BY_SIDE], cwd=root, env=env, capture_output=True
-    )
-    if proc.returncode != 0:
-        return set()  # dvc repro runs them and reports what is wrong
-    lines = proc.stdout.decode().strip().splitlines()
-    return set(json.loads(lines[-1]) if lines else {})
-
-
-def stage_command(root: Path, stage: str) -> str:
-    """dvc.yaml's ``cmd`` of ``stage`` as DVC resolves it (``${key.path}`` values from params.yaml)."""
-    from dvc.repo import Repo
-
-    # in process, DVC reads the params files from the working directory, not from the repo it opens
-    with contextlib.chdir(root), Repo(str(root)) as dvc_repo:
-        return dvc_repo.stage.collect(stage)[0].cmd
-
-
-def run_side_by_side(root: Path, env: dict, stages: list[str]) -> None:
-    """Run the stages' commands at once, the cores shared out (``OMP_NUM_THREADS``); lines prefixed."""
-    threads = str(max(1, (os.cpu_count() or 1) // len(stages)))
-    print(f"running {', '.join(stages)} side by side, {threads} thread(s) each", flush=True)
-    procs, pumps = {}, []
-    for stage in stages:
-        procs[stage] = subprocess.Popen(
-            stage_command(root, stage),
-            shell=True,
-            cwd=root,
-            env={**env, "OMP_NUM_THREADS": threads},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        pump = threading.Thread(target=_prefix_lines, args=(procs[stage], stage), daemon=True)
-        pump.start()
-        pumps.append(pump)
-    failed = [stage for stage, proc in procs.items() if proc.wait() != 0]
-    for pump in pumps:
-        pump.join()
-    if failed:
-        raise PipelineError(f"stage {', '.join(failed)} failed; its error is printed above (lines [{failed[0]}])")
-
-
-def _prefix_lines(proc: subprocess.Popen, stage: str) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        print(f"[{stage}] {line}", end="", flush=True)
 
 
 def print_summary(params_path: Path, root: Path, tracking_uri: str, seconds: float) -> None:

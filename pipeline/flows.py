@@ -267,16 +267,47 @@ def _select(order: list[str], stages: list[str] | None, root: Path) -> list[str]
 def run_stages(
     root: Path, order: list[str], retries: int, retry_delay_seconds: float, wait_seconds: float
 ) -> tuple[dict[str, str], dict[str, float]]:
-    """Each stage as a :func:`dvc_stage` task, in order; -> (stage -> outcome, stage -> seconds)."""
+    """Each stage as a :func:`dvc_stage` task, in order; -> (stage -> outcome, stage -> seconds).
+
+    The two training stages, when both would run and the machine has several cores, run side by
+    side instead (:func:`side_by_side_stages`; each gets the pair's seconds)."""
+    from pipeline.side_by_side import SIDE_BY_SIDE
+
     run_stage = dvc_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
     outcomes: dict[str, str] = {}
     seconds: dict[str, float] = {}
+    pair = [s for s in order if s in SIDE_BY_SIDE] if (os.cpu_count() or 1) > 1 else []
     for stage in order:
+        if stage in outcomes:
+            continue
         started = time.perf_counter()
-        outcomes[stage] = run_stage(stage, str(root), wait_seconds)
-        seconds[stage] = round(time.perf_counter() - started, 1)
+        if stage in pair and len(pair) > 1:
+            for done in side_by_side_stages(pair, str(root)):
+                outcomes[done], seconds[done] = "ran", round(time.perf_counter() - started, 1)
+            pair = []  # tried once: what is left runs alone
+        if stage not in outcomes:
+            outcomes[stage] = run_stage(stage, str(root), wait_seconds)
+            seconds[stage] = round(time.perf_counter() - started, 1)
     print("stages: " + ", ".join(f"{s} {o} ({seconds[s]:.1f} s)" for s, o in outcomes.items()))
     return outcomes, seconds
+
+
+@task(name="dvc-stages-side-by-side", cache_policy=NO_CACHE, tags=["dvc-workspace"])
+def side_by_side_stages(stages: list[str], repo: str) -> list[str]:
+    """Of ``stages``, those that would run, when more than one: run at once (the cores shared out) and
+    recorded with ``dvc commit`` (:mod:`pipeline.side_by_side`); -> the stages run (none: left to DVC)."""
+    from pipeline.side_by_side import changed_stages, run_side_by_side
+
+    root = Path(repo)
+    env = tool_env(root)
+    pending = [s for s in stages if s in changed_stages(root, env, stages)]
+    if len(pending) < 2:
+        return []
+    run_side_by_side(root, env, pending)
+    code, _, tail = _run_dvc(["commit", "--force", *pending], repo, "commit", 3600)
+    if code != 0:
+        raise StageFailed(f"dvc commit of {', '.join(pending)} failed (exit code {code}):\n" + "\n".join(tail))
+    return pending
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ the plain ones a person would type, in a fresh clone of the project:
    pipeline is up to date when no other stage would run;
 4. with ``force``: ``dvc repro --force --single-item train``, then the retrained generator's weights
    are compared with the registered generator's (the pulled ``train.model_out``, checked against the
-   version's ``generator_sha256``). On CPU with ``train.deterministic`` they are bit-identical with
-   the same number of threads (``OMP_NUM_THREADS``); on GPU, bench/gpu_paths_check.py states the
-   tolerance. The forced run logs to a scratch MLflow store in the work folder, not to the team's.
+   version's ``generator_sha256``). On CPU with ``train.deterministic`` they are bit-identical; on
+   GPU, bench/gpu_paths_check.py states the
+   tolerance. The forced run uses the training run's thread count (the generator file records it)
+   and logs to a scratch MLflow store in the work folder, not to the team's.
 """
 
 from __future__ import annotations
@@ -142,10 +143,13 @@ def reproduce(model_uri: str, repo: Path, workdir: Path | None = None, force: bo
 
 def _retrain_and_compare(workdir: Path, registered: Path, what: str) -> dict:
     """``dvc repro --force --single-item train`` (a scratch MLflow store); -> both weights' sha256, identical."""
+    from gaugan.checkpoint import read_model_file
+
     kept = workdir.parent / f".{workdir.name}-registered-generator.pt"
     shutil.copyfile(registered, kept)
+    threads = (read_model_file(registered).get("meta") or {}).get("torch_threads")
     try:
-        proc = _repro_train(workdir, f"sqlite:///{workdir / 'reproduce-mlflow.db'}")
+        proc = _repro_train(workdir, f"sqlite:///{workdir / 'reproduce-mlflow.db'}", threads)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
             raise ReproduceError(f"retraining {what} failed:\n{tail}")
@@ -174,12 +178,15 @@ def _status(workdir: Path, env: dict[str, str]) -> dict:
     return last_json(dvc(workdir, "status", "--json", env=env).stdout)
 
 
-def _repro_train(workdir: Path, tracking_uri: str):
+def _repro_train(workdir: Path, tracking_uri: str, threads: int | None):
+    """The forced train stage, with the registered run's CPU thread count (float sums depend on it)."""
     import subprocess
     import sys
 
     from pipeline.tools import tool_env
 
     env = {**tool_env(workdir), "MLFLOW_TRACKING_URI": tracking_uri}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train"]
     return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)

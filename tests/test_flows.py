@@ -174,6 +174,25 @@ def test_retrain_pushes_the_commit_and_the_data_to_the_remotes(prefect_server, t
     assert any((tmp_path / "store").rglob("*")), "nothing reached the DVC remote"
 
 
+def test_a_refused_push_keeps_the_commit_and_says_how_to_push_it(prefect_server, tmp_path):
+    from pipeline.flows import retrain_flow
+    from pipeline.gitstate import GitError
+
+    repo = make_repo(tmp_path / "refused", TOY, commit=True)
+    _run(tmp_path, "git", "clone", "-q", str(repo), "clone")  # origin: a checkout whose branch is checked out
+    clone = tmp_path / "clone"
+    _run(clone, sys.executable, "-m", "dvc", "cache", "dir", "--local", str(repo / ".dvc/cache"))
+    _run(clone, sys.executable, "-m", "dvc", "checkout", "-q", "data/raw.dvc")  # the source, from the original cache
+    (clone / "out").mkdir()  # the toy's command writes into it
+    head = _git_out(clone, "rev-parse", "HEAD")
+    with pytest.raises(
+        GitError, match=r"is made .* the git remote 'origin' did not take it.*push it yourself: git push"
+    ):
+        retrain_flow(repo=str(clone), retries=0)
+    assert _git_out(clone, "rev-parse", "HEAD~1") == head  # the commit stays, to be pushed by hand
+    assert _git_out(clone, "status", "--porcelain") == ""
+
+
 @pytest.mark.parametrize("lost", ["git", "dvc"])
 def test_a_lost_remote_stops_the_retraining_naming_it_with_nothing_committed(prefect_server, tmp_path, lost):
     from pipeline.errors import PipelineError

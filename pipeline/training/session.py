@@ -220,6 +220,7 @@ def start_tracking(
         "dataset_id": dataset,
         "settings_fingerprint": loop.fingerprint,
         **git.tags(),
+        "torch_threads": torch.get_num_threads(),  # CPU results depend on it: `reproduce --force` uses the same
         **({"parent": parent} if parent else {}),
     }
 
