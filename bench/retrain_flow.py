@@ -1,9 +1,9 @@
 """A team's loop on the demo, timed as a user runs it: `gaugan-pipeline demo`, a data drop, `flow retrain`.
 
-    python bench/retrain_flow.py [--drop 24] [--new-class fence] [--tmp DIR] [--json OUT]
+    python bench/retrain_flow.py [--rev REV] [--demo-only] [--drop 24] [--new-class fence] [--tmp DIR] [--json OUT]
 
-In a fresh clone of this checkout's HEAD (its files, its params.yaml), with this interpreter's
-environment: the demo (the whole pipeline, timed), a commit of what it made, a data drop of
+In a fresh clone of this checkout at ``--rev`` (default HEAD; its code runs, through PYTHONPATH,
+with this interpreter's packages): the demo (the whole pipeline, timed), a commit of what it made, a data drop of
 ``--drop`` training samples (half of them showing ``--new-class``), then ``gaugan-pipeline flow
 retrain`` (timed; each stage's seconds from its summary), then a plain ``dvc repro`` (it must train
 and register nothing). Prints one table and the decision. Never part of the tests: it takes
@@ -36,6 +36,8 @@ def _run(cwd: Path, env: dict, *cmd: str) -> tuple[float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rev", default="HEAD", help="the commit to clone (e.g. an older one, for a baseline)")
+    parser.add_argument("--demo-only", action="store_true", help="time the demo alone (a baseline before the flow)")
     parser.add_argument("--drop", type=int, default=24)
     parser.add_argument("--new-class", default="fence")
     parser.add_argument("--tmp", type=Path, default=None)
@@ -47,13 +49,22 @@ def main() -> None:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
     # the clone's origin is this checkout, whose branch is checked out: nothing to push to
     subprocess.run(["git", "remote", "remove", "origin"], cwd=repo, check=True)
+    subprocess.run(["git", "checkout", "-q", args.rev], cwd=repo, check=True)
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "PREFECT_HOME": str(scratch / "prefect")}
+    env = {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ["PATH"],
+        "PREFECT_HOME": str(scratch / "prefect"),
+        "PYTHONPATH": str(repo),  # the clone's code, also in the stages' `gaugan-pipeline` (an editable install's)
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     cli = [sys.executable, "-m", "pipeline.cli"]
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
 
     demo_s, _ = _run(repo, env, *cli, "demo")
+    if args.demo_only:
+        print(f"gaugan-pipeline demo (fresh clone at {args.rev}): {demo_s:.1f} s")
+        return
     _run(repo, env, *git, "add", "-A")
     _run(repo, env, *git, "commit", "-qm", "demo")
     drop_s, _ = _run(repo, env, *cli, "demo-data", "--drop", str(args.drop), "--new-class", args.new_class)
