@@ -89,7 +89,9 @@ def _trainer() -> GauGANTrainer:
 def test_trainer_step_fast_equals_plain(monkeypatch):
     """Losses of two steps, G's gradients of the first, and the weights after: Adam (beta1 0) turns a
     gradient element at rounding level into an update of +-lr whichever its sign, so weights may
-    differ by up to 2 lr per step where the gradient is noise; everything else within float32."""
+    differ by up to 2 lr at the first step where the gradient is noise, and by up to
+    2 lr sqrt(1 + beta2) at the second (a noise-level first gradient leaves the second step's
+    bias-corrected denominator at g2 / sqrt(1 + beta2)); everything else within float32."""
     g = torch.Generator().manual_seed(1)
     batch = {"label": torch.randint(0, 6, (2, 64, 64), generator=g), "image": torch.rand(2, 3, 64, 64, generator=g)}
     runs = []
@@ -109,9 +111,17 @@ def test_trainer_step_fast_equals_plain(monkeypatch):
     floor = 1e-2 * max(v.abs().max().item() for v in plain_grads.values())
     for name, grad in plain_grads.items():
         _close(fast_grads[name], grad, name, floor=floor)
-    bound = 2 * 2 * fast.opt_G.param_groups[0]["lr"] * 1.01
+    group = fast.opt_G.param_groups[0]
+    bound = 2 * group["lr"] * (1 + (1 + group["betas"][1]) ** 0.5) * 1.01  # two steps' worst sign flips
+    params = dict(fast.netG.named_parameters())
     for name, a in fast.netG.state_dict().items():
-        assert (a - plain_.netG.state_dict()[name]).abs().max().item() <= bound, name
+        b = plain_.netG.state_dict()[name]
+        if name in params:
+            assert (a - b).abs().max().item() <= bound, name
+        else:  # buffers follow the weights: batch-norm statistics (some means near 0: a floor), and
+            # spectral-norm power-iteration vectors, which turn with rounding where the top two singular
+            # values are close (1% of their scale measured on one CPU, 0.4% on another)
+            _close(a, b, name, rel=2e-2, floor=1e-2)
 
 
 def test_spade_fused_modulation_equals_the_formula():
