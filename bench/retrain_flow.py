@@ -77,7 +77,7 @@ def main() -> None:
         "demo_s": round(demo_s, 1),
         "drop_s": round(drop_s, 1),
         "flow_retrain_s": round(retrain_s, 1),
-        "stages_s": summary["seconds"],
+        "stages_s": summary.get("seconds", {}),  # older versions kept none
         "decision": summary["decision"],
         "dvc_repro_after_s": round(repro_s, 1),
         "dvc_repro_after_ran": ran,
@@ -86,7 +86,7 @@ def main() -> None:
     }
     rows = [("gaugan-pipeline demo (fresh clone)", result["demo_s"]), ("demo-data --drop", result["drop_s"])]
     rows += [("flow retrain", result["flow_retrain_s"])]
-    rows += [(f"  {stage}", seconds) for stage, seconds in summary["seconds"].items() if stage != "total"]
+    rows += [(f"  {stage}", seconds) for stage, seconds in result["stages_s"].items() if stage != "total"]
     rows += [("dvc repro right after", result["dvc_repro_after_s"])]
     for name, seconds in rows:
         print(f"{name:<38} {seconds:8.1f} s")
