@@ -339,12 +339,12 @@ def detect_new_data(repo: str) -> dict:
             configured,
             configured,
         )
-    versioned = track(source) if tracked else False
+    if tracked:
+        track(source)  # an upload not yet `dvc add`-ed becomes a version of its own
     changed = source_changed(root, configured)
     return {
         "source": configured,
         "tracked": tracked,
-        "versioned": versioned,
         "changed": changed,
         "changes": source_diff(root, configured) if changed and tracked else {},
     }

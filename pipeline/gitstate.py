@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -105,32 +106,33 @@ def is_pipeline_written(path: str, written: list[str]) -> bool:
     return False
 
 
+def changed_paths(root: Path | str) -> list[str]:
+    """Paths that differ from HEAD (modified, added, deleted, untracked and not ignored; a rename's new path)."""
+    entries = [
+        e for e in git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", timeout=60).split("\0") if e
+    ]
+    paths, i = [], 0
+    while i < len(entries):
+        status, path = entries[i][:2], entries[i][3:]
+        i += 2 if ("R" in status or "C" in status) else 1  # a rename's or copy's source path follows it
+        paths.append(path)
+    return paths
+
+
 def git_state(root: Path | str) -> GitState:
     """HEAD and whether the files that make a model differ from it (see the module's docstring)."""
     root = Path(root)
     if not is_git_repo(root):
         return GitState(None, False, None)
     commit = head(root)
-    raw = git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", timeout=60)
-    entries = [e for e in raw.split("\0") if e]
-    paths: list[str] = []
-    skip_next = False
-    for entry in entries:
-        if skip_next:  # the source path of a rename
-            skip_next = False
-            continue
-        status, path = entry[:2], entry[3:]
-        if "R" in status or "C" in status:
-            skip_next = True
-        paths.append(path)
     written = pipeline_written(root)
-    dirty = sorted(p for p in paths if not is_pipeline_written(p, written))
+    dirty = sorted(p for p in changed_paths(root) if not is_pipeline_written(p, written))
     if not dirty:
         return GitState(commit, False, None)
     digest = hashlib.sha256()
     for rel in dirty:
         target = root / rel
-        content = hashlib.sha256(target.read_bytes()).hexdigest() if target.is_file() else "deleted"
+        content = sha256_file(target) if target.is_file() else "deleted"
         digest.update(f"{rel}\0{content}\n".encode())
     return GitState(commit, True, digest.hexdigest(), tuple(dirty))
 

@@ -223,7 +223,7 @@ def _registry(init_from: str, tracking_uri: str | None, root: Path):
     """The version an alias points at now, and a fetch of its generator and training-state artifacts."""
     import mlflow
 
-    from pipeline.registry import check_registered, parse_registered
+    from pipeline.registry import parse_registered, registered_version
     from pipeline.tracking import mlflow_errors, require_server, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, root)
@@ -233,8 +233,7 @@ def _registry(init_from: str, tracking_uri: str | None, root: Path):
     assert parsed is not None  # parent_kind checked it
     name, alias, version = parsed
     with mlflow_errors(uri, f"resolving train.init_from {init_from}"):
-        check_registered(init_from, client)
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+        mv = registered_version(init_from, client)
     tags = dict(mv.tags or {})
     record = {
         "init_from": init_from,

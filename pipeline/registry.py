@@ -470,6 +470,19 @@ def check_registered(model: str, client) -> None:
             ) from None
 
 
+def registered_version(model: str, client):
+    """The ModelVersion that ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` names now (clear errors
+    from :func:`check_registered` for what does not exist)."""
+    parsed = parse_registered(model)
+    if parsed is None:
+        raise ModelNotFoundError(
+            f"{model!r}: not a registered version; give models:/NAME/VERSION or models:/NAME@ALIAS"
+        )
+    check_registered(model, client)
+    name, alias, version = parsed
+    return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+
+
 def load_pyfunc(model: str, tracking_uri: str | None = None):
     """Load an MLflow model URI through its pyfunc, with clear errors for what does not exist."""
     import mlflow

@@ -77,17 +77,11 @@ def weights_sha256(path: Path) -> str:
 def _registered_version(model_uri: str, tracking_uri: str):
     import mlflow
 
-    from pipeline.registry import check_registered, parse_registered
+    from pipeline.registry import registered_version
     from pipeline.tracking import mlflow_errors
 
-    parsed = parse_registered(model_uri)
-    if parsed is None:
-        raise ReproduceError(f"{model_uri!r}: give a registered version, models:/NAME/VERSION or models:/NAME@ALIAS")
-    name, alias, version = parsed
-    client = mlflow.MlflowClient(tracking_uri)
     with mlflow_errors(tracking_uri, f"reading {model_uri}"):
-        check_registered(model_uri, client)
-        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+        return registered_version(model_uri, mlflow.MlflowClient(tracking_uri))
 
 
 def reproduce(model_uri: str, repo: Path, workdir: Path | None = None, force: bool = False) -> dict:

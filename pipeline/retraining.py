@@ -227,16 +227,18 @@ def commit_retraining(root: Path, result: dict, plan: RetrainPlan | None, regist
     """One commit of what made the model (params.yaml, dvc.lock, ``.dvc`` and ``.gitignore`` files,
     the stages' uncached outputs), tagged ``model/<name>/<version>`` when this retraining
     ``registered`` that version; -> {commit, tag, branch, pushed: None} (:func:`push_ref` pushes it)."""
-    from pipeline.gitstate import current_branch, git, head, identity_args, is_pipeline_written, pipeline_written
+    from pipeline.gitstate import (
+        changed_paths,
+        current_branch,
+        git,
+        head,
+        identity_args,
+        is_pipeline_written,
+        pipeline_written,
+    )
 
-    raw = git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all")
     written = pipeline_written(root)
-    paths, entries, i = [], [e for e in raw.split("\0") if e], 0
-    while i < len(entries):
-        status, path = entries[i][:2], entries[i][3:]
-        i += 2 if ("R" in status or "C" in status) else 1
-        if _is_recipe(path) or is_pipeline_written(path, written):
-            paths.append(path)
+    paths = [p for p in changed_paths(root) if _is_recipe(p) or is_pipeline_written(p, written)]
     ident = identity_args(root)
     registration = result.get("registration") or {}
     name, version = (registration.get("name"), registration.get("version")) if registered else (None, None)

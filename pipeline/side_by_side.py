@@ -11,10 +11,8 @@ finds them up to date. The demo and the flows use it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -25,13 +23,10 @@ SIDE_BY_SIDE = ("train", "train-segmenter")  # independent stages: both read onl
 
 def changed_stages(root: Path, env: dict, stages) -> set[str]:
     """Of ``stages``, those whose command would run (``dvc status``: changed deps, params or missing outputs)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "status", "--json", *stages], cwd=root, env=env, capture_output=True
-    )
-    if proc.returncode != 0:
-        return set()  # dvc repro runs them and reports what is wrong
-    lines = proc.stdout.decode().strip().splitlines()
-    return set(json.loads(lines[-1]) if lines else {})
+    from pipeline.data_versions import dvc, last_json
+
+    proc = dvc(root, "status", "--json", *stages, check=False, env=env)
+    return set(last_json(proc.stdout)) if proc.returncode == 0 else set()  # else dvc repro says what is wrong
 
 
 def stage_command(root: Path, stage: str) -> str:

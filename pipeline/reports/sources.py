@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import ModelNotFoundError
-from pipeline.registry import check_registered, parse_registered
+from pipeline.registry import parse_registered, registered_version
 from pipeline.tracking import mlflow_errors
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -41,9 +41,8 @@ def _run_of(ref: str, client) -> tuple[str, str | None, str]:
     """-> (run id, registered version or None, label)."""
     parsed = parse_registered(ref)
     if parsed is not None:
-        check_registered(ref, client)
-        name, alias, version = parsed
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        name, alias, _ = parsed
+        mv = registered_version(ref, client)
         return mv.run_id, str(mv.version), f"{name}-v{mv.version}" + (f"-{alias}" if alias else "")
     run_id = ref[len("runs:/") :].split("/")[0] if ref.startswith("runs:/") else ref
     if not RUN_ID.match(run_id):

@@ -191,7 +191,7 @@ def _train(s: SegmenterSettings, spec, num_classes: int, hw, ignore, seed: int, 
     classifier grown to today's classes (the old classes' rows kept, new rows freshly initialised)."""
     torch.manual_seed(seed)  # initial weights (and a new head) depend on the seed only
     if parent is not None:
-        net, fresh = build_network(s.arch, num_classes, s.width), []
+        net = build_network(s.arch, num_classes, s.width)
         fresh = grow_into(net, parent["state_dict"], parent["classes"], num_classes)
         s = s.model_copy(update={"steps": s.continue_steps})
         log.info(
