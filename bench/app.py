@@ -84,9 +84,9 @@ def percentiles(times: list[float]) -> dict:
 def request_latency(model: Path, labels: np.ndarray, reps: int) -> dict:
     from fastapi.testclient import TestClient
 
-    from pipeline.app.catalog import Catalog
-    from pipeline.app.server import create_app
     from pipeline.params import load_params
+    from pipeline.serving.app.catalog import Catalog
+    from pipeline.serving.app.server import create_app
 
     settings = load_params(ROOT / "params.yaml").app
     catalog = Catalog("sqlite:///:memory:", str(model), "cpu", settings.cache_models)

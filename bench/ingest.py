@@ -225,7 +225,7 @@ def main(argv=None) -> dict:
         result["rasterize_only"] = raster_only(src)
         result["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
         # both ways produce the same maps (pipeline ids above the annotations are its background ids)
-        from pipeline.prepared_files import export_files
+        from pipeline.datasets.prepared_files import export_files
 
         a, b = tmp / "pipeline-files", tmp / "naive"
         export_files(tmp / f"out-{args.workers[0]}", a)  # the shards' maps as files

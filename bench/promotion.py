@@ -92,7 +92,7 @@ def model(work: Path, name: str, steps: int, seed: int) -> dict:
 def pairs(work: Path, short: list[str], longer: list[str]) -> list[dict]:
     """The paired bootstrap and the if_significant decision for each pair (challenger, champion)."""
     from pipeline.evaluation.evidence import Evidence, paired_bootstrap
-    from pipeline.promotion import verdict
+    from pipeline.registry.promotion import verdict
 
     s = _params(work).registry
     evidence = {n: Evidence.load(work / "outputs" / n / "evaluate" / "per_image.npz") for n in [*short, *longer]}

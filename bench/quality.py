@@ -140,7 +140,7 @@ def run_params(work: Path, num_val: int, seed: int, steps: int, train: dict):
 def batches(params, work: Path, use_instance: bool):
     import torch
 
-    from pipeline.distributed import DistContext
+    from pipeline.training.distributed import DistContext
     from pipeline.training.session import build_loader
 
     ctx = DistContext(0, 1, 0, torch.device("cpu"), None)

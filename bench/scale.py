@@ -127,7 +127,7 @@ def ingest_files(source: Path, out: Path, workers: int, old: Path | None) -> Non
     if old is None:  # no old code: the shards' ingest and an export make the same files
         tmp = out.with_name(out.name + "-shards")
         ingest_shards(source, tmp, workers)
-        from pipeline.prepared_files import export_files
+        from pipeline.datasets.prepared_files import export_files
 
         shutil.rmtree(out, ignore_errors=True)
         export_files(tmp, out)

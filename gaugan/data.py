@@ -69,7 +69,7 @@ def val_split_id(root: Path | str) -> str:
     table decides what a label value means and which classes mIoU averages over (``average: all``
     counts every scored class), and telling an appended class from one that the validation maps use
     would mean reading every label map. A changed table thus makes the registry score the champion
-    again on today's split (pipeline/promotion.py), which costs one evaluation pass, never a wrong
+    again on today's split (pipeline/registry/promotion.py), which costs one evaluation pass, never a wrong
     comparison.
     """
     manifest = read_manifest(root, ["split", "id", "source_hash"])

@@ -109,7 +109,7 @@ def prepared_export(
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Write a prepared dataset as images/, labels/, instances/, edges/ files (the bytes unchanged)."""
-    from pipeline.prepared_files import export_files
+    from pipeline.datasets.prepared_files import export_files
 
     _convert("prepared export", export_files, data or Path(_params(params).data.out), out, "written as files to")
 
@@ -123,7 +123,7 @@ def prepared_import(
     """Pack a prepared dataset of the file layout into shards (data.shard_size_mb), as ingest writes them."""
     from functools import partial
 
-    from pipeline.prepared_files import import_files
+    from pipeline.datasets.prepared_files import import_files
 
     settings = _params(params).data
     pack = partial(import_files, shard_size_mb=settings.shard_size_mb)
@@ -147,8 +147,8 @@ def demo_data(
     """Write the procedurally generated demo dataset as a plain folder source (images, labels, instances);
     with --drop, add a data drop to it instead (new training samples, optionally of a new class), and
     version it with `dvc add` when the source is tracked by DVC (as a team's upload would)."""
-    from pipeline.data_versions import dvc_file, is_tracked, track
     from pipeline.datasets.demo import add_demo_drop, write_demo_source
+    from pipeline.versioning.data_versions import dvc_file, is_tracked, track
 
     settings = _params(params).data.demo
     if drop > 0:
@@ -249,7 +249,7 @@ def synthesize(
     n_samples: int = typer.Option(1, "--n-samples", min=1, help="images per label map: OUT-0.png, OUT-1.png, ..."),
 ) -> None:
     """Turn label maps into images with a registered (or local) generator."""
-    from pipeline.synthesize import synthesize_many
+    from pipeline.serving.synthesize import synthesize_many
 
     with _reported("synthesize"):
         written = synthesize_many(
@@ -268,7 +268,7 @@ def paint_app(
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Serve the painting page and its HTTP API (/docs): paint class regions, get the image."""
-    from pipeline.app.server import serve
+    from pipeline.serving.app.server import serve
     from pipeline.tracking import resolve_tracking_uri
 
     p = _params(params, {"app.model": model, "app.host": host, "app.port": port})
@@ -295,7 +295,7 @@ def import_reference(
     champion: bool = typer.Option(False, "--champion", help="with --register: give the new version the champion alias"),
 ) -> None:
     """Turn an official NVlabs/SPADE checkpoint into a generator file that synthesize, evaluate and serving take."""
-    from pipeline.reference_import import import_reference as run
+    from pipeline.parents.reference_import import import_reference as run
 
     with _reported("import-reference"):
         summary = run(setting, checkpoint, out, encoder=encoder, register=register, champion=champion)
@@ -378,7 +378,7 @@ def flow_run(
     push: bool = typer.Option(True, "--push/--no-push", help="dvc push at the end when a default remote is set"),
 ) -> None:
     """Run the whole DVC pipeline as a Prefect flow (retries, logs, run history), then push to the DVC remote."""
-    from pipeline.flows import lean_temporary_server, pipeline_flow
+    from pipeline.orchestration.flows import lean_temporary_server, pipeline_flow
 
     lean_temporary_server()
     with _reported("flow run"):
@@ -391,7 +391,7 @@ def flow_retrain(
     force: bool = typer.Option(False, "--force", help="run even if the source data did not change"),
 ) -> None:
     """Retrain when DVC says the source data changed; commit and tag what made the model (retrain in params.yaml)."""
-    from pipeline.flows import lean_temporary_server, retrain_flow
+    from pipeline.orchestration.flows import lean_temporary_server, retrain_flow
 
     lean_temporary_server()
     with _reported("flow retrain"):
@@ -404,7 +404,7 @@ def flow_alerts(
     url: str | None = typer.Option(None, "--url", help="the webhook URL (default: prefect.failure_webhook)"),
 ) -> None:
     """On the Prefect server of PREFECT_API_URL: POST to a webhook when a deployment run of the pipeline fails."""
-    from pipeline.flows import set_failure_alert
+    from pipeline.orchestration.flows import set_failure_alert
 
     target = url or _params(params).prefect.failure_webhook
     with _reported("flow alerts"):
@@ -425,7 +425,7 @@ def schedule(
 ) -> None:
     """Serve the retraining flow on a schedule and on the new-data event (a local Prefect server unless
     PREFECT_API_URL is set)."""
-    from pipeline.flows import serve_schedule
+    from pipeline.orchestration.flows import serve_schedule
 
     with _reported("schedule"):
         serve_schedule(repo=str(repo.resolve()), cron=cron, port=port)
@@ -434,7 +434,7 @@ def schedule(
 @app.command("notify-new-data")
 def notify_new_data(repo: Path = typer.Option(Path("."), "--repo")) -> None:
     """Emit the 'new data' event that triggers the scheduled retraining deployment."""
-    from pipeline.flows import notify_new_data as emit
+    from pipeline.orchestration.flows import notify_new_data as emit
 
     with _reported("notify-new-data"):
         emit(repo=str(repo.resolve()))
@@ -454,7 +454,7 @@ def reproduce(
     """Make a registered version again from its git ref: clone, dvc pull, dvc repro (up to date?), --force retrains."""
     import json
 
-    from pipeline.reproduce import reproduce as run
+    from pipeline.versioning.reproduce import reproduce as run
 
     with _reported("reproduce"):
         report = run(model, repo, workdir, force)
@@ -466,7 +466,7 @@ def reproduce(
 @app.command()
 def demo(params: Path = PARAMS_OPTION) -> None:
     """Run the whole pipeline on the demo dataset with `dvc repro` and print where everything is."""
-    from pipeline.demo import run_demo
+    from pipeline.orchestration.demo import run_demo
 
     with _reported("demo"):
         run_demo(params)

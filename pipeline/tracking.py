@@ -198,8 +198,8 @@ def log_to_run(ref: RunRef | None, metrics: dict, tags: dict, files: list[Path],
 
 
 def git_commit(root: Path | str) -> str | None:
-    """The checked-out commit of the project (see :func:`pipeline.gitstate.git_state` for the whole state)."""
-    from pipeline.gitstate import head
+    """The checked-out commit of the project (:func:`pipeline.versioning.gitstate.git_state` gives the whole state)."""
+    from pipeline.versioning.gitstate import head
 
     return head(root)
 

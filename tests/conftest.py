@@ -199,7 +199,7 @@ def ingest_dataset(fmt: str, source: Path, out: Path, **data) -> dict:
 
 def as_files(prepared: Path) -> Path:
     """``prepared`` exported beside it as one file per map (``prepared export``: the bytes its shards hold)."""
-    from pipeline.prepared_files import export_files
+    from pipeline.datasets.prepared_files import export_files
 
     out = prepared.with_name(prepared.name + "-files")
     export_files(prepared, out)

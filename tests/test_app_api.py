@@ -75,7 +75,7 @@ def test_model_detail_has_classes_most_frequent_first_size_and_style(app_server)
 
 
 def test_images_equal_the_synthesizers_for_the_same_map_and_seed(app_server):
-    from pipeline.synthesize import load_model, render
+    from pipeline.serving.synthesize import load_model, render
 
     labels = scene()
     out = post(app_server, {"label": png_b64(labels), "seed": 7, "n_samples": 3}).json()
@@ -197,7 +197,7 @@ def test_docs_describe_the_api(app_server):
 
 
 def test_models_are_loaded_once_and_the_least_recently_used_dropped(app_registry):
-    from pipeline.app.catalog import Catalog
+    from pipeline.serving.app.catalog import Catalog
 
     catalog = Catalog(app_registry.uri, None, "cpu", cache_size=1)
     uri, first = catalog.get(None)

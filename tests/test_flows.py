@@ -96,13 +96,13 @@ def toy_repo(tmp_path_factory) -> Path:
 
 
 def test_stage_order_follows_the_dvc_graph_not_the_file_order(toy_repo):
-    from pipeline.flows import dvc_stages
+    from pipeline.orchestration.flows import dvc_stages
 
     assert dvc_stages(toy_repo) == ["count", "report"]
 
 
 def test_pipeline_flow_runs_the_stages_then_skips_them(prefect_server, toy_repo):
-    from pipeline.flows import pipeline_flow
+    from pipeline.orchestration.flows import pipeline_flow
 
     assert pipeline_flow(repo=str(toy_repo), retries=0) == {"count": "ran", "report": "ran"}
     assert (toy_repo / "out/files.txt").read_text() == "a.txt"
@@ -111,7 +111,7 @@ def test_pipeline_flow_runs_the_stages_then_skips_them(prefect_server, toy_repo)
 
 
 def test_retrain_asks_dvc_for_new_data_and_commits_what_it_ran_with(prefect_server, tmp_path):
-    from pipeline.flows import retrain_flow
+    from pipeline.orchestration.flows import retrain_flow
 
     repo = make_repo(tmp_path / "retrain", TOY, commit=True)
     start = _git_out(repo, "rev-parse", "HEAD")
@@ -143,8 +143,8 @@ def test_retrain_asks_dvc_for_new_data_and_commits_what_it_ran_with(prefect_serv
 
 
 def test_retrain_refuses_uncommitted_code_and_the_wrong_branch(prefect_server, tmp_path):
-    from pipeline.flows import retrain_flow
-    from pipeline.gitstate import GitError
+    from pipeline.orchestration.flows import retrain_flow
+    from pipeline.versioning.gitstate import GitError
 
     repo = make_repo(tmp_path / "dirty", TOY, commit=True)
     head = _git_out(repo, "rev-parse", "HEAD")
@@ -160,7 +160,7 @@ def test_retrain_refuses_uncommitted_code_and_the_wrong_branch(prefect_server, t
 
 
 def test_retrain_pushes_the_commit_and_the_data_to_the_remotes(prefect_server, tmp_path):
-    from pipeline.flows import retrain_flow
+    from pipeline.orchestration.flows import retrain_flow
 
     repo = make_repo(tmp_path / "pushed", TOY, commit=True)
     _run(tmp_path, "git", "init", "-q", "--bare", "origin.git")
@@ -175,8 +175,8 @@ def test_retrain_pushes_the_commit_and_the_data_to_the_remotes(prefect_server, t
 
 
 def test_a_refused_push_keeps_the_commit_and_says_how_to_push_it(prefect_server, tmp_path):
-    from pipeline.flows import retrain_flow
-    from pipeline.gitstate import GitError
+    from pipeline.orchestration.flows import retrain_flow
+    from pipeline.versioning.gitstate import GitError
 
     repo = make_repo(tmp_path / "refused", TOY, commit=True)
     _run(tmp_path, "git", "clone", "-q", str(repo), "clone")  # origin: a checkout whose branch is checked out
@@ -196,7 +196,7 @@ def test_a_refused_push_keeps_the_commit_and_says_how_to_push_it(prefect_server,
 @pytest.mark.parametrize("lost", ["git", "dvc"])
 def test_a_lost_remote_stops_the_retraining_naming_it_with_nothing_committed(prefect_server, tmp_path, lost):
     from pipeline.errors import PipelineError
-    from pipeline.flows import retrain_flow
+    from pipeline.orchestration.flows import retrain_flow
 
     repo = make_repo(tmp_path / f"lost-{lost}", TOY, commit=True)
     (tmp_path / "a-file").write_text("not a folder")
@@ -216,7 +216,7 @@ def test_a_lost_remote_stops_the_retraining_naming_it_with_nothing_committed(pre
 
 def test_a_failing_stage_raises_with_its_name_and_output(prefect_server, tmp_path):
     from pipeline.errors import PipelineError, StageFailed
-    from pipeline.flows import pipeline_flow
+    from pipeline.orchestration.flows import pipeline_flow
 
     repo = make_repo(
         tmp_path / "failing",
@@ -238,7 +238,7 @@ def test_a_failing_stage_raises_with_its_name_and_output(prefect_server, tmp_pat
 
 def test_a_failed_retrain_commits_nothing_and_sees_the_data_as_new_again(prefect_server, tmp_path):
     from pipeline.errors import StageFailed
-    from pipeline.flows import detect_new_data, retrain_flow
+    from pipeline.orchestration.flows import detect_new_data, retrain_flow
 
     repo = make_repo(
         tmp_path / "failing",
@@ -268,12 +268,12 @@ def test_schedule_and_new_data_trigger_create_a_run(prefect_server, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    from pipeline.flows import NEW_DATA_EVENT, build_deployment, dataset_resource_id, notify_new_data
+    from pipeline.orchestration.flows import NEW_DATA_EVENT, build_deployment, dataset_resource_id, notify_new_data
 
     repo = tmp_path / "served"
     repo.mkdir()
     deployment = build_deployment(repo, cron="0 3 * * *", name="gaugan-retrain-test")
-    assert deployment.entrypoint == "pipeline.flows.retrain_flow"
+    assert deployment.entrypoint == "pipeline.orchestration.flows.retrain_flow"
     deployment_id = deployment.apply()
 
     async def state():
@@ -318,7 +318,7 @@ def test_schedule_without_a_server_starts_a_local_one_whose_scheduler_creates_ru
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    from pipeline.flows import _api_healthy, build_deployment, local_prefect_server
+    from pipeline.orchestration.flows import _api_healthy, build_deployment, local_prefect_server
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.gitstate import git_state
+from pipeline.versioning.gitstate import git_state
 
 
 def _run(cwd: Path, *cmd: str) -> None:

@@ -161,7 +161,7 @@ def test_an_unread_step_waits_for_nothing_and_a_read_step_once(sync_counter, opt
 
 
 def test_the_training_loop_reads_once_per_logged_step(sync_counter, monkeypatch):
-    from pipeline.distributed import DistContext
+    from pipeline.training.distributed import DistContext
     from pipeline.training.loop import TrainingLoop
 
     cfg = tiny()
@@ -194,7 +194,7 @@ def test_encode_labels_checks_off_the_hot_path_only_when_asked():
 # ------------------------------------------------------------------------------------ resume placement
 def test_resume_loads_to_cpu_then_places_on_the_trainer_device(tmp_path, monkeypatch):
     import pipeline.training.checkpoints as checkpoints
-    from pipeline.distributed import DistContext
+    from pipeline.training.distributed import DistContext
     from pipeline.training.session import restore
 
     cfg = tiny()
@@ -219,7 +219,7 @@ def test_resume_loads_to_cpu_then_places_on_the_trainer_device(tmp_path, monkeyp
     assert tensors and all(t.device.type == "cpu" for t in tensors)
 
     # another rank gets the state broadcast (not from its disk) and places it itself
-    import pipeline.distributed as distributed
+    import pipeline.training.distributed as distributed
 
     def broadcast(holder, src, device=None):
         assert holder == [None] and src == 0
@@ -284,7 +284,7 @@ def test_deterministic_switches():
 
 @pytest.mark.parametrize("cuda", [False, True])
 def test_process_group_gets_the_timeout_and_nccl_the_device(monkeypatch, cuda):
-    import pipeline.distributed as distributed
+    import pipeline.training.distributed as distributed
 
     seen = {}
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -183,7 +183,7 @@ def test_a_registry_alias_is_resolved_once_and_again_only_when_it_moved(parent, 
 
     assert "moved" not in caplog.text
     second = run(parent, register)[0]  # champion moves to version 2
-    with caplog.at_level(logging.WARNING, logger="pipeline.parent"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.parents.resolve"):
         moved = run(child, resolve_parent)[0]
     assert moved["version"] == second["version"] == 2 and moved != record
     said = [r.getMessage() for r in caplog.records if "moved" in r.getMessage()]
@@ -218,7 +218,7 @@ def test_an_nvlabs_checkpoint_folder_of_any_crop_size_is_a_parent(tmp_path):
     from gaugan.parent import start_from_parent
     from gaugan.trainer import GauGANTrainer
     from pipeline.datasets.class_tables import builtin_table
-    from pipeline.parent import resolve_parent as resolve
+    from pipeline.parents.resolve import resolve_parent as resolve
     from pipeline.training.parent import load_parent_model, read_parent_record
 
     config = replace(narrow("coco-stuff"), crop_size=64, n_layers_D=2)

@@ -12,7 +12,7 @@ import pytest
 from conftest import copy_project, write_project_params
 from test_pipeline_e2e import PROJECT_FILES, TINY
 
-from pipeline.side_by_side import stage_command
+from pipeline.orchestration.side_by_side import stage_command
 
 
 def test_stage_command_is_dvc_yamls_with_params(tmp_path):

@@ -133,7 +133,7 @@ def test_dvc_repro_end_to_end_then_noop_then_only_what_changed(project):
     assert "evaluate.num_samples" in _dvc(project, "params", "diff")
 
     # code is a dependency too: a change to the registry code reruns register, and only register
-    with (root / "pipeline/registry.py").open("a") as fh:
+    with (root / "pipeline/registry/versions.py").open("a") as fh:
         fh.write("\n# a change\n")
     assert _ran(_dvc(project, "repro")) == {"resolve-parent", "register"}
 
@@ -173,7 +173,7 @@ def _cli(project: tuple[Path, dict], *args: str) -> str:
 def _restore_baseline(project: tuple[Path, dict]) -> None:
     """What earlier tests changed put back (the registry code, the failure's params), run and committed."""
     root, _ = project
-    _git(root, "checkout", "--", "pipeline/registry.py")
+    _git(root, "checkout", "--", "pipeline/registry/versions.py")
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["evaluate"]["feature_extractor"] = "tiny"
     params["evaluate"]["inception_weights"] = None

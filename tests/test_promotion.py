@@ -19,7 +19,7 @@ from gaugan.classes import ClassTable
 from gaugan.data import dataset_id, val_split_id
 from pipeline.evaluation.evidence import Evidence, metric_value, paired_bootstrap
 from pipeline.evaluation.metrics import ConfusionAccumulator, scores_from_counts
-from pipeline.promotion import verdict
+from pipeline.registry.promotion import verdict
 from pipeline.stages.evaluate import run as run_evaluate
 from pipeline.stages.register import run as run_register
 from pipeline.stages.train_segmenter import run as run_train_segmenter

@@ -24,7 +24,7 @@ from gaugan.synthesizer import Synthesizer
 from pipeline.cli import app
 from pipeline.datasets.class_tables import builtin_table
 from pipeline.errors import ReferenceImportError
-from pipeline.reference_import import import_reference, read_opt_txt
+from pipeline.parents.reference_import import import_reference, read_opt_txt
 
 NAME = "gaugan-coco-reference"
 DATASET_MODES = {"coco-stuff": "coco", "ade20k": "ade20k", "cityscapes": "cityscapes"}

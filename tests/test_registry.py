@@ -3,7 +3,7 @@
 One store per module: three trained "models" (tiny random generators, each in its own MLflow run)
 are registered in turn with FID 10, 8 and 12: the first becomes champion, the better second takes
 over, the worse third stays challenger. Then the champion is loaded back through the pyfunc
-(``models:/NAME@champion``) and through :func:`pipeline.synthesize.synthesize`.
+(``models:/NAME@champion``) and through :func:`pipeline.serving.synthesize.synthesize`.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def test_versions_carry_provenance_and_metrics(store):
 def test_champion_loads_through_pyfunc_and_synthesize(store, tmp_path):
     import mlflow
 
-    from pipeline.synthesize import synthesize
+    from pipeline.serving.synthesize import synthesize
 
     root, uri, _, _ = store
     mlflow.set_tracking_uri(uri)
@@ -192,7 +192,7 @@ def test_champion_loads_through_pyfunc_and_synthesize(store, tmp_path):
 
 def test_unknown_alias_version_or_model_lists_what_exists(store, tmp_path):
     from gaugan.errors import InputError
-    from pipeline.synthesize import synthesize
+    from pipeline.serving.synthesize import synthesize
 
     root, uri, _, _ = store
     label_png = tmp_path / "map.png"
@@ -212,7 +212,7 @@ def test_unknown_alias_version_or_model_lists_what_exists(store, tmp_path):
 
 
 def test_a_failure_after_registration_leaves_the_registry_as_it_was(store, monkeypatch):
-    import pipeline.registry as registry
+    import pipeline.registry.versions as registry
 
     root, uri, _, _ = store
     before_file = (root / "outputs/register/registration.json").read_bytes()
@@ -244,7 +244,7 @@ def test_a_failure_after_registration_leaves_the_registry_as_it_was(store, monke
 def test_a_failed_first_registration_leaves_no_registered_model(store, monkeypatch):
     import mlflow
 
-    import pipeline.registry as registry
+    import pipeline.registry.versions as registry
 
     root, uri, _, _ = store
     fake_training(root, uri, seed=5, fid=3.0)
@@ -282,7 +282,7 @@ SAME = {
 
 
 def test_decide_direction_policy_and_comparability():
-    from pipeline.registry import decide
+    from pipeline.registry.versions import decide
 
     champion = FakeVersion(4, metric__fid="10.0", metric__miou="0.5", **SAME)
     same = dict(SAME)
@@ -300,7 +300,7 @@ def test_decide_direction_policy_and_comparability():
 
 
 def test_registry_refuses_to_compare_across_datasets_or_segmenters_and_says_which_differs():
-    from pipeline.registry import decide
+    from pipeline.registry.versions import decide
 
     champion = FakeVersion(7, metric__fid="30.0", metric__miou="0.4", **SAME)
     promoted, value, reason = decide(0.9, {**SAME, "segmenter_id": "unet-9"}, champion, "miou", True)

@@ -15,8 +15,8 @@ from PIL import Image
 from gaugan.classes import ClassTable
 from pipeline.datasets.demo import DROP_CLASSES, add_demo_drop, write_demo_source
 from pipeline.errors import MissingInputError, ParamsError
+from pipeline.orchestration.retraining import apply_plan, describe_parent, plan_retraining
 from pipeline.params import load_params, override
-from pipeline.retraining import apply_plan, describe_parent, plan_retraining
 
 
 @pytest.fixture(scope="module")

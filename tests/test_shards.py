@@ -17,8 +17,8 @@ from PIL import Image
 from gaugan.data import PreparedDataset
 from gaugan.errors import DatasetError, MissingFileError
 from pipeline.datasets.demo import generate_sample, write_demo_source
+from pipeline.datasets.prepared_files import export_files, import_files
 from pipeline.errors import IngestError
-from pipeline.prepared_files import export_files, import_files
 
 DEMO = {"num_train": 24, "num_val": 4, "width": 32, "height": 24, "seed": 5}
 SHARD_MB = 24 * 1024 / 2**20  # 24 KiB: a few samples per shard, so the demo makes several

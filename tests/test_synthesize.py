@@ -44,7 +44,7 @@ def plain(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("h,w", [(64, 64), (48, 80), (50, 37)])
 def test_output_has_the_label_maps_size(plain, tmp_path, h, w):
-    from pipeline.synthesize import synthesize
+    from pipeline.serving.synthesize import synthesize
 
     out = synthesize(str(plain), label_png(tmp_path / "l.png", h, w), tmp_path / "deep/out.png")
     image = Image.open(out)
@@ -53,7 +53,7 @@ def test_output_has_the_label_maps_size(plain, tmp_path, h, w):
 
 
 def test_palette_png_is_read_as_raw_indices(plain, tmp_path):
-    from pipeline.synthesize import read_png, synthesize
+    from pipeline.serving.synthesize import read_png, synthesize
 
     pal = label_png(tmp_path / "p.png", 64, 64, palette=True)
     gray = label_png(tmp_path / "g.png", 64, 64)
@@ -65,7 +65,7 @@ def test_palette_png_is_read_as_raw_indices(plain, tmp_path):
 
 
 def test_instance_map_changes_the_image_and_label_stands_in_without_one(tmp_path):
-    from pipeline.synthesize import synthesize
+    from pipeline.serving.synthesize import synthesize
 
     gen = tiny_generator(tmp_path / "inst.pt", seed=1, use_instance=True)
     lab = label_png(tmp_path / "l.png", 64, 64)
@@ -80,7 +80,7 @@ def test_instance_map_changes_the_image_and_label_stands_in_without_one(tmp_path
 
 
 def test_seed_fixes_the_style_of_a_multimodal_model(tmp_path):
-    from pipeline.synthesize import synthesize
+    from pipeline.serving.synthesize import synthesize
 
     gen = tiny_generator(tmp_path / "vae.pt", seed=2, use_vae=True)
     lab = label_png(tmp_path / "l.png", 40, 40)  # resized to the fixed 64x64 and back
@@ -93,7 +93,7 @@ def test_seed_fixes_the_style_of_a_multimodal_model(tmp_path):
 
 
 def test_a_map_painted_in_the_class_colours_gives_the_same_image(plain, tmp_path):
-    from pipeline.synthesize import synthesize
+    from pipeline.serving.synthesize import synthesize
 
     labels = np.array(Image.open(label_png(tmp_path / "g.png", 48, 80)))
     labels[labels == 255] = 0  # class 0 is black here, the colour of dontcare: the palette cannot tell them apart
@@ -112,7 +112,7 @@ def test_a_map_painted_in_the_class_colours_gives_the_same_image(plain, tmp_path
 
 
 def test_clear_errors(plain, tmp_path):
-    from pipeline.synthesize import synthesize
+    from pipeline.serving.synthesize import synthesize
 
     bad = np.zeros((32, 32), dtype=np.uint8)
     bad[0, :3] = [4, 9, 254]
@@ -138,7 +138,7 @@ def test_clear_errors(plain, tmp_path):
 
 
 def test_parse_registered_uris():
-    from pipeline.registry import parse_registered
+    from pipeline.registry.versions import parse_registered
 
     assert parse_registered("models:/gaugan-coco-stuff@champion") == ("gaugan-coco-stuff", "champion", None)
     assert parse_registered("models:/gaugan-ade20k/3") == ("gaugan-ade20k", None, "3")
@@ -172,7 +172,7 @@ def test_folded_spectral_norm_gives_the_eval_forwards_images(tmp_path):
 
 
 def test_style_image_samples_and_folders(tmp_path):
-    from pipeline.synthesize import synthesize_many
+    from pipeline.serving.synthesize import synthesize_many
 
     gen = str(tiny_generator(tmp_path / "vae.pt", seed=2, use_vae=True))
     maps = tmp_path / "maps"

@@ -188,7 +188,7 @@ def test_prefect_yaml_deploys_both_flows_on_the_gaugan_pool():
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.importtools import import_object
 
-    from pipeline.flows import NEW_DATA_EVENT, dataset_resource_id
+    from pipeline.orchestration.flows import NEW_DATA_EVENT, dataset_resource_id
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     (pull,) = spec["pull"]

@@ -179,7 +179,7 @@ open("out.txt", "w").write(open("in.txt").read())
 def test_two_dvc_repro_at_once_in_one_workspace_corrupt_nothing(team_stack, tmp_path, monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    import pipeline.flows as flows
+    import pipeline.orchestration.flows as flows
 
     env = base_env()
     (tmp_path / "dvc.yaml").write_text(SLOW)

@@ -233,13 +233,13 @@ def _label_png(root: Path, out: Path) -> Path:
 
 
 def _synthesized(generator: Path, label: Path, out: Path) -> np.ndarray:
-    from pipeline.synthesize import synthesize
+    from pipeline.serving.synthesize import synthesize
 
     return np.asarray(Image.open(synthesize(str(generator), label, out)))
 
 
 def test_the_registered_model_loads_in_an_empty_working_copy(workspace, tmp_path, monkeypatch):
-    from pipeline.synthesize import synthesize
+    from pipeline.serving.synthesize import synthesize
 
     label = _label_png(workspace.root, tmp_path / "label.png")
     empty = tmp_path / "empty"

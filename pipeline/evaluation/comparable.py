@@ -102,7 +102,7 @@ def style_source(use_vae: bool, vae_style: str) -> str:
 def comparability_record(
     dataset_id: str, split_id: str, num_images: int, hw: tuple[int, int], style: str, backbone: str, segmenter_id: str
 ) -> dict[str, str]:
-    """The tags two evaluations must share to be compared (see ``pipeline.registry.comparability_keys``),
+    """The tags two evaluations must share to be compared (see ``pipeline.registry.versions.comparability_keys``),
     and the whole dataset's id (provenance only)."""
     return {
         "eval_dataset_id": dataset_id,

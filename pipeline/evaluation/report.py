@@ -23,9 +23,9 @@ from pipeline.evaluation.feature_stats import fid_bootstrap, precision_recall, s
 from pipeline.evaluation.inputs import EvaluationInputs
 from pipeline.evaluation.metrics import compute_kid
 from pipeline.evaluation.scoring import SplitScores, Stopwatch
-from pipeline.grids import sample_grid, write_png
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text, json_safe, sha256_file
 from pipeline.params import EvaluateSettings
+from pipeline.reports.grids import sample_grid, write_png
 
 UNMAPPED = "(no dataset class)"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io import atomic_write_json, atomic_write_text
-from pipeline.registry import comparability_differences
+from pipeline.registry.versions import comparability_differences
 from pipeline.reports.charts import iou_difference_chart, iou_differences, loss_chart
 from pipeline.reports.html import render_html
 from pipeline.reports.sources import ModelSide, load_side
@@ -116,7 +116,7 @@ def build_report(
     log_to_mlflow: bool = True,
 ) -> Path:
     """Write the report of ``ref_a`` vs ``ref_b`` under ``out_dir``; returns the HTML file's path."""
-    from pipeline.grids import write_png
+    from pipeline.reports.grids import write_png
 
     with tempfile.TemporaryDirectory(prefix="gaugan-compare-") as tmp:
         a, b = (load_side(ref, tracking_uri, Path(tmp)) for ref in (ref_a, ref_b))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import ModelNotFoundError
-from pipeline.registry import parse_registered, registered_version
+from pipeline.registry.versions import parse_registered, registered_version
 from pipeline.tracking import mlflow_errors
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")

@@ -4,10 +4,10 @@ Reads ``train.model_out`` (the generator file), ``<evaluate.out_dir>/metrics.jso
 ``per_image.npz`` and ``<train.out_dir>/run.json`` (the training run), then:
 
 0. with ``register.promote: if_significant``, weighs the challenger against the current champion
-   (``pipeline/promotion.py``): the champion's stored per-image evidence, or the champion scored
+   (``pipeline/registry/promotion.py``): the champion's stored per-image evidence, or the champion scored
    again now on today's validation split with today's backbone and segmenter (hence this stage's
    dependence on the prepared data, the segmenter, ``weights/`` and the ``evaluate`` settings);
-1. logs the pyfunc model (``pipeline/serving.py``) into the training run as ``generator``, the
+1. logs the pyfunc model (``pipeline/serving/pyfunc.py``) into the training run as ``generator``, the
    raw generator file as the plain artifact ``checkpoint/<file>``, the training state
    (``train.state_out``) as ``checkpoint/train_state.pt``, so any version can be continued
    elsewhere (``train.init_from: models:/NAME/VERSION``), and the per-image evidence as
@@ -17,7 +17,7 @@ Reads ``train.model_out`` (the generator file), ``<evaluate.out_dir>/metrics.jso
    parent_run_id, parent_uri, ...), the FID backbone and evaluation resolution, and every number
    in metrics.json as ``metric.<key>``;
 3. points ``challenger`` at it, and ``champion`` too when ``register.promote`` says so
-   (``pipeline/registry.py`` takes turns and undoes everything if a later step fails); with
+   (``pipeline/registry/versions.py`` takes turns and undoes everything if a later step fails); with
    ``if_significant`` the version gets ``promotion_*`` tags (both values, interval, decision);
 4. writes ``register.out`` (name, version, aliases, promoted, metric, value, the champion before,
    the reason, the comparison, the model URI, the run).
@@ -33,8 +33,15 @@ from pipeline.errors import MissingInputError
 from pipeline.evaluation.evidence import EVIDENCE_FILE
 from pipeline.evaluation.external_segmenters import EXTERNAL_ARCHS
 from pipeline.params import Params, scoped
-from pipeline.promotion import EvidenceJudge, log_evidence
-from pipeline.registry import log_model, parent_version_tags, read_metric, register_version, tag_run, version_tags
+from pipeline.registry.promotion import EvidenceJudge, log_evidence
+from pipeline.registry.versions import (
+    log_model,
+    parent_version_tags,
+    read_metric,
+    register_version,
+    tag_run,
+    version_tags,
+)
 from pipeline.tracking import read_run_ref, require_server
 
 PARAMS = (

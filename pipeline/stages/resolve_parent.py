@@ -4,7 +4,7 @@
 ``init_from: null`` it writes ``parent.json`` ``{"init_from": null, "kind": "none"}`` without
 touching MLflow, and a parent whose files are already there is not fetched again. Its output
 changes only when the parent did (an alias moved to another version, a file changed), and the train
-stage, which depends on the folder, reruns exactly then. The work is in ``pipeline/parent.py``.
+stage, which depends on the folder, reruns exactly then. The work is in ``pipeline/parents/resolve.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from pipeline.params import Params, scoped
-from pipeline.parent import resolve_parent
+from pipeline.parents.resolve import resolve_parent
 
 PARAMS = ("train.init_from", "train.parent_dir", "mlflow.tracking_uri")
 log = logging.getLogger(__name__)

@@ -25,9 +25,9 @@ from pathlib import Path
 from gaugan.classes import ClassTable
 from gaugan.data import dataset_id
 from gaugan.numerics import set_deterministic
-from pipeline.distributed import init_distributed, shutdown
 from pipeline.params import Params, scoped
 from pipeline.training.checkpoints import CheckpointStore
+from pipeline.training.distributed import init_distributed, shutdown
 from pipeline.training.loop import TrainingLoop
 from pipeline.training.parent import parent_identity, read_parent_record
 from pipeline.training.session import (

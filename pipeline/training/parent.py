@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# what the resolve-parent stage (pipeline/parent.py) writes into train.parent_dir
+# what the resolve-parent stage (pipeline/parents/resolve.py) writes into train.parent_dir
 PARENT_JSON = "parent.json"
 GENERATOR_FILE = "generator.pt"
 STATE_FILE = "train_state.pt"

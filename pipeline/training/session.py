@@ -20,19 +20,19 @@ from gaugan.errors import GauGANError
 from gaugan.parent import ParentModel, start_from_parent
 from gaugan.trainer import GauGANTrainer
 from gaugan.transforms import Geometry
-from pipeline.distributed import DistContext, broadcast_object
 from pipeline.errors import TrackingError, TrainError
-from pipeline.gitstate import git_state
 from pipeline.io import atomic_write_json, atomic_write_text
-from pipeline.lineage import dvc_lineage
 from pipeline.params import Params
+from pipeline.registry.lineage import dvc_lineage
 from pipeline.tracking import RunRef, Tracker, require_server, resolve_tracking_uri, write_run_ref
 from pipeline.training.checkpoints import CheckpointStore, losses_csv
+from pipeline.training.distributed import DistContext, broadcast_object
 from pipeline.training.loader import build_train_loader
 from pipeline.training.loop import TrainingLoop
 from pipeline.training.parent import load_parent_model, parent_summary, parent_tags
 from pipeline.training.samples import SampleMaker
 from pipeline.training.settings import model_config, train_options
+from pipeline.versioning.gitstate import git_state
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ SIDE_BY_SIDE = ("train", "train-segmenter")  # independent stages: both read onl
 
 def changed_stages(root: Path, env: dict, stages) -> set[str]:
     """Of ``stages``, those whose command would run (``dvc status``: changed deps, params or missing outputs)."""
-    from pipeline.data_versions import dvc, last_json
+    from pipeline.versioning.data_versions import dvc, last_json
 
     proc = dvc(root, "status", "--json", *stages, check=False, env=env)
     return set(last_json(proc.stdout)) if proc.returncode == 0 else set()  # else dvc repro says what is wrong

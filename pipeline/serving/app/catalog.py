@@ -1,6 +1,6 @@
 """What the app can serve: the registry's models (names, aliases, versions, their tags) and the loaded ones.
 
-Models are loaded once (spectral norm folded, :func:`pipeline.synthesize.load_model`) and kept in
+Models are loaded once (spectral norm folded, :func:`pipeline.serving.synthesize.load_model`) and kept in
 a small least-recently-used cache keyed by URI. The page gets each model's class table with the
 prepared dataset's class frequencies (``<data.out>/stats.json``) when that dataset has the same
 classes as the model; otherwise classes keep their index order.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gaugan.errors import InputError
 from pipeline.errors import ModelNotFoundError
-from pipeline.registry import CHAMPION, check_registered, parse_registered
+from pipeline.registry.versions import CHAMPION, check_registered, parse_registered
 from pipeline.tracking import mlflow_errors
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class Catalog:
 
     def get(self, uri: str | None):
         """The Synthesizer of ``uri`` (checked, loaded once, the least recently used dropped)."""
-        from pipeline.synthesize import load_model
+        from pipeline.serving.synthesize import load_model
 
         uri = self.check_uri(uri)
         with self._lock:

@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.errors import ParamsError
 from pipeline.io import atomic_write_text
 from pipeline.params import Params, load_params, parse_params
-from pipeline.registry import CHAMPION
+from pipeline.registry.versions import CHAMPION
 
 
 @dataclass
@@ -200,7 +200,7 @@ def prepare_commit(root: Path, settings) -> str | None:
     ``retrain.git_branch`` when one is set, with nothing uncommitted but the recipe (params.yaml,
     ``.dvc`` and ``.gitignore`` files) and what the pipeline writes. Returns the git remote to push
     to (the branch's upstream, else origin; None when there is none)."""
-    from pipeline.gitstate import GitError, current_branch, git_state, is_git_repo, push_remote
+    from pipeline.versioning.gitstate import GitError, current_branch, git_state, is_git_repo, push_remote
 
     if not is_git_repo(root):
         raise GitError(
@@ -227,7 +227,7 @@ def commit_retraining(root: Path, result: dict, plan: RetrainPlan | None, regist
     """One commit of what made the model (params.yaml, dvc.lock, ``.dvc`` and ``.gitignore`` files,
     the stages' uncached outputs), tagged ``model/<name>/<version>`` when this retraining
     ``registered`` that version; -> {commit, tag, branch, pushed: None} (:func:`push_ref` pushes it)."""
-    from pipeline.gitstate import (
+    from pipeline.versioning.gitstate import (
         changed_paths,
         current_branch,
         git,
@@ -260,7 +260,7 @@ def commit_retraining(root: Path, result: dict, plan: RetrainPlan | None, regist
 def push_ref(root: Path, ref: dict, remote: str) -> None:
     """The retraining's branch and tag to the git remote; a refusal leaves them local (the version's
     tags already name the commit) and says how to push them."""
-    from pipeline.gitstate import GitError, git
+    from pipeline.versioning.gitstate import GitError, git
 
     refs = ([f"HEAD:refs/heads/{ref['branch']}"] if ref["branch"] else []) + (
         [f"refs/tags/{ref['tag']}"] if ref["tag"] else []

@@ -66,8 +66,8 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from pipeline.errors import MissingInputError, PipelineError, StageFailed  # noqa: E402
 from pipeline.io import atomic_write_json, digest  # noqa: E402
-from pipeline.retraining import RetrainPlan  # noqa: E402
-from pipeline.tools import tool_env  # noqa: E402
+from pipeline.orchestration.retraining import RetrainPlan  # noqa: E402
+from pipeline.orchestration.tools import tool_env  # noqa: E402
 
 NEW_DATA_EVENT = "gaugan.dataset.updated"
 RETRAIN_SUMMARY = Path(".gaugan") / "retrain_summary.json"
@@ -271,7 +271,7 @@ def run_stages(
 
     The two training stages, when both would run and the machine has several cores, run side by
     side instead (:func:`side_by_side_stages`; each gets the pair's seconds)."""
-    from pipeline.side_by_side import SIDE_BY_SIDE
+    from pipeline.orchestration.side_by_side import SIDE_BY_SIDE
 
     run_stage = dvc_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
     outcomes: dict[str, str] = {}
@@ -295,8 +295,8 @@ def run_stages(
 @task(name="dvc-stages-side-by-side", cache_policy=NO_CACHE, tags=["dvc-workspace"])
 def side_by_side_stages(stages: list[str], repo: str) -> list[str]:
     """Of ``stages``, those that would run, when more than one: run at once (the cores shared out) and
-    recorded with ``dvc commit`` (:mod:`pipeline.side_by_side`); -> the stages run (none: left to DVC)."""
-    from pipeline.side_by_side import changed_stages, run_side_by_side
+    recorded with ``dvc commit`` (:mod:`pipeline.orchestration.side_by_side`); -> the stages run (none: left to DVC)."""
+    from pipeline.orchestration.side_by_side import changed_stages, run_side_by_side
 
     root = Path(repo)
     env = tool_env(root)
@@ -322,8 +322,8 @@ def detect_new_data(repo: str) -> dict:
     add``: its ``.dvc`` file changes, the files go to DVC's cache). Then ``dvc status``: the source's
     hash against the one ``dvc.lock`` holds; ``dvc diff``: how many files moved since the last commit.
     """
-    from pipeline.data_versions import is_tracked, source_changed, source_diff, track
     from pipeline.params import load_params
+    from pipeline.versioning.data_versions import is_tracked, source_changed, source_diff, track
 
     root = Path(repo)
     configured = load_params(root / "params.yaml").data.source
@@ -353,8 +353,8 @@ def detect_new_data(repo: str) -> dict:
 @task(name="plan-retraining", cache_policy=NO_CACHE)
 def plan_retraining_task(repo: str) -> RetrainPlan:
     """Decide finetune or scratch (``retrain`` in params.yaml) and write the training settings it needs."""
+    from pipeline.orchestration.retraining import apply_plan, plan_retraining
     from pipeline.params import load_params
-    from pipeline.retraining import apply_plan, plan_retraining
 
     root = Path(repo)
     plan = plan_retraining(load_params(root / "params.yaml"), root)
@@ -365,7 +365,7 @@ def plan_retraining_task(repo: str) -> RetrainPlan:
 def check_remotes(repo: str, dvc_remote: bool, git_remote: str | None, source: str | None) -> None:
     """Before anything is trained or registered: the git remote answers (``git ls-remote``) and the
     DVC remote takes the raw data (``dvc push`` of the source's ``.dvc``); else a clear error."""
-    from pipeline.gitstate import check_remote
+    from pipeline.versioning.gitstate import check_remote
 
     root = Path(repo)
     if git_remote is not None:
@@ -375,7 +375,7 @@ def check_remotes(repo: str, dvc_remote: bool, git_remote: str | None, source: s
 
 
 def _push_to_dvc_remote(root: Path, targets: list[str]) -> None:
-    from pipeline.data_versions import DVCError, dvc
+    from pipeline.versioning.data_versions import DVCError, dvc
 
     remote = default_remote(root)
     try:
@@ -392,7 +392,7 @@ def _push_to_dvc_remote(root: Path, targets: list[str]) -> None:
 def commit_result(repo: str, result: dict, plan: RetrainPlan, registered: bool, git_remote: str | None) -> dict:
     """One commit of what made the model, tagged with its version; the version and its run get the
     ref (``git_ref``, ``git_tag``); then the push to the git remote, if any. -> the ref."""
-    from pipeline.retraining import commit_retraining, push_ref, record_ref
+    from pipeline.orchestration.retraining import commit_retraining, push_ref, record_ref
 
     root = Path(repo)
     ref = commit_retraining(root, result, plan, registered)
@@ -419,9 +419,9 @@ def retrain_flow(repo: str = ".", force: bool = False, retries: int = 1) -> dict
     ``git_ref`` and ``git_tag``. The summary (with each stage's seconds) is printed, returned and
     written to ``.gaugan/retrain_summary.json``.
     """
+    from pipeline.orchestration.retraining import prepare_commit
+    from pipeline.orchestration.retraining import summary as retrain_summary
     from pipeline.params import load_params
-    from pipeline.retraining import prepare_commit
-    from pipeline.retraining import summary as retrain_summary
 
     started = time.perf_counter()
     root = Path(repo).resolve()

@@ -24,10 +24,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pipeline.data_versions import dvc, last_json
 from pipeline.errors import PipelineError
-from pipeline.gitstate import git
 from pipeline.io import sha256_file
+from pipeline.versioning.data_versions import dvc, last_json
+from pipeline.versioning.gitstate import git
 
 ALWAYS_CHANGED = ("resolve-parent",)  # stages DVC runs every time (always_changed): not staleness
 
@@ -77,7 +77,7 @@ def weights_sha256(path: Path) -> str:
 def _registered_version(model_uri: str, tracking_uri: str):
     import mlflow
 
-    from pipeline.registry import registered_version
+    from pipeline.registry.versions import registered_version
     from pipeline.tracking import mlflow_errors
 
     with mlflow_errors(tracking_uri, f"reading {model_uri}"):
@@ -177,7 +177,7 @@ def _repro_train(workdir: Path, tracking_uri: str, threads: int | None):
     import subprocess
     import sys
 
-    from pipeline.tools import tool_env
+    from pipeline.orchestration.tools import tool_env
 
     env = {**tool_env(workdir), "MLFLOW_TRACKING_URI": tracking_uri}
     if threads:

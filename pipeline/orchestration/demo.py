@@ -2,7 +2,7 @@
 
 It writes the demo source and versions it with DVC (``data/raw/demo.dvc``), runs ingest and
 resolve-parent, the two training stages side by side on a CPU with several cores
-(:mod:`pipeline.side_by_side`), then lets ``dvc repro`` run the rest. The commands are dvc.yaml's
+(:mod:`pipeline.orchestration.side_by_side`), then lets ``dvc repro`` run the rest. The commands are dvc.yaml's
 own; a later ``dvc repro`` finds everything up to date.
 """
 
@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.orchestration.side_by_side import SIDE_BY_SIDE, changed_stages, run_side_by_side
+from pipeline.orchestration.tools import tool_env
 from pipeline.params import load_params
-from pipeline.side_by_side import SIDE_BY_SIDE, changed_stages, run_side_by_side
-from pipeline.tools import tool_env
 
 
 def ensure_demo_source(params_path: Path, root: Path) -> None:
     """Write the demo source when missing, and version it with DVC (``<source>.dvc``, to commit with git)."""
-    from pipeline.data_versions import dvc_file, is_tracked, track
     from pipeline.datasets.demo import write_demo_source
+    from pipeline.versioning.data_versions import dvc_file, is_tracked, track
 
     params = load_params(params_path)
     source = root / params.data.source

@@ -40,7 +40,7 @@ DATASET_MODES = {"coco": "coco-stuff", "ade20k": "ade20k", "cityscapes": "citysc
 
 def parent_kind(init_from: str | None, root: Path) -> str:
     """none | registry | file | reference, refusing what is none of them."""
-    from pipeline.registry import is_mlflow_uri, parse_registered
+    from pipeline.registry.versions import is_mlflow_uri, parse_registered
 
     if init_from is None:
         return "none"
@@ -153,7 +153,7 @@ def _reference_folder(folder: Path, record: dict):
     """An NVlabs/SPADE checkpoint folder: its G (required), E and D, read and checked by the
     import-reference reader, become a training state (``train_state.pt``) that train loads as any;
     ``sources`` records the original files' hashes."""
-    from pipeline.reference_import import find_files
+    from pipeline.parents.reference_import import find_files
 
     find_files(folder)  # refuses a folder without latest_net_G.pth, naming what it has
     names = [n for n in REFERENCE_FILES if (folder / n).is_file()]
@@ -171,7 +171,7 @@ def convert_reference(folder: Path, out: Path, sources: dict) -> None:
     opt.txt, from the number of label channels); crop size and aspect ratio from opt.txt; D's
     architecture from its shapes. No EMA and no optimizer moments (the reference keeps none)."""
     from gaugan.checkpoint import save_train_state
-    from pipeline.reference_import import (
+    from pipeline.parents.reference_import import (
         KNOWN_CHANNELS,
         find_files,
         generator_shapes,
@@ -223,7 +223,7 @@ def _registry(init_from: str, tracking_uri: str | None, root: Path):
     """The version an alias points at now, and a fetch of its generator and training-state artifacts."""
     import mlflow
 
-    from pipeline.registry import parse_registered, registered_version
+    from pipeline.registry.versions import parse_registered, registered_version
     from pipeline.tracking import mlflow_errors, require_server, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, root)

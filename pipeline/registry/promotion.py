@@ -30,15 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from gaugan.checkpoint import load_generator
-from pipeline.distributed import pick_device
 from pipeline.errors import EvaluationError
 from pipeline.evaluation.evidence import EVIDENCE_FILE, Evidence, paired_bootstrap
 from pipeline.evaluation.inputs import EvaluationInputs, classes_beyond, full_float32, load_inputs
 from pipeline.evaluation.report import evidence
 from pipeline.evaluation.scoring import real_feature_cache, score_split
 from pipeline.params import Params
-from pipeline.registry import CHAMPION, Decision
+from pipeline.registry.versions import CHAMPION, Decision
 from pipeline.tracking import RunRef, mlflow_errors, resume_run
+from pipeline.training.distributed import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def log_evidence(ref: RunRef, path: Path) -> None:
 
 
 class EvidenceJudge:
-    """``judge(champion) -> Decision`` for :func:`pipeline.registry.register_version` (decisions cached per version)."""
+    """``judge(champion) -> Decision`` for :func:`~pipeline.registry.versions.register_version` (cached per version)."""
 
     def __init__(self, params: Params, root: Path, evidence_path: Path, tags: dict[str, str], tracking_uri: str):
         self.params, self.root, self.tags, self.uri = params, Path(root), tags, tracking_uri

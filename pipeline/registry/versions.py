@@ -3,7 +3,7 @@
 One registered model per dataset (``register.model_name`` or ``gaugan-<dataset>``). Each new
 version gets the alias ``challenger``; ``champion`` moves to it when ``register.promote`` says so,
 or when there is no champion yet. By default (``if_significant``) a paired bootstrap over the
-validation images must show it better on ``register.metric`` (``pipeline/promotion.py``, which
+validation images must show it better on ``register.metric`` (``pipeline/registry/promotion.py``, which
 scores the champion again when its evaluation was made on other terms); ``if_better`` compares the
 two recorded numbers (lower is better unless ``register.greater_is_better``), and only when both
 evaluations used the same validation split (``eval_split_id``: its samples and class table; the
@@ -15,7 +15,7 @@ version deleted, a registered model created by that call deleted).
 Registrations of one model running at the same time take turns (:func:`register_version`), so
 exactly one champion results.
 
-Lookups (:func:`load_pyfunc`; :func:`pipeline.synthesize.load_model` over it also takes a local
+Lookups (:func:`load_pyfunc`; :func:`pipeline.serving.synthesize.load_model` over it also takes a local
 generator file) accept ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or any other MLflow model
 URI, and say what exists when a name, alias or version does not.
 """
@@ -115,7 +115,7 @@ def version_tags(metrics: dict, meta: dict, dataset: str, generator: Path, root:
     backbone_name = backbone.get("name") if isinstance(backbone, dict) else backbone
     tags = {
         "git_commit": meta.get("git_commit") or git_commit(root) or "",
-        # as the training run saw the workspace (pipeline.gitstate); a file without them says nothing
+        # as the training run saw the workspace (pipeline.versioning.gitstate); a file without them says nothing
         "git_dirty": str(meta.get("git_dirty", "")),
         "git_diff_sha256": str(meta.get("git_diff_sha256", "")),
         "dataset": dataset,
@@ -198,7 +198,7 @@ def log_model(
     both); -> mlflow's ModelInfo."""
     import mlflow
 
-    from pipeline.serving import log_generator_model
+    from pipeline.serving.pyfunc import log_generator_model
 
     with resume_run(ref):
         info = log_generator_model(model_path, config)
@@ -249,7 +249,7 @@ def register_version(
     same registrations made one after the other would give. ``value`` None: a model registered
     without an evaluation (an imported reference checkpoint); then ``settings.promote`` must be
     'always' or 'never'. ``judge(champion)`` decides instead of :func:`decide` (``if_significant``,
-    :class:`pipeline.promotion.EvidenceJudge`); its slow work is done before the turn where it can be.
+    :class:`pipeline.registry.promotion.EvidenceJudge`); its slow work is done before the turn where it can be.
     """
     import mlflow
 

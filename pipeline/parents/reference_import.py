@@ -485,7 +485,7 @@ def import_tags(meta: dict, classes: ClassTable) -> dict[str, str]:
 def register_import(tracker, out: Path, model: ReferenceModel, meta: dict, name: str, champion: bool) -> dict:
     """Log the model into the import's run and register it as a new version of ``name``."""
     from pipeline.params import RegisterSettings
-    from pipeline.registry import log_model, register_version, tag_run
+    from pipeline.registry.versions import log_model, register_version, tag_run
     from pipeline.tracking import RunRef
 
     if meta["reference"]["opt_txt"]:

@@ -32,9 +32,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from gaugan.errors import GauGANError, InputError
-from pipeline.app.catalog import Catalog, model_uri
 from pipeline.errors import ModelNotFoundError, TrackingError
-from pipeline.synthesize import decode_png, label_indices, render, style_image
+from pipeline.serving.app.catalog import Catalog, model_uri
+from pipeline.serving.synthesize import decode_png, label_indices, render, style_image
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"

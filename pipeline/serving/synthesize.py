@@ -6,7 +6,7 @@ map is a single-channel PNG of class indices (palette images give their indices,
 colours), or an RGB PNG painted in the model's class colours. The image has the label map's size
 (:meth:`gaugan.synthesizer.Synthesizer.synthesize` handles sizes and checks values). Models with a
 style encoder take a style image and give several samples (seed, seed + 1, ...). A folder of label
-maps gives a folder of images. The painting app (``pipeline/app``) decodes its uploads here too.
+maps gives a folder of images. The painting app (``pipeline/serving/app``) decodes its uploads here too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from gaugan.errors import InputError
 from pipeline.errors import MissingInputError, ModelNotFoundError
-from pipeline.grids import write_png
+from pipeline.reports.grids import write_png
 
 MAX_SEED = 2**31 - 1
 
@@ -28,7 +28,7 @@ MAX_SEED = 2**31 - 1
 def load_model(model: str, tracking_uri: str | None = None, device: str = "auto"):
     """A Synthesizer ready for serving (spectral norm folded) from an MLflow URI or a generator file."""
     from gaugan.synthesizer import Synthesizer
-    from pipeline.registry import is_mlflow_uri, load_pyfunc
+    from pipeline.registry.versions import is_mlflow_uri, load_pyfunc
 
     if is_mlflow_uri(model):  # the pyfunc folds when it loads
         return load_pyfunc(model, tracking_uri).unwrap_python_model().synth

@@ -1,0 +1,1 @@
+"""The MLflow model registry: registering versions, promotion on evidence, and the data lineage a version carries."""
