@@ -17,6 +17,7 @@ from gaugan.config import GauGANConfig
 from gaugan.encoder import ConvEncoder
 from gaugan.errors import CheckpointError, MissingFileError
 from gaugan.generator import SPADEGenerator
+from gaugan.networks import build_encoder, build_generator
 
 FORMAT = "gaugan-generator/1"
 STATE_FORMAT = "gaugan-train-state/1"
@@ -93,7 +94,7 @@ def save_generator(
 def save_train_state(path: Path | str, parts: dict, config: GauGANConfig, classes: ClassTable, meta: dict) -> None:
     """Write {format, config, classes, meta, G, E, D, ema[, opt_G, opt_D, scaler_G, scaler_D]} atomically.
 
-    ``parts``: :meth:`gaugan.trainer.GauGANTrainer.export_state` (CPU tensors). G is the live
+    ``parts``: :meth:`gaugan.trainer.GauGANTrainer.state_dict` of named parts (CPU tensors). G is the live
     generator and ``ema`` its average (the generator file's weights); it loads with
     ``torch.load(weights_only=True)``. Kept apart from the generator file, which serving reads.
     """
@@ -131,11 +132,11 @@ def load_generator(path: Path | str, device: torch.device | str = "cpu") -> Load
         )
         raise CheckpointError(f"{path}: not a GauGAN generator file (format {found!r}, expected {FORMAT!r}){hint}")
     config = GauGANConfig.from_dict(payload["config"])
-    netG = SPADEGenerator(config)
+    netG = build_generator(config)
     _load_strict(netG, payload["G"], f"{path} [G]")
     netE = None
     if config.use_vae and payload.get("E") is not None:
-        netE = ConvEncoder(config)
+        netE = cast(ConvEncoder, build_encoder(config))
         _load_strict(netE, payload["E"], f"{path} [E]")
         netE = netE.to(device).eval().requires_grad_(False)
     netG = netG.to(device).eval().requires_grad_(False)

@@ -139,25 +139,3 @@ def reference_setting(name: str, use_vae: bool = False) -> GauGANConfig:
     if name not in REFERENCE_SETTINGS:
         raise ConfigError(f"unknown reference setting {name!r}; choose one of {sorted(REFERENCE_SETTINGS)}")
     return GauGANConfig(**REFERENCE_SETTINGS[name], use_vae=use_vae)
-
-
-def parameter_counts(config: GauGANConfig) -> dict[str, int]:
-    """Trainable parameters of G, D (and E when use_vae), counted as the reference does.
-
-    The networks are built on the meta device: nothing is allocated, so this is instant even for
-    the 100M-parameter reference generators.
-    """
-    import torch
-
-    from gaugan.discriminator import MultiscaleDiscriminator
-    from gaugan.encoder import ConvEncoder
-    from gaugan.generator import SPADEGenerator
-
-    def count(module) -> int:
-        return sum(p.numel() for p in module.parameters())
-
-    with torch.device("meta"):
-        counts = {"G": count(SPADEGenerator(config)), "D": count(MultiscaleDiscriminator(config))}
-        if config.use_vae:
-            counts["E"] = count(ConvEncoder(config))
-    return counts

@@ -4,8 +4,9 @@ Layout: ``manifest.parquet`` (one row per sample), ``classes.json`` (the :class:
 the samples' bytes: tar shards under ``shards/`` (what ingest writes; the manifest gives each
 sample's shard and byte range), or one file per map under ``images/``, ``labels/`` (uint8/uint16
 class indices, 255 = dontcare), ``instances/`` (ids, 0 = none) and ``edges/`` (the layout of
-``gaugan-pipeline prepared export``). :class:`PreparedDataset` reads both, and every stage uses it.
-Label PNGs are read as raw indices, never converted.
+``gaugan-pipeline prepared export``). :class:`PreparedDataset` reads both, and every stage uses it;
+shards through :class:`gaugan.shards.ShardReader`, the reader ingest checks kept samples with.
+The layout's names are in ``gaugan.layout``. Label PNGs are read as raw indices, never converted.
 
 A prepared dataset has one identity, :func:`dataset_id`: a hash of its class table and of the
 manifest's (split, id, source hash) rows. Generator and segmenter files, MLflow runs and registered
@@ -19,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +28,8 @@ from torch.utils.data import Dataset
 
 from gaugan.classes import ClassTable
 from gaugan.errors import DatasetError, MissingFileError
-from gaugan.layout import KINDS, SHARD_COLUMNS
-
-MANIFEST_FILE = "manifest.parquet"
-SPLITS = ("train", "val")
+from gaugan.layout import KINDS, MANIFEST_FILE, SHARD_COLUMNS, SPLITS, isnull
+from gaugan.shards import ShardReader, member_data
 
 
 def read_manifest(root: Path | str, columns: list[str] | None = None):
@@ -114,7 +112,7 @@ class PreparedDataset(Dataset):
         self.transform = transform
         self.load_instances = load_instances
         self.sharded = "shard" in rows.columns and bool(rows["shard"].notna().all())
-        self._store = _ShardStore(self.root, rows) if self.sharded else _FileStore(self.root, rows)
+        self._store = _ShardStore(self.root, split, rows) if self.sharded else _FileStore(self.root, rows)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -155,7 +153,7 @@ class _FileStore:
 
     def __init__(self, root: Path, rows):
         self.root = root
-        self.paths = {k: [None if _isnull(v) else str(v) for v in rows[k]] if k in rows else None for k in KINDS}
+        self.paths = {k: [None if isnull(v) else str(v) for v in rows[k]] if k in rows else None for k in KINDS}
 
     def where(self, index: int, sample_id: str, kind: str = "label") -> str:
         paths = self.paths[kind]
@@ -177,10 +175,11 @@ class _FileStore:
 
 
 class _ShardStore:
-    """Samples inside tar shards: each row gives its shard, its byte range (offset, length, sha256)
-    and each member's data offset and size (absolute in the shard; -1 where absent)."""
+    """Samples inside tar shards, read by :class:`gaugan.shards.ShardReader`: each row gives its shard,
+    its byte range (offset, length, sha256) and each member's data offset and size (absolute in the
+    shard; -1 where absent)."""
 
-    def __init__(self, root: Path, rows):
+    def __init__(self, root: Path, split: str, rows):
         missing = set(SHARD_COLUMNS) - set(rows.columns)
         if missing:
             raise DatasetError(
@@ -196,51 +195,20 @@ class _ShardStore:
         ).reshape(len(rows), len(KINDS), 2)
         for k, kind in enumerate(KINDS):  # a map the manifest names no member for is absent
             self.members[rows[kind].isna().to_numpy(), k, 0] = -1
-        self.root = root
-        self._fds: dict[int, int] = {}
-        self._pid = os.getpid()
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fds": {}}  # descriptors do not travel to spawned loader workers
+        self.split = split
+        self.reader = ShardReader(root)
 
     def where(self, index: int, sample_id: str, kind: str = "") -> str:
-        member = f", member {kind}" if kind else ""
-        return f"{self.root / self.shards[self.shard_of[index]]} (sample {sample_id!r}{member})"
-
-    def _fd(self, code: int, sample_id: str) -> int:
-        if self._pid != os.getpid():  # a forked loader worker opens its own descriptors
-            self._fds, self._pid = {}, os.getpid()
-        if code not in self._fds:
-            path = self.root / self.shards[code]
-            try:
-                self._fds[code] = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                raise MissingFileError(
-                    f"{path}: shard missing (needed for sample {sample_id!r}); restore it with `dvc pull` / "
-                    "`dvc checkout`, or re-run the ingest stage"
-                ) from None
-        return self._fds[code]
+        return self.reader.where(self.shards[self.shard_of[index]], sample_id, self.split, kind)
 
     def read(self, index: int, sample_id: str, skip: tuple[str, ...] = ()) -> dict[str, bytes | None]:
-        code = int(self.shard_of[index])
-        start, length = int(self.offset[index]), int(self.length[index])
-        fd = self._fd(code, sample_id)
-        data = os.pread(fd, length, start)  # one read of the whole sample
-        where = self.where(index, sample_id)
-        if len(data) != length:
-            raise DatasetError(
-                f"{where}: the manifest points at bytes {start}..{start + length} but the shard ends at "
-                f"{os.fstat(fd).st_size} (truncated or replaced); restore it with `dvc pull` or re-run the ingest stage"
-            )
-        if hashlib.sha256(data).digest() != self.sha[index].tobytes():
-            raise DatasetError(
-                f"{where}: corrupt bytes {start}..{start + length} (sha256 differs from the manifest); "
-                "restore the shard with `dvc pull` / `dvc checkout`, or re-run the ingest stage"
-            )
+        start = int(self.offset[index])
+        shard, sha = self.shards[self.shard_of[index]], self.sha[index].tobytes()
+        data = self.reader.read(shard, start, int(self.length[index]), sha, sample_id, self.split)
         out: dict[str, bytes | None] = {}
         for k, kind in enumerate(KINDS):
             off, size = (int(v) for v in self.members[index, k])
-            out[kind] = None if off < 0 or kind in skip else data[off - start : off - start + size]
+            out[kind] = None if kind in skip else member_data(data, start, off, size)
         return out
 
 
@@ -249,8 +217,3 @@ def _factorize(values) -> tuple[np.ndarray, list[str]]:
 
     codes, uniques = pd.factorize(values, sort=True)
     return codes, [str(u) for u in uniques]
-
-
-def _isnull(value) -> bool:
-    """Missing manifest path: None, or NaN/empty as some parquet readers return it."""
-    return value is None or (isinstance(value, float) and value != value) or value == ""

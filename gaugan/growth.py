@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import torch
 
+from gaugan.choices import CLASS_REMAPS
 from gaugan.classes import ClassTable
 from gaugan.config import GauGANConfig
 from gaugan.errors import CheckpointError
-
-REMAPS = ("strict", "by_name")
 
 
 def class_index_map(parent: ClassTable, child: ClassTable, remap: str, source: str) -> list[int]:
@@ -29,8 +28,8 @@ def class_index_map(parent: ClassTable, child: ClassTable, remap: str, source: s
     classes appended); a renamed or reordered class is refused naming its index and both names.
     ``by_name``: each parent class goes to the child's class of the same name, wherever it is.
     """
-    if remap not in REMAPS:
-        raise CheckpointError(f"class remap must be one of {REMAPS}, got {remap!r}")
+    if remap not in CLASS_REMAPS:
+        raise CheckpointError(f"class remap must be one of {CLASS_REMAPS}, got {remap!r}")
     if remap == "by_name":
         where: dict[str, int] = {}
         for i, name in enumerate(child.names):

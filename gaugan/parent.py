@@ -135,7 +135,7 @@ def start_from_parent(
         parts.update(_grown_moments(trainer, parent, index, channels))
     elif moments:
         warnings.append(f"{parent.source} holds no optimizer moments (saved with weights only): Adam starts fresh")
-    trainer.load_parts(parts)
+    trainer.load_state_dict(parts, fine_tune=True)
     return warnings
 
 

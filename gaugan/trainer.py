@@ -33,7 +33,7 @@ from gaugan.checkpoint import CheckpointError
 from gaugan.checkpoint import unwrap as _unwrap
 from gaugan.config import GauGANConfig
 from gaugan.discriminator import MultiscaleDiscriminator
-from gaugan.encoder import ConvEncoder, reparameterize
+from gaugan.encoder import ConvEncoder
 from gaugan.encoding import encode_labels
 from gaugan.errors import ConfigError, InputError, NonFiniteLossError
 from gaugan.generator import SPADEGenerator
@@ -49,11 +49,11 @@ from gaugan.losses import (
     gan_g_loss,
     kl_loss,
 )
+from gaugan.networks import GeneratorModel, build_discriminator
 from gaugan.weight_init import INIT_TYPES, init_weights
 
 __all__ = [
     "GauGANTrainer",
-    "GeneratorModel",
     "NonFiniteLossError",
     "TrainOptions",
     "convert_sync_batchnorm",
@@ -62,6 +62,9 @@ __all__ = [
 ]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# the parts of :meth:`GauGANTrainer.state_dict` that a training-state file keeps
+NETWORK_PARTS = ("G", "E", "D", "ema")
+OPTIMIZER_PARTS = ("opt_G", "opt_D", "scaler_G", "scaler_D")
 
 
 @dataclass
@@ -74,8 +77,8 @@ class TrainOptions:
     lambda_vgg: float = LAMBDA_VGG  # 0 turns the VGG loss (and its weights file) off
     lambda_kld: float = LAMBDA_KLD
     vgg_weights: str | None = None  # None: the torch hub cache
-    ema_decay: float | None = 0.999
-    ema_warmup: bool = False  # decay of update t: min(ema_decay, (1 + t) / (10 + t)) (see ema_decay_at)
+    ema_decay: float | None = 0.995  # with the warm-up: measured better than none and than 0.999 (bench/quality.py)
+    ema_warmup: bool = True  # decay of update t: min(ema_decay, (1 + t) / (10 + t)) (see ema_decay_at)
     ema_start_step: int = 0  # the EMA copies G until this many steps are applied, then averages
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on the trainer's device; GradScaler for fp16)
     channels_last: bool = False
@@ -118,23 +121,6 @@ class TrainOptions:
             )
 
 
-class GeneratorModel(nn.Module):
-    """G and, for multimodal models, the style encoder E: one module, so one DDP wraps both."""
-
-    def __init__(self, config: GauGANConfig):
-        super().__init__()
-        self.netG = SPADEGenerator(config)
-        self.netE = ConvEncoder(config) if config.use_vae else None
-
-    def forward(self, semantics: torch.Tensor, image: torch.Tensor | None = None):
-        """-> (fake, mu, logvar); mu/logvar are None without an encoder or a style image."""
-        mu = logvar = z = None
-        if self.netE is not None and image is not None:
-            mu, logvar = self.netE(image)
-            z = reparameterize(mu, logvar)  # noise from torch's global RNG
-        return self.netG(semantics, z), mu, logvar
-
-
 class GauGANTrainer:
     """``train_step(batch)`` -> losses. Batch: ``label`` integer [B,H,W] (255 = dontcare), ``image``
     float [B,3,H,W] in [-1, 1] or uint8 [B,3,H,W], ``edge`` float [B,1,H,W] (or uint8, 255 on
@@ -148,7 +134,7 @@ class GauGANTrainer:
             self.device = torch.device("cuda", torch.cuda.current_device())
         # built and initialised on the CPU, so the initial weights do not depend on the device
         self.generator = init_weights(GeneratorModel(config), options.init_type, options.init_variance).to(self.device)
-        self.discriminator = init_weights(MultiscaleDiscriminator(config), options.init_type, options.init_variance)
+        self.discriminator = init_weights(build_discriminator(config), options.init_type, options.init_variance)
         self.discriminator = self.discriminator.to(self.device)
         self.vgg_loss: VGGLoss | None = None
         if options.lambda_vgg > 0:
@@ -533,9 +519,13 @@ class GauGANTrainer:
         model = model.to(self.device).eval().requires_grad_(False)
         return model.netG, model.netE
 
-    def state_dict(self) -> dict:
-        """Everything a resumed run needs (not the RNG states); loads with ``weights_only=True``."""
-        return {
+    def state_dict(self, parts: tuple[str, ...] | None = None) -> dict:
+        """The trainer's state. All of it (``parts`` None) is what a resumed run needs: the networks, the
+        optimizers, the fp16 scalers, the step and the skip counters, as the trainer's own tensors (it
+        loads with ``weights_only=True``; RNG states are the caller's). Named ``parts``
+        (:data:`NETWORK_PARTS`, :data:`OPTIMIZER_PARTS`) are what continuing elsewhere needs
+        (:func:`gaugan.checkpoint.save_train_state`), copied onto the CPU."""
+        state = {
             "G": self.netG.state_dict(),
             "E": self.netE.state_dict() if self.netE is not None else None,
             "D": self.netD.state_dict(),
@@ -547,34 +537,38 @@ class GauGANTrainer:
             "step": self.step,
             "counters": self._counters.state_dict(),
         }
+        return state if parts is None else _to_cpu({k: state[k] for k in parts})
 
-    def export_state(self, full: bool) -> dict:
-        """What continuing elsewhere needs, on the CPU: G (live), E, D, the EMA, and with ``full`` the
-        optimizer moments and gradient-scaler states (:func:`gaugan.checkpoint.save_train_state`)."""
-        parts: dict = {
-            "G": self.netG.state_dict(),
-            "E": self.netE.state_dict() if self.netE is not None else None,
-            "D": self.netD.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-        }
-        if full:
-            parts.update(opt_G=self.opt_G.state_dict(), opt_D=self.opt_D.state_dict())
-            parts.update(scaler_G=self.scaler_G.state_dict(), scaler_D=self.scaler_D.state_dict())
-        return _to_cpu(parts)
-
-    def load_parts(self, parts: dict) -> None:
-        """Start from another model's networks, at step 0 (a fine-tune, not a resume): G and, where given,
-        E, D, the EMA (else it starts from the loaded G), the optimizer moments (``opt_G``/``opt_D``:
-        only their per-parameter state; this run's learning rates and betas stay) and the fp16 scaler
-        states. What is not given keeps its fresh initial value. The step counter, the learning-rate
-        schedule and the skip counters start over."""
-        self.netG.load_state_dict(parts["G"])
-        if self.netE is not None and parts.get("E") is not None:
-            self.netE.load_state_dict(parts["E"])
-        if parts.get("D") is not None:
-            self.netD.load_state_dict(parts["D"])
+    def load_state_dict(self, state: dict, fine_tune: bool = False) -> None:
+        """Continue from :meth:`state_dict` (every part required), or with ``fine_tune`` start from another
+        model's parts at step 0: G and, where given, E, D, the EMA (else it starts from the loaded G),
+        the optimizer moments (only their per-parameter state: this run's learning rates and betas
+        stay) and the fp16 scaler states; what is not given keeps its fresh initial value, and the
+        step counter, the learning-rate schedule and the skip counters start over."""
+        self.netG.load_state_dict(state["G"])
+        if self.netE is not None and (state.get("E") is not None or not fine_tune):
+            if state.get("E") is None:
+                raise CheckpointError("this model has a style encoder (use_vae) but the state has no 'E' weights")
+            self.netE.load_state_dict(state["E"])
+        if state.get("D") is not None or not fine_tune:
+            self.netD.load_state_dict(state["D"])
+        if fine_tune:
+            self._load_optimizer_moments(state)
+        else:
+            self.opt_G.load_state_dict(state["opt_G"])
+            self.opt_D.load_state_dict(state["opt_D"])
+            self.scaler_G.load_state_dict(state["scaler_G"])
+            self.scaler_D.load_state_dict(state["scaler_D"])
         if self.ema is not None:
-            self.ema.load_state_dict(parts.get("ema") or _unwrap(self.generator).state_dict())
+            # a state without an EMA starts the average from the loaded weights
+            self.ema.load_state_dict(state.get("ema") or _unwrap(self.generator).state_dict())
+        self.step = 0 if fine_tune else int(state["step"])
+        self._counters = _StepCounters(self.device)
+        if not fine_tune:
+            self._counters.load_state_dict(state.get("counters") or {"applied": self.step})
+        self._apply_lr_schedule()
+
+    def _load_optimizer_moments(self, parts: dict) -> None:
         for key, optimizer in (("opt_G", self.opt_G), ("opt_D", self.opt_D)):
             if parts.get(key) is not None:
                 own = optimizer.state_dict()
@@ -582,27 +576,6 @@ class GauGANTrainer:
         for key, scaler in (("scaler_G", self.scaler_G), ("scaler_D", self.scaler_D)):
             if parts.get(key) and scaler.is_enabled():
                 scaler.load_state_dict(parts[key])
-        self.step = 0
-        self._counters = _StepCounters(self.device)
-        self._apply_lr_schedule()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.netG.load_state_dict(state["G"])
-        if self.netE is not None:
-            if state.get("E") is None:
-                raise CheckpointError("this model has a style encoder (use_vae) but the state has no 'E' weights")
-            self.netE.load_state_dict(state["E"])
-        self.netD.load_state_dict(state["D"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        self.scaler_G.load_state_dict(state["scaler_G"])
-        self.scaler_D.load_state_dict(state["scaler_D"])
-        if self.ema is not None:
-            # a state saved without EMA starts the average from the loaded weights
-            self.ema.load_state_dict(state.get("ema") or _unwrap(self.generator).state_dict())
-        self.step = int(state["step"])
-        self._counters.load_state_dict(state.get("counters") or {"applied": self.step})
-        self._apply_lr_schedule()
 
 
 MAX_SKIPPED_IN_A_ROW = 50  # fp16 steps skipped one after the other: no scale is that wrong, the run diverged

@@ -27,21 +27,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gaugan.choices import PREPROCESS_MODES
 from gaugan.classes import DONTCARE
 from gaugan.config import size_hw
 from gaugan.edges import instance_edges
 from gaugan.errors import ConfigError, InputError
-
-PREPROCESS_MODES = (
-    "resize_and_crop",
-    "scale_width_and_crop",
-    "scale_width",
-    "scale_shortside_and_crop",
-    "scale_shortside",
-    "crop",
-    "fixed",
-    "none",
-)
 
 
 def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -354,7 +354,8 @@ def model_info(
     from rich.console import Console
     from rich.table import Table
 
-    from gaugan.config import parameter_counts, reference_setting
+    from gaugan.config import reference_setting
+    from gaugan.networks import parameter_counts
 
     names = [setting] if setting else ["coco-stuff", "ade20k", "cityscapes"]
     table = Table("setting", "G", "D", "E")
@@ -454,7 +455,7 @@ def reproduce(
     """Make a registered version again from its git ref: clone, dvc pull, dvc repro (up to date?), --force retrains."""
     import json
 
-    from pipeline.versioning.reproduce import reproduce as run
+    from pipeline.orchestration.reproduce import reproduce as run
 
     with _reported("reproduce"):
         report = run(model, repo, workdir, force)

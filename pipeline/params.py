@@ -18,6 +18,7 @@ from typing import Any, Literal, cast
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gaugan.choices import ClassRemap, PreprocessMode
 from pipeline.errors import ParamsError, UndeclaredParamError
 
 DatasetFormat = Literal["demo", "coco-stuff", "ade20k", "ade20k-full", "cityscapes", "spade", "folder"]
@@ -95,16 +96,7 @@ class TrainSettings(_Section):
     accumulation: int = Field(ge=1)
     d_fake: Literal["reuse", "regenerate"]
     kl_reduction: Literal["mean", "sum"]
-    preprocess_mode: Literal[
-        "resize_and_crop",
-        "scale_width_and_crop",
-        "scale_width",
-        "scale_shortside_and_crop",
-        "scale_shortside",
-        "crop",
-        "fixed",
-        "none",
-    ]
+    preprocess_mode: PreprocessMode
     lambda_feat: float = Field(ge=0)
     lambda_vgg: float = Field(ge=0)
     lambda_kld: float = Field(ge=0)
@@ -134,7 +126,7 @@ class TrainSettings(_Section):
     state_out: str
     init_from: str | None = Field(min_length=1)
     init_optimizer: bool
-    class_remap: Literal["strict", "by_name"]
+    class_remap: ClassRemap
     parent_dir: str
 
     @model_validator(mode="after")

@@ -197,13 +197,6 @@ def log_to_run(ref: RunRef | None, metrics: dict, tags: dict, files: list[Path],
     return ref.run_id
 
 
-def git_commit(root: Path | str) -> str | None:
-    """The checked-out commit of the project (:func:`pipeline.versioning.gitstate.git_state` gives the whole state)."""
-    from pipeline.versioning.gitstate import head
-
-    return head(root)
-
-
 def _flatten(prefix: str, value, out: dict) -> dict:
     if isinstance(value, dict):
         for k, v in value.items():

@@ -52,7 +52,7 @@ def free_port() -> int:
 def _register(client, uri: str, generator: Path, tags: dict, alias: str):
     import mlflow
 
-    from pipeline.serving.pyfunc import log_generator_model
+    from pipeline.registry.pyfunc import log_generator_model
     from pipeline.tracking import ensure_experiment
 
     mlflow.set_tracking_uri(uri)

@@ -12,8 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.distributed import pick_device
 from pipeline.errors import ParamsError
-from pipeline.training.distributed import pick_device
 
 runner = CliRunner()
 

@@ -23,7 +23,7 @@ from gaugan.checkpoint import save_generator, save_train_state
 from gaugan.encoding import encode_labels
 from gaugan.errors import CheckpointError
 from gaugan.parent import read_parent_file, start_from_parent
-from gaugan.trainer import GauGANTrainer
+from gaugan.trainer import NETWORK_PARTS, OPTIMIZER_PARTS, GauGANTrainer
 
 OLD = toy_classes(("sky", "grass", "water", "sand"))
 GROWN = toy_classes(("sky", "grass", "water", "sand", "snow", "road"))
@@ -52,7 +52,7 @@ def save_both(tmp_path, trainer: GauGANTrainer, classes, full: bool):
     """The generator file (EMA weights) and the training state, as the train stage writes them."""
     netG, netE = trainer.inference_generator()
     save_generator(tmp_path / "generator.pt", netG, netE, trainer.config, classes, {"steps": trainer.step})
-    parts = trainer.export_state(full)
+    parts = trainer.state_dict(NETWORK_PARTS + (OPTIMIZER_PARTS if full else ()))
     save_train_state(tmp_path / "state.pt", parts, trainer.config, classes, {"steps": trainer.step})
     return tmp_path / "generator.pt", tmp_path / "state.pt"
 

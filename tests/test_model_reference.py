@@ -10,10 +10,11 @@ import torch
 from conftest import tiny_config
 
 from gaugan.checkpoint import CheckpointError, load_reference_checkpoint
-from gaugan.config import parameter_counts, reference_setting
+from gaugan.config import reference_setting
 from gaugan.discriminator import MultiscaleDiscriminator
 from gaugan.encoder import ConvEncoder
 from gaugan.generator import SPADEGenerator
+from gaugan.networks import parameter_counts
 
 KEYS_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "spade_checkpoint_keys.md"
 SETTINGS = {

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 from conftest import tiny_config, train_options, trainer_weights
 
-import gaugan.trainer as trainer_module
+import gaugan.networks as networks_module
 from gaugan.config import GauGANConfig
 from gaugan.trainer import GauGANTrainer, NonFiniteLossError, TrainOptions, ema_decay_at
 
@@ -292,7 +292,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    trainer_module.reparameterize = _fixed_reparameterize
+    networks_module.reparameterize = _fixed_reparameterize
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
@@ -308,7 +308,7 @@ def test_ddp_over_gloo_matches_one_process_with_the_whole_batch(tmp_path, monkey
     batch (DDP averages; every loss, KL included, is a batch mean), and identical weights after."""
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    monkeypatch.setattr(trainer_module, "reparameterize", _fixed_reparameterize)
+    monkeypatch.setattr(networks_module, "reparameterize", _fixed_reparameterize)
     torch.manual_seed(0)
     single = _one_round(GauGANTrainer(_ddp_config(), train_options(ema_decay=None), "cpu"), 0, 1)
     for net in ("G", "E", "D"):

@@ -102,8 +102,8 @@ def test_without_a_parent_the_record_says_none_and_train_writes_a_state_beside_t
 
 def test_a_fine_tune_from_a_state_file_starts_from_the_parents_networks_and_records_it(parent, world, monkeypatch):
     from gaugan.data import dataset_id
-    from gaugan.trainer import GauGANTrainer
-    from pipeline.training.parent import parent_identity
+    from gaugan.trainer import NETWORK_PARTS, OPTIMIZER_PARTS, GauGANTrainer
+    from pipeline.parents.record import ParentRecord
     from pipeline.training.settings import settings_fingerprint
 
     state_file = parent / "models/train_state.pt"
@@ -112,7 +112,7 @@ def test_a_fine_tune_from_a_state_file_starts_from_the_parents_networks_and_reco
     original = GauGANTrainer.train_step
 
     def first_step(self, batch, read=True):
-        seen.setdefault("state", {**self.export_state(full=True), "step": self.step})
+        seen.setdefault("state", {**self.state_dict(NETWORK_PARTS + OPTIMIZER_PARTS), "step": self.step})
         return original(self, batch, read)
 
     monkeypatch.setattr(GauGANTrainer, "train_step", first_step)
@@ -138,7 +138,7 @@ def test_a_fine_tune_from_a_state_file_starts_from_the_parents_networks_and_reco
     params = load_params(child / "params.yaml")
     fingerprint = load(child / "runs/train/last.pt")["fingerprint"]
     data = dataset_id(child / "data/prepared")
-    assert fingerprint == settings_fingerprint(params, data, parent_identity(record))
+    assert fingerprint == settings_fingerprint(params, data, ParentRecord.from_json(record).identity())
     assert fingerprint != settings_fingerprint(params, data, None)
 
 
@@ -218,17 +218,19 @@ def test_an_nvlabs_checkpoint_folder_of_any_crop_size_is_a_parent(tmp_path):
     from gaugan.parent import start_from_parent
     from gaugan.trainer import GauGANTrainer
     from pipeline.datasets.class_tables import builtin_table
+    from pipeline.parents.record import ParentRecord
     from pipeline.parents.resolve import resolve_parent as resolve
-    from pipeline.training.parent import load_parent_model, read_parent_record
+    from pipeline.training.parent import load_parent_model
 
     config = replace(narrow("coco-stuff"), crop_size=64, n_layers_D=2)
     nets = reference_folder(tmp_path / "coco_64", config, "coco-stuff")
     write_opt_txt(tmp_path / "coco_64/opt.txt", "coco-stuff", config, crop_size=64, load_size=72)
-    record = resolve("coco_64", tmp_path / "parent", None, tmp_path)
+    record = resolve("coco_64", tmp_path / "parent", None, tmp_path).to_json()
     assert record["kind"] == "reference" and list(record["files"]) == ["train_state.pt"]
     assert sorted(record["sources"]) == ["latest_net_D.pth", "latest_net_G.pth", "opt.txt"]
-    assert resolve("coco_64", tmp_path / "parent", None, tmp_path) == record  # converted again: the same bytes
-    parent = load_parent_model(tmp_path / "parent", read_parent_record(tmp_path / "parent", "coco_64"))
+    again = resolve("coco_64", tmp_path / "parent", None, tmp_path).to_json()
+    assert again == record  # converted again: the same bytes
+    parent = load_parent_model(tmp_path / "parent", ParentRecord.load(tmp_path / "parent", "coco_64"))
     assert parent.config.crop_size == 64 and parent.config.ndf == 4 and parent.config.n_layers_D == 2
     classes = builtin_table("coco-stuff")
     torch.manual_seed(3)
@@ -241,6 +243,6 @@ def test_an_nvlabs_checkpoint_folder_of_any_crop_size_is_a_parent(tmp_path):
     (tmp_path / "coco_64/latest_net_D.pth").unlink()
     shutil.rmtree(tmp_path / "parent")
     resolve("coco_64", tmp_path / "parent", None, tmp_path)
-    parent = load_parent_model(tmp_path / "parent", read_parent_record(tmp_path / "parent", "coco_64"))
+    parent = load_parent_model(tmp_path / "parent", ParentRecord.load(tmp_path / "parent", "coco_64"))
     warnings = start_from_parent(GauGANTrainer(config, train_options()), parent, classes)
     assert len(warnings) == 1 and "has no discriminator (D): it starts from fresh weights" in warnings[0]

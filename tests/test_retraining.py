@@ -15,8 +15,9 @@ from PIL import Image
 from gaugan.classes import ClassTable
 from pipeline.datasets.demo import DROP_CLASSES, add_demo_drop, write_demo_source
 from pipeline.errors import MissingInputError, ParamsError
-from pipeline.orchestration.retraining import apply_plan, describe_parent, plan_retraining
+from pipeline.orchestration.retraining import apply_plan, plan_retraining
 from pipeline.params import load_params, override
+from pipeline.parents.record import ParentRecord, describe_parent
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +148,8 @@ def test_an_invalid_edit_is_refused_and_the_file_kept(tmp_path):
 
 
 def test_the_parent_is_described_in_one_line():
-    assert describe_parent({}) == "step 0 (no parent model)"
-    line = describe_parent(
-        {"kind": "registry", "init_from": "models:/m@champion", "name": "m", "version": "3", "run_id": "r1"}
-    )
+    assert describe_parent(None) == "step 0 (no parent model)"
+    line = describe_parent(ParentRecord("models:/m@champion", "registry", name="m", version=3, run_id="r1"))
     assert "version 3 of m" in line and "run r1" in line
 
 

@@ -40,17 +40,17 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from pipeline.datasets.writer import write_prepared
 from pipeline.errors import IngestError
-from pipeline.params import DataSettings
+from pipeline.params import DatasetFormat, DataSettings
 
 if TYPE_CHECKING:
     from gaugan.classes import ClassTable
     from pipeline.datasets.writer import SampleTask
 
-FORMATS = ("demo", "folder", "spade", "coco-stuff", "ade20k", "ade20k-full", "cityscapes")
+FORMATS: tuple[str, ...] = get_args(DatasetFormat)  # data.format's values, as params.yaml is validated
 # Formats whose label values have a fixed meaning: a class table given for them must have this many classes.
 CLASS_COUNTS = {"coco-stuff": 182, "ade20k": 151, "ade20k-full": 151, "cityscapes": 35}
 

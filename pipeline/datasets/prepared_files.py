@@ -14,19 +14,20 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from gaugan.classes import CLASSES_FILE
 from gaugan.data import PreparedDataset, read_manifest
-from gaugan.layout import KINDS, SHARD_COLUMNS
-from pipeline.datasets.shards import SHARD_DIR, ShardWriter, member_name, placed, sample_blob
+from gaugan.layout import KINDS, MANIFEST_FILE, SHARD_COLUMNS, SHARD_DIR, SPLITS, STATS_FILE
+from pipeline.datasets.shards import ShardWriter, member_name, placed, sample_blob
 from pipeline.errors import IngestError
 from pipeline.io import atomic_path
 
 FOLDERS = {"image": "images", "label": "labels", "instance": "instances", "edge": "edges"}
-SIDE_FILES = ("classes.json", "stats.json")
+SIDE_FILES = (CLASSES_FILE, STATS_FILE)
 
 
 def _datasets(root: Path):
     splits = set(read_manifest(root, ["split"])["split"])
-    return [PreparedDataset(root, s) for s in ("train", "val") if s in splits]
+    return [PreparedDataset(root, s) for s in SPLITS if s in splits]
 
 
 def export_files(prepared: Path, out: Path) -> int:
@@ -51,7 +52,7 @@ def export_files(prepared: Path, out: Path) -> int:
                 written.append(row)
         _side_files(prepared, tmp)
         _frame(written, [c for c in manifest.columns if c not in SHARD_COLUMNS]).to_parquet(
-            tmp / "manifest.parquet", index=False
+            tmp / MANIFEST_FILE, index=False
         )
     return len(written)
 
@@ -80,7 +81,7 @@ def import_files(files: Path, out: Path, shard_size_mb: float) -> int:
             writer.close()
         _side_files(files, tmp)
         columns = [c for c in manifest.columns if c not in SHARD_COLUMNS] + list(SHARD_COLUMNS)
-        _frame(written, columns).to_parquet(tmp / "manifest.parquet", index=False)
+        _frame(written, columns).to_parquet(tmp / MANIFEST_FILE, index=False)
     return len(written)
 
 

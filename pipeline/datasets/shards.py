@@ -11,31 +11,32 @@ size, so a reader gets one sample with one read. Blobs are position independent:
 the layout conversions copy them unchanged.
 
 Shards are per split, ``shards/<split>-<NNNNNN>.tar``, filled in (split, id) order up to
-``data.shard_size_mb`` (a sample larger than that gets a shard of its own).
+``data.shard_size_mb`` (a sample larger than that gets a shard of its own). This module writes them;
+the library's :class:`gaugan.shards.ShardReader` reads them, here (:func:`read_blob`) as in every
+stage. The layout's names (the folder, the member suffixes, the splits) are in ``gaugan.layout``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
-from gaugan.layout import KINDS
+from gaugan.errors import DatasetError, MissingFileError
+from gaugan.layout import KINDS, MEMBER_SUFFIX, SHARD_DIR, SPLITS
+from gaugan.shards import ShardReader, member_data
 from pipeline.errors import IngestError
 
 BLOCK = 512
 END = b"\0" * (2 * BLOCK)  # the end-of-archive marker: two zero blocks
-SHARD_DIR = "shards"
-SUFFIX = {"label": ".label.png", "instance": ".instance.png", "edge": ".edge.png"}
-_NAME = re.compile(r"^(train|val)-(\d{6})\.tar$")
+_NAME = re.compile(rf"^({'|'.join(SPLITS)})-(\d{{6}})\.tar$")
 
 
 def member_name(sample_id: str, kind: str, image_ext: str = ".png") -> str:
     """The tar member of one map of a sample (WebDataset: key ``sample_id``, extension after it)."""
-    return f"{sample_id}{image_ext if kind == 'image' else SUFFIX[kind]}"
+    return f"{sample_id}{image_ext if kind == 'image' else MEMBER_SUFFIX[kind]}"
 
 
 def _header(name: str, size: int) -> bytes:
@@ -122,33 +123,19 @@ class ShardWriter:
 
 
 def read_blob(root: Path, row: dict) -> bytes:
-    """A sample's blob from its shard under ``root``, checked; errors name the shard and the sample."""
-    path = Path(root) / str(row["shard"])
-    start, length = int(row["offset"]), int(row["length"])
-    where = f"{path} (sample {row['id']!r} of the {row['split']} split)"
-    fix = f"restore the shard (`dvc checkout` / `dvc pull`) or delete {Path(root)} to prepare every sample again"
+    """A sample's blob from its shard under ``root``, read and checked by the library's one reader
+    (:class:`gaugan.shards.ShardReader`); a missing, truncated or corrupt shard is an
+    :class:`IngestError` naming the shard, the sample and the fix, which stops ingest."""
+    sha256 = bytes.fromhex(str(row["sha256"]))
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise IngestError(f"{where}: shard missing; {fix}") from None
-    try:
-        data, size = os.pread(fd, length, start), os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-    if len(data) != length:
-        raise IngestError(
-            f"{where}: the manifest points at bytes {start}..{start + length} but the shard ends at {size} "
-            f"(truncated); {fix}"
-        )
-    if hashlib.sha256(data).hexdigest() != row["sha256"]:
-        raise IngestError(f"{where}: corrupt bytes {start}..{start + length} (sha256 differs from the manifest); {fix}")
-    return data
+        with ShardReader(root) as reader:
+            return reader.read(
+                str(row["shard"]), int(row["offset"]), int(row["length"]), sha256, str(row["id"]), str(row["split"])
+            )
+    except (DatasetError, MissingFileError) as err:
+        raise IngestError(str(err)) from None
 
 
 def member(blob: bytes, row: dict, kind: str) -> bytes | None:
     """One member's bytes from a blob read with :func:`read_blob` (None where absent)."""
-    off = int(row[f"{kind}_offset"])
-    if off < 0:
-        return None
-    rel = off - int(row["offset"])
-    return blob[rel : rel + int(row[f"{kind}_size"])]
+    return member_data(blob, int(row["offset"]), int(row[f"{kind}_offset"]), int(row[f"{kind}_size"]))

@@ -3,10 +3,11 @@
 Each source sample is a :class:`SampleTask`. A worker hashes the sample's source files (plus the
 parser settings and per-sample metadata, ``task.tag`` and ``task.meta``). When the hash equals the
 one in the existing manifest, the sample is *reused*: its blob is read back from its shard and checked
-against the manifest's sha256 (a truncated, corrupt or missing shard stops ingest naming the shard
-and the sample), and its label's class pixel counts come from the manifest (``label_classes``,
-``label_pixels``), so nothing is decoded. Otherwise the sample is loaded, validated and encoded into
-a blob (shards.py), and the parent appends it to a *new* shard of its split.
+against the manifest's sha256 by the reader every stage uses (``gaugan.shards``; a truncated, corrupt
+or missing shard stops ingest naming the shard and the sample), and its label's class pixel counts
+come from the manifest (``label_classes``, ``label_pixels``), so nothing is decoded. Otherwise the
+sample is loaded, validated and encoded into a blob (shards.py), and the parent appends it to a
+*new* shard of its split.
 
 Old shards whose samples are all kept are hard-linked into the new tree (copied where links are
 impossible), so they stay byte-identical and DVC pushes only the new ones. Samples removed or
@@ -37,13 +38,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from gaugan.classes import DONTCARE, ClassTable
+from gaugan.classes import CLASSES_FILE, DONTCARE, ClassTable
 from gaugan.edges import instance_edges
-from gaugan.layout import KINDS, SHARD_COLUMNS
+from gaugan.layout import KINDS, MANIFEST_FILE, SHARD_COLUMNS, SHARD_DIR, SPLITS, STATS_FILE, isnull
 from pipeline.datasets.common import ImageData, encode_png
 from pipeline.datasets.shards import (
     END,
-    SHARD_DIR,
     ShardWriter,
     member,
     member_name,
@@ -55,7 +55,6 @@ from pipeline.datasets.shards import (
 from pipeline.errors import IngestError
 from pipeline.io import atomic_path, atomic_write_json
 
-SPLITS = ("train", "val")
 # the label values present in a sample (255 = dontcare included) and their pixel counts: what an
 # incremental ingest needs of a kept sample for stats.json, without decoding its label map
 COUNT_COLUMNS = ("label_classes", "label_pixels")
@@ -118,10 +117,6 @@ def sample_hash(task: SampleTask) -> str:
     return h.hexdigest()
 
 
-def _isnull(v) -> bool:
-    return v is None or (isinstance(v, float) and v != v) or v == ""
-
-
 @dataclass(frozen=True)
 class _Job:
     task: SampleTask
@@ -157,7 +152,7 @@ def _reuse(job: _Job, digest: str) -> tuple[dict, np.ndarray] | None:
     blob = read_blob(Path(job.old_root), prev)  # a bad shard is an IngestError that stops the run
     counts = _stored_counts(prev, blob)
     row: dict[str, Any] = {
-        k: (None if _isnull(prev.get(k)) and k in ("instance", "edge") else prev.get(k))
+        k: (None if isnull(prev.get(k)) and k in ("instance", "edge") else prev.get(k))
         for k in MANIFEST_COLUMNS
         if k not in COUNT_COLUMNS
     }
@@ -291,7 +286,7 @@ def _prewarm() -> None:
 def _old_state(out: Path, classes: ClassTable) -> dict:
     """Rows of the existing output that may be reused: the same dataset kind and dontcare value, and a
     class table that the new one equals or extends (classes appended: every old label stays valid)."""
-    manifest, table = out / "manifest.parquet", out / "classes.json"
+    manifest, table = out / MANIFEST_FILE, out / CLASSES_FILE
     if not (manifest.is_file() and table.is_file()):
         return {}
     try:
@@ -321,7 +316,7 @@ def recover(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
     if not out.exists():
         parked = sorted(out.parent.glob(f".{out.name}.old-*")) if out.parent.is_dir() else []
-        if parked and (parked[-1] / "manifest.parquet").is_file():
+        if parked and (parked[-1] / MANIFEST_FILE).is_file():
             os.replace(parked[-1], out)
 
 
@@ -362,8 +357,10 @@ def write_prepared(
         dontcare = classes.contain_dontcare_label
         jobs = [_Job(t, old_rows.get((t.split, t.id)), str(out), label_nc, dataset, dontcare) for t in tasks]
         jobs.sort(key=lambda j: (j.task.split, j.task.id))  # shards fill in manifest order
-        first = {s: 1 + max((shard_index(r["shard"]) for r in old_rows.values() if r["split"] == s), default=-1)
-                 for s in SPLITS}  # fmt: skip
+        first = {
+            s: 1 + max((shard_index(r["shard"]) for r in old_rows.values() if r["split"] == s), default=-1)
+            for s in SPLITS
+        }
         writers = {s: ShardWriter(tmp, s, first[s], int(shard_size_mb * 2**20)) for s in SPLITS}
         # closing(): on failure the pool is shut down before atomic_path removes the tree it writes into
         with closing(_results(jobs, workers, progress, executor)) as results:
@@ -386,8 +383,8 @@ def write_prepared(
         shards["written"] = sorted(n for w in writers.values() for n in w.written)
         stats = _stats(rows, counts, label_nc, skipped, fmt, dataset, source, done["processed"], done["reused"])
         _write_manifest(tmp, rows)
-        atomic_write_json(tmp / "classes.json", classes.to_dict())
-        atomic_write_json(tmp / "stats.json", {**stats, "shards": shards})
+        atomic_write_json(tmp / CLASSES_FILE, classes.to_dict())
+        atomic_write_json(tmp / STATS_FILE, {**stats, "shards": shards})
     return {**stats, "shards": shards}
 
 
@@ -410,7 +407,7 @@ def _write_manifest(tmp: Path, rows: list[dict]) -> None:
     frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).sort_values(["split", "id"], kind="stable")
     ints = ["width", "height", "offset", "length", *(f"{k}_{f}" for k in KINDS for f in ("offset", "size"))]
     frame = frame.astype(dict.fromkeys(ints, "int64")).reset_index(drop=True)
-    frame.to_parquet(tmp / "manifest.parquet", index=False)
+    frame.to_parquet(tmp / MANIFEST_FILE, index=False)
 
 
 def _carry_shards(out: Path, tmp: Path, rows: list[dict], old_rows: dict, dead_limit: float) -> dict:

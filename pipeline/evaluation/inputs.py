@@ -22,13 +22,13 @@ from gaugan.config import size_hw
 from gaugan.data import PreparedDataset, dataset_id, split_size, val_split_id
 from gaugan.numerics import auto_precision
 from gaugan.synthesizer import Synthesizer
+from pipeline.distributed import pick_device
 from pipeline.errors import EvaluationError, MissingInputError
 from pipeline.evaluation.comparable import style_source
 from pipeline.evaluation.diversity import LpipsDiversity
 from pipeline.evaluation.features import FeatureBackbone, build_backbone
 from pipeline.evaluation.segmenter import Segmenter, load_segmenter
 from pipeline.params import Params
-from pipeline.training.distributed import pick_device
 
 WEIGHTS_DIR = "weights"  # the project's folder for weights files (a DVC dependency of evaluate and train-segmenter)
 

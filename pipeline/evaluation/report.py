@@ -20,12 +20,12 @@ import numpy as np
 from pipeline.evaluation.comparable import EvaluationFacts, comparability_record, paper_comparability
 from pipeline.evaluation.evidence import Evidence
 from pipeline.evaluation.feature_stats import fid_bootstrap, precision_recall, split_fid
+from pipeline.evaluation.grids import sample_grid, write_png
 from pipeline.evaluation.inputs import EvaluationInputs
 from pipeline.evaluation.metrics import compute_kid
 from pipeline.evaluation.scoring import SplitScores, Stopwatch
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text, json_safe, sha256_file
 from pipeline.params import EvaluateSettings
-from pipeline.reports.grids import sample_grid, write_png
 
 UNMAPPED = "(no dataset class)"
 

@@ -1,1 +1,1 @@
-"""Running the stages together: the demo, the Prefect flows, the retraining plan and commit, the tools' environment."""
+"""Running the stages together: the demo, the Prefect flows, the retraining and its commit, ``reproduce``."""

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.orchestration.side_by_side import SIDE_BY_SIDE, changed_stages, run_side_by_side
-from pipeline.orchestration.tools import tool_env
 from pipeline.params import load_params
+from pipeline.versioning.tools import tool_env
 
 
 def ensure_demo_source(params_path: Path, root: Path) -> None:

@@ -67,7 +67,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from pipeline.errors import MissingInputError, PipelineError, StageFailed  # noqa: E402
 from pipeline.io import atomic_write_json, digest  # noqa: E402
 from pipeline.orchestration.retraining import RetrainPlan  # noqa: E402
-from pipeline.orchestration.tools import tool_env  # noqa: E402
+from pipeline.versioning.tools import tool_env  # noqa: E402
 
 NEW_DATA_EVENT = "gaugan.dataset.updated"
 RETRAIN_SUMMARY = Path(".gaugan") / "retrain_summary.json"

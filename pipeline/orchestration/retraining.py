@@ -6,7 +6,7 @@ in the line's comment), and the fine-tune's step count and decay in ``params.yam
 ``git diff`` see them. Pinned, the commit that holds these params names one parent for good: a
 later ``dvc repro`` of it trains nothing, whatever the alias has moved to since.
 ``scratch``, or no champion yet, trains from step 0. The summary reads what the stages wrote: the
-parent (``<train.parent_dir>/parent.json``) and the registration's decision (``register.out``).
+parent (:class:`~pipeline.parents.record.ParentRecord`) and the registration's decision (``register.out``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from pipeline.errors import ParamsError
 from pipeline.io import atomic_write_text
 from pipeline.params import Params, load_params, parse_params
+from pipeline.parents.record import ParentRecord, describe_parent
 from pipeline.registry.versions import CHAMPION
 
 
@@ -149,8 +150,7 @@ def _plain(text: str) -> dict:
 def summary(params_path: Path, root: Path, plan: RetrainPlan | None) -> dict:
     """What the retraining started from and what it decided, from the stages' own records."""
     params = load_params(params_path)
-    parent_file = root / params.train.parent_dir / "parent.json"
-    parent = json.loads(parent_file.read_text()) if parent_file.is_file() else {}
+    parent = ParentRecord.read(root / params.train.parent_dir)
     reg_file = root / params.registry.out
     registration = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
     started = describe_parent(parent)
@@ -164,24 +164,11 @@ def summary(params_path: Path, root: Path, plan: RetrainPlan | None) -> dict:
         "mode": plan.mode if plan else None,
         "params_changed": plan.changed if plan else [],
         "started_from": started,
-        "parent": parent,
+        "parent": parent.to_json() if parent else {},
         "decision": decided,
         "promoted": registration.get("promoted"),
         "registration": registration,
     }
-
-
-def describe_parent(parent: dict) -> str:
-    """One line on the parent of the trained model (``<train.parent_dir>/parent.json``)."""
-    kind = parent.get("kind")
-    if not parent or kind in (None, "none"):
-        return "step 0 (no parent model)"
-    if kind == "registry":
-        return (
-            f"{parent.get('init_from')} = version {parent.get('version')} of {parent.get('name')} "
-            f"(run {parent.get('run_id')}, dataset {parent.get('dataset_id')})"
-        )
-    return f"{kind} {parent.get('init_from')}"
 
 
 # ------------------------------------------------------------------------------------------------

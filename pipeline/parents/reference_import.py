@@ -55,6 +55,10 @@ REFERENCE_OPTIONS = {
     "ade20k": {"dataset_mode": "ade20k", "label_nc": 150, "contain_dontcare_label": True},
     "cityscapes": {"dataset_mode": "cityscapes", "label_nc": 35, "contain_dontcare_label": False},
 }
+# the reference's --dataset_mode -> this project's setting (and its built-in class table)
+DATASET_MODES = {options["dataset_mode"]: setting for setting, options in REFERENCE_OPTIONS.items()}
+# the files of a reference checkpoint folder that a parent is made from
+REFERENCE_FILES = ("latest_net_G.pth", "latest_net_D.pth", "latest_net_E.pth", "opt.txt")
 KNOWN_CHANNELS = {
     151: "ade20k",
     152: "ade20k",
@@ -388,7 +392,7 @@ def load_encoder(path: Path, config: GauGANConfig, generator: Path) -> tuple[nn.
 
 def provenance(setting: str, files: ReferenceFiles, options: dict[str, str], root: Path) -> dict:
     """The generator file's ``meta``: where the weights came from."""
-    from pipeline.tracking import git_commit
+    from pipeline.versioning.gitstate import head
 
     return {
         "source": "reference",
@@ -404,7 +408,7 @@ def provenance(setting: str, files: ReferenceFiles, options: dict[str, str], roo
             "epoch": options.get("which_epoch"),
         },
         "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(root) or "",
+        "git_commit": head(root) or "",
     }
 
 
@@ -508,3 +512,51 @@ def register_import(tracker, out: Path, model: ReferenceModel, meta: dict, name:
     result = register_version(ref, name, info, tags, None, settings, Path(settings.out))
     tag_run(ref, result)
     return result
+
+
+# ------------------------------------------------------------------------------------------------
+# a reference folder as a parent of a fine-tune (resolve-parent): a training state
+
+
+def convert_reference(folder: Path, out: Path, sources: dict) -> None:
+    """The reference checkpoint as a training state: the setting from opt.txt's dataset_mode (or, without
+    opt.txt, from the number of label channels); crop size and aspect ratio from opt.txt; D's
+    architecture from its shapes. No EMA and no optimizer moments (the reference keeps none)."""
+    from gaugan.checkpoint import save_train_state
+
+    files = find_files(folder)
+    options = read_opt_txt(files.opt_txt) if files.opt_txt is not None else {}
+    mode = options.get("dataset_mode")
+    if mode:
+        setting = DATASET_MODES.get(mode)
+    else:
+        shapes = generator_shapes(read_state(files.generator, "generator"), files.generator)
+        setting = KNOWN_CHANNELS.get(shapes.semantic_nc)
+    if setting is None:
+        raise ReferenceImportError(
+            f"{folder}: an NVlabs checkpoint of dataset_mode {mode!r}: only coco, ade20k and cityscapes checkpoints "
+            "have a known class table; import others into this project's format first"
+        )
+    model = load_reference(setting, files)
+    config, D = model.config, None
+    if (folder / "latest_net_D.pth").is_file():
+        D = read_state(folder / "latest_net_D.pth", "discriminator")
+        if network_kind(D) != "D":
+            raise ReferenceImportError(f"{folder / 'latest_net_D.pth'}: not a discriminator checkpoint")
+        config = replace(config, **discriminator_shapes(D))
+    E = model.netE.state_dict() if model.netE is not None else None
+    parts = {"G": model.netG.state_dict(), "E": E, "D": D, "ema": None}
+    meta = {"source": "reference", "reference": {"setting": setting, "options": options, "files": sources}}
+    save_train_state(out, parts, config, model.classes, meta)
+
+
+def discriminator_shapes(state: dict) -> dict:
+    """ndf, num_D, n_layers_D and norm_D read off a multi-scale discriminator's state dict."""
+    layers = {k.split(".")[1] for k in state if k.startswith("discriminator_0.")}
+    return {
+        "ndf": int(state["discriminator_0.model0.0.weight"].shape[0]),
+        "num_D": len({k.split(".")[0] for k in state}),
+        "n_layers_D": len(layers) - 1,
+        "norm_D": f"{'spectral' if any(k.endswith('weight_orig') for k in state) else ''}"
+        f"{'batch' if any(k.endswith('running_mean') for k in state) else 'instance'}",
+    }

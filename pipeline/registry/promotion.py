@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from gaugan.checkpoint import load_generator
+from pipeline.distributed import pick_device
 from pipeline.errors import EvaluationError
 from pipeline.evaluation.evidence import EVIDENCE_FILE, Evidence, paired_bootstrap
 from pipeline.evaluation.inputs import EvaluationInputs, classes_beyond, full_float32, load_inputs
@@ -38,7 +39,6 @@ from pipeline.evaluation.scoring import real_feature_cache, score_split
 from pipeline.params import Params
 from pipeline.registry.versions import CHAMPION, Decision
 from pipeline.tracking import RunRef, mlflow_errors, resume_run
-from pipeline.training.distributed import pick_device
 
 log = logging.getLogger(__name__)
 

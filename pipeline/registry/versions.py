@@ -34,7 +34,8 @@ from pathlib import Path
 
 from pipeline.errors import MissingInputError, ModelNotFoundError, RegistryError
 from pipeline.io import atomic_write_bytes, atomic_write_json, sha256_file
-from pipeline.tracking import RunRef, git_commit, mlflow_errors, resolve_tracking_uri, resume_run
+from pipeline.tracking import RunRef, mlflow_errors, resolve_tracking_uri, resume_run
+from pipeline.versioning.gitstate import head
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def version_tags(metrics: dict, meta: dict, dataset: str, generator: Path, root:
     backbone = metrics.get("backbone")
     backbone_name = backbone.get("name") if isinstance(backbone, dict) else backbone
     tags = {
-        "git_commit": meta.get("git_commit") or git_commit(root) or "",
+        "git_commit": meta.get("git_commit") or head(root) or "",
         # as the training run saw the workspace (pipeline.versioning.gitstate); a file without them says nothing
         "git_dirty": str(meta.get("git_dirty", "")),
         "git_diff_sha256": str(meta.get("git_diff_sha256", "")),
@@ -198,7 +199,7 @@ def log_model(
     both); -> mlflow's ModelInfo."""
     import mlflow
 
-    from pipeline.serving.pyfunc import log_generator_model
+    from pipeline.registry.pyfunc import log_generator_model
 
     with resume_run(ref):
         info = log_generator_model(model_path, config)
@@ -220,13 +221,6 @@ def _log_as(path: Path, name: str, folder: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(path, Path(tmp) / name)
         mlflow.log_artifact(str(Path(tmp) / name), artifact_path=folder)
-
-
-def parent_version_tags(meta: dict) -> dict[str, str]:
-    """The parent a generator was fine-tuned from (its file's meta), as version tags."""
-    parent = meta.get("parent") or {}
-    keys = ("kind", "uri", "version", "run_id", "dataset_id")
-    return {f"parent_{k}": str(parent[k]) for k in keys if parent.get(k) is not None}
 
 
 def register_version(

@@ -116,7 +116,7 @@ def build_report(
     log_to_mlflow: bool = True,
 ) -> Path:
     """Write the report of ``ref_a`` vs ``ref_b`` under ``out_dir``; returns the HTML file's path."""
-    from pipeline.reports.grids import write_png
+    from pipeline.evaluation.grids import write_png
 
     with tempfile.TemporaryDirectory(prefix="gaugan-compare-") as tmp:
         a, b = (load_side(ref, tracking_uri, Path(tmp)) for ref in (ref_a, ref_b))

@@ -20,7 +20,7 @@ import numpy as np
 
 from gaugan.errors import InputError
 from pipeline.errors import MissingInputError, ModelNotFoundError
-from pipeline.reports.grids import write_png
+from pipeline.evaluation.grids import write_png
 
 MAX_SEED = 2**31 - 1
 

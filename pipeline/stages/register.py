@@ -7,7 +7,7 @@ Reads ``train.model_out`` (the generator file), ``<evaluate.out_dir>/metrics.jso
    (``pipeline/registry/promotion.py``): the champion's stored per-image evidence, or the champion scored
    again now on today's validation split with today's backbone and segmenter (hence this stage's
    dependence on the prepared data, the segmenter, ``weights/`` and the ``evaluate`` settings);
-1. logs the pyfunc model (``pipeline/serving/pyfunc.py``) into the training run as ``generator``, the
+1. logs the pyfunc model (``pipeline/registry/pyfunc.py``) into the training run as ``generator``, the
    raw generator file as the plain artifact ``checkpoint/<file>``, the training state
    (``train.state_out``) as ``checkpoint/train_state.pt``, so any version can be continued
    elsewhere (``train.init_from: models:/NAME/VERSION``), and the per-image evidence as
@@ -33,10 +33,10 @@ from pipeline.errors import MissingInputError
 from pipeline.evaluation.evidence import EVIDENCE_FILE
 from pipeline.evaluation.external_segmenters import EXTERNAL_ARCHS
 from pipeline.params import Params, scoped
+from pipeline.parents.record import parent_tags
 from pipeline.registry.promotion import EvidenceJudge, log_evidence
 from pipeline.registry.versions import (
     log_model,
-    parent_version_tags,
     read_metric,
     register_version,
     tag_run,
@@ -78,7 +78,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
             params.train.out_dir,
             ref.run_id,
         )
-    tags = {**version_tags(metrics, loaded.meta, dataset, model_path, root), **parent_version_tags(loaded.meta)}
+    tags = {**version_tags(metrics, loaded.meta, dataset, model_path, root), **parent_tags(loaded.meta.get("parent"))}
     evidence_path = root / params.evaluate.out_dir / EVIDENCE_FILE
     judge = None
     if settings.promote == "if_significant":

@@ -23,4 +23,4 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     """Write ``train.parent_dir``; returns its parent.json."""
     params = scoped(params, PARAMS, "resolve-parent")
     root, t = Path(root), params.train
-    return resolve_parent(t.init_from, root / t.parent_dir, params.mlflow.tracking_uri, root)
+    return resolve_parent(t.init_from, root / t.parent_dir, params.mlflow.tracking_uri, root).to_json()

@@ -25,11 +25,11 @@ from pathlib import Path
 from gaugan.classes import ClassTable
 from gaugan.data import dataset_id
 from gaugan.numerics import set_deterministic
+from pipeline.distributed import init_distributed, shutdown
 from pipeline.params import Params, scoped
+from pipeline.parents.record import ParentRecord
 from pipeline.training.checkpoints import CheckpointStore
-from pipeline.training.distributed import init_distributed, shutdown
 from pipeline.training.loop import TrainingLoop
-from pipeline.training.parent import parent_identity, read_parent_record
 from pipeline.training.session import (
     build_loader,
     build_trainer,
@@ -58,8 +58,8 @@ def run(params: Params, root: Path = Path("."), resume: str = "auto") -> dict:
         check_tracking(params, root, ctx)
         check_settings(params, classes, ctx.world_size, data_root)
         dataset = dataset_id(data_root)
-        record = read_parent_record(root / t.parent_dir, t.init_from)
-        fingerprint = settings_fingerprint(params, dataset, parent_identity(record))
+        record = ParentRecord.load(root / t.parent_dir, t.init_from)
+        fingerprint = settings_fingerprint(params, dataset, record.identity())
         trainer = build_trainer(params, classes, ctx)
         parent = shared_parent(ctx, root / t.parent_dir, record)
         start, parent_info = parent_starter(trainer, parent, params, classes, record, ctx)

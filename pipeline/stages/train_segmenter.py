@@ -19,6 +19,7 @@ import torch
 from gaugan.classes import ClassTable
 from gaugan.config import size_hw
 from gaugan.data import PreparedDataset, dataset_id, split_size
+from pipeline.distributed import pick_device
 from pipeline.errors import SegmenterError
 from pipeline.evaluation.external_segmenters import EXTERNAL_ARCHS, load_external, probe_outputs
 from pipeline.evaluation.segmentation_nets import build_network
@@ -27,12 +28,9 @@ from pipeline.evaluation.segmenter_spec import SegmenterSpec, read_class_map
 from pipeline.evaluation.segmenter_training import fit, grow_into, initial_network
 from pipeline.io import atomic_write_json, json_safe, sha256_file
 from pipeline.params import Params, SegmenterSettings, scoped
-from pipeline.training.distributed import pick_device
+from pipeline.parents.record import SEGMENTER_FILE
 
 PARAMS = ("seed", "segmenter", "train.crop_size", "train.aspect_ratio", "train.parent_dir", "data.out")
-# <train.parent_dir>/segmenter.pt: the parent version's segmenter, fetched by resolve-parent (pipeline.parents.resolve,
-# pipeline.training.parent.SEGMENTER_FILE; not imported here: that module brings the whole generator)
-SEGMENTER_FILE = "segmenter.pt"
 # the settings a parent's segmenter must share to be continued (anything else: trained from scratch)
 CONTINUE_KEYS = ("arch", "weights", "width", "channel_order", "pixel_range", "mean", "std", "input_size", "upsample")
 log = logging.getLogger(__name__)

@@ -17,12 +17,12 @@ from gaugan.classes import ClassTable
 from gaugan.errors import NonFiniteLossError
 from gaugan.synthesizer import Synthesizer
 from gaugan.trainer import GauGANTrainer
+from pipeline.distributed import DistContext
 from pipeline.errors import TrainError
 from pipeline.logs import Progress
 from pipeline.params import TrainSettings
 from pipeline.tracking import Tracker
 from pipeline.training.checkpoints import CheckpointStore
-from pipeline.training.distributed import DistContext
 from pipeline.training.samples import SampleMaker
 
 log = logging.getLogger(__name__)

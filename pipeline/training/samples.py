@@ -11,7 +11,7 @@ from gaugan.config import size_hw
 from gaugan.data import PreparedDataset
 from gaugan.synthesizer import Synthesizer
 from gaugan.transforms import resize_image, resize_map
-from pipeline.reports.grids import sample_grid, write_png
+from pipeline.evaluation.grids import sample_grid, write_png
 
 
 class SampleMaker:

@@ -18,21 +18,22 @@ from gaugan.classes import ClassTable
 from gaugan.data import PreparedDataset, split_size
 from gaugan.errors import GauGANError
 from gaugan.parent import ParentModel, start_from_parent
-from gaugan.trainer import GauGANTrainer
+from gaugan.trainer import NETWORK_PARTS, OPTIMIZER_PARTS, GauGANTrainer
 from gaugan.transforms import Geometry
+from pipeline.distributed import DistContext, broadcast_object
 from pipeline.errors import TrackingError, TrainError
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.params import Params
-from pipeline.registry.lineage import dvc_lineage
+from pipeline.parents.record import ParentRecord
 from pipeline.tracking import RunRef, Tracker, require_server, resolve_tracking_uri, write_run_ref
 from pipeline.training.checkpoints import CheckpointStore, losses_csv
-from pipeline.training.distributed import DistContext, broadcast_object
 from pipeline.training.loader import build_train_loader
 from pipeline.training.loop import TrainingLoop
-from pipeline.training.parent import load_parent_model, parent_summary, parent_tags
+from pipeline.training.parent import load_parent_model, run_parent_tags
 from pipeline.training.samples import SampleMaker
 from pipeline.training.settings import model_config, train_options
 from pipeline.versioning.gitstate import git_state
+from pipeline.versioning.lineage import dvc_lineage
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def restore(
     return start_step, run_id
 
 
-def shared_parent(ctx: DistContext, parent_dir: Path, record: dict) -> ParentModel | None:
+def shared_parent(ctx: DistContext, parent_dir: Path, record: ParentRecord) -> ParentModel | None:
     """Rank 0 reads the parent (to CPU) and every rank gets it; a file it refuses stops every rank with
     the same message (the others would otherwise wait at the broadcast until the timeout)."""
     parent, problem = None, None
@@ -104,11 +105,11 @@ def shared_parent(ctx: DistContext, parent_dir: Path, record: dict) -> ParentMod
 
 
 def parent_starter(
-    trainer: GauGANTrainer, parent: ParentModel | None, params: Params, classes: ClassTable, record: dict, ctx
+    trainer: GauGANTrainer, parent: ParentModel | None, params: Params, classes: ClassTable, record: ParentRecord, ctx
 ) -> tuple[Callable[[], None], dict]:
     """A ``start`` for :func:`restore` that loads the parent into the fresh trainer (every rank: the
     same weights), and the parent's summary that the run records (filled in when it runs)."""
-    summary: dict = parent_summary(record, []) if parent is not None else {}
+    summary: dict = record.summary([]) if parent is not None else {}
 
     def start() -> None:
         if parent is None:
@@ -117,7 +118,7 @@ def parent_starter(
         warnings = start_from_parent(trainer, parent, classes, t.class_remap, t.init_optimizer)
         for warning in warnings if ctx.is_main else []:
             log.warning("train: %s", warning)
-        summary.update(parent_summary(record, warnings))
+        summary.update(record.summary(warnings))
         if ctx.is_main:
             log.info(
                 "train: starting from %s (%s), step counter and learning-rate schedule at 0", parent.source, parent.kind
@@ -190,7 +191,7 @@ def start_tracking(
         "precision": loop.trainer.options.precision,
         "dvc_exp": os.environ.get("DVC_EXP_NAME"),
         "dvc_baseline": os.environ.get("DVC_EXP_BASELINE_REV"),
-        **(parent_tags(parent) if run_id is None else {}),  # a resumed run keeps the tags of its start
+        **(run_parent_tags(parent) if run_id is None else {}),  # a resumed run keeps the tags of its start
     }
     tracker = Tracker(
         resolve_tracking_uri(params.mlflow.tracking_uri, root), params.mlflow.experiment or f"gaugan-{classes.dataset}"
@@ -232,7 +233,7 @@ def write_outputs(loop: TrainingLoop, params: Params, root: Path, metrics: dict)
     model_out = root / t.model_out
     meta = {**loop.provenance, "steps": metrics["steps"]}
     save_generator(model_out, synth.netG, synth.netE, synth.config, loop.classes, meta)
-    state = loop.trainer.export_state(full=t.save_state == "full")
+    state = loop.trainer.state_dict(NETWORK_PARTS + (OPTIMIZER_PARTS if t.save_state == "full" else ()))
     save_train_state(root / t.state_out, state, loop.trainer.config, loop.classes, {**meta, "save_state": t.save_state})
     out_dir = root / t.out_dir
     atomic_write_json(out_dir / "metrics.json", metrics)

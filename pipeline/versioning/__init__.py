@@ -1,1 +1,1 @@
-"""What a run was made from, and making it again: the code's git state, DVC's data versions, ``reproduce``."""
+"""What a run was made from: the code's git state, DVC's data versions and the run's lineage, DVC's environment."""

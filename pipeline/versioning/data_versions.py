@@ -25,7 +25,7 @@ class DVCError(PipelineError):
 
 def dvc(root: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``dvc <args>`` in ``root`` with the pipeline's tool environment (``env`` added); output captured."""
-    from pipeline.orchestration.tools import tool_env
+    from pipeline.versioning.tools import tool_env
 
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", *args],

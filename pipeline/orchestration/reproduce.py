@@ -177,7 +177,7 @@ def _repro_train(workdir: Path, tracking_uri: str, threads: int | None):
     import subprocess
     import sys
 
-    from pipeline.orchestration.tools import tool_env
+    from pipeline.versioning.tools import tool_env
 
     env = {**tool_env(workdir), "MLFLOW_TRACKING_URI": tracking_uri}
     if threads:

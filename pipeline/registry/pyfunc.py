@@ -43,7 +43,7 @@ MODEL_CODE = """\
 # GauGAN pyfunc model (MLflow models-from-code): the class lives in the gaugan-pipeline package.
 from mlflow.models import set_model
 
-from pipeline.serving.pyfunc import GauGANPyfunc
+from pipeline.registry.pyfunc import GauGANPyfunc
 
 set_model(GauGANPyfunc())
 """
