@@ -61,9 +61,17 @@ def read_parent_file(path: Path | str) -> ParentModel:
     assert payload["format"] == STATE_FORMAT
     optimizers = {k: payload.get(k) for k in ("opt_G", "opt_D", "scaler_G", "scaler_D") if payload.get(k) is not None}
     return ParentModel(
-        str(path), "state", config, classes, meta, payload["G"], payload.get("E"), payload.get("D"),
-        payload.get("ema"), optimizers,
-    )  # fmt: skip
+        str(path),
+        "state",
+        config,
+        classes,
+        meta,
+        payload["G"],
+        payload.get("E"),
+        payload.get("D"),
+        payload.get("ema"),
+        optimizers,
+    )
 
 
 def architecture_problems(parent: ParentModel, config: GauGANConfig) -> list[str]:

@@ -95,16 +95,21 @@ def build_registry(tmp_path_factory) -> Registry:
     gens = {
         "1": write_tiny_generator(
             root / "vae.pt", classes, seed=1, crop_size=SIZE, use_vae=True, nef=4, meta={"steps": 500}
-        ),  # fmt: skip
+        ),
         "2": write_tiny_generator(
             root / "plain.pt", classes, seed=2, crop_size=SIZE, use_instance=False, meta={"steps": 300}
-        ),  # fmt: skip
+        ),
     }
     client = mlflow.MlflowClient(uri)
     client.create_registered_model(NAME, tags={"dataset": "toy"})
     for version, alias, fid, steps in (("1", "champion", 31.5, 500), ("2", "challenger", 40.25, 300)):
-        tags = {"dataset": "toy", "eval_resolution": "64x64", "training_steps": str(steps), "metric.fid": str(fid),
-                "metric.miou": "0.5"}  # fmt: skip
+        tags = {
+            "dataset": "toy",
+            "eval_resolution": "64x64",
+            "training_steps": str(steps),
+            "metric.fid": str(fid),
+            "metric.miou": "0.5",
+        }
         _register(client, uri, gens[version], tags, alias)
     return Registry(root, uri, gens)
 
@@ -137,8 +142,12 @@ def start_server(app_registry: Registry, tmp_path_factory) -> tuple[subprocess.P
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "app", "--params", str(params)],
-            cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:

@@ -160,16 +160,27 @@ def write_toy_prepared(root: Path, n_train: int = 16, n_val: int = 6, seed: int 
             for key, arr in arrays.items():
                 (root / rel[key]).parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(arr).save(root / rel[key])
-            rows.append({"id": sid, "split": split, **rel, "edge": None, "width": TOY_SIZE, "height": TOY_SIZE,
-                         "source": "test", "source_hash": f"{seed}-{sid}"})  # fmt: skip
+            rows.append(
+                {
+                    "id": sid,
+                    "split": split,
+                    **rel,
+                    "edge": None,
+                    "width": TOY_SIZE,
+                    "height": TOY_SIZE,
+                    "source": "test",
+                    "source_hash": f"{seed}-{sid}",
+                }
+            )
     columns = ["id", "split", "image", "label", "instance", "edge", "width", "height", "source", "source_hash"]
     pd.DataFrame(rows, columns=columns).to_parquet(root / "manifest.parquet", index=False)
     atomic_write_json(root / "classes.json", toy_classes(names).to_dict())
     return root
 
 
-def write_tiny_generator(path: Path, classes, seed: int = 0, crop_size: int = TOY_SIZE, meta: dict | None = None,
-                         **model) -> Path:  # fmt: skip
+def write_tiny_generator(
+    path: Path, classes, seed: int = 0, crop_size: int = TOY_SIZE, meta: dict | None = None, **model
+) -> Path:
     """A randomly initialised SPADE generator (and encoder, with use_vae) saved as the train stage saves it."""
     import torch
 

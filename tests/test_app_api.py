@@ -57,8 +57,16 @@ def test_models_lists_aliases_versions_and_their_tags(app_server):
     (model,) = listing["models"]
     assert model["name"] == NAME and model["aliases"] == {"champion": "1", "challenger": "2"}
     v2, v1 = model["versions"]
-    assert v1 == {"version": "1", "uri": f"models:/{NAME}/1", "aliases": ["champion"], "dataset": "toy",
-                  "size": "64x64", "training_steps": 500.0, "fid": 31.5, "miou": 0.5}  # fmt: skip
+    assert v1 == {
+        "version": "1",
+        "uri": f"models:/{NAME}/1",
+        "aliases": ["champion"],
+        "dataset": "toy",
+        "size": "64x64",
+        "training_steps": 500.0,
+        "fid": 31.5,
+        "miou": 0.5,
+    }
     assert v2["aliases"] == ["challenger"] and v2["fid"] == 40.25
 
 
@@ -169,8 +177,12 @@ def test_a_body_over_the_limit_is_refused(app_server):
 
 def test_unknown_model_alias_or_version_is_404_listing_what_exists(app_server):
     labels = png_b64(scene())
-    assert_error(post(app_server, {"label": labels, "model": f"models:/{NAME}@prod"}), 404, "no alias 'prod'",
-                 "@champion (version 1)")  # fmt: skip
+    assert_error(
+        post(app_server, {"label": labels, "model": f"models:/{NAME}@prod"}),
+        404,
+        "no alias 'prod'",
+        "@champion (version 1)",
+    )
     assert_error(post(app_server, {"label": labels, "model": f"models:/{NAME}/9"}), 404, "no version '9'")
     response = httpx.get(f"{app_server.url}/api/models/gaugan-nope/champion", timeout=30)
     assert_error(response, 404, "no registered model 'gaugan-nope'", "registered models: gaugan-app")
@@ -183,8 +195,12 @@ def test_samples_and_request_shape_are_checked(app_server):
     plain = {"label": labels, "n_samples": 2, "model": f"models:/{NAME}/2"}
     assert_error(post(app_server, plain), 400, "no style noise (use_vae off)")
     assert_error(post(app_server, {"seed": 3}), 422, "label: Field required")
-    response = httpx.post(f"{app_server.url}/api/synthesize", content=b"{not json", timeout=30,
-                          headers={"Content-Type": "application/json"})  # fmt: skip
+    response = httpx.post(
+        f"{app_server.url}/api/synthesize",
+        content=b"{not json",
+        timeout=30,
+        headers={"Content-Type": "application/json"},
+    )
     assert_error(response, 422, "malformed request")
     style = {"label": labels, "model": f"models:/{NAME}/2", "style": png_b64(np.zeros((8, 8, 3), np.uint8))}
     assert_error(post(app_server, style), 400, "no style encoder")

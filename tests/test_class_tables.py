@@ -75,9 +75,26 @@ def test_cityscapes_table_follows_cityscapesscripts():
     assert cityscapes_instance_classes() == tuple(range(24, 34))
     scored = [table.names[i] for i in range(35) if i not in table.ignored()]
     assert scored == [
-        "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-        "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-    ]  # fmt: skip
+        "road",
+        "sidewalk",
+        "building",
+        "wall",
+        "fence",
+        "pole",
+        "traffic light",
+        "traffic sign",
+        "vegetation",
+        "terrain",
+        "sky",
+        "person",
+        "rider",
+        "car",
+        "truck",
+        "bus",
+        "train",
+        "motorcycle",
+        "bicycle",
+    ]
     assert reference_setting("cityscapes").semantic_nc == 35 + 1  # no dontcare, + edges
 
 

@@ -19,17 +19,35 @@ from pipeline.reports.compare import build_report
 
 def _metrics(fid: float, miou: float, segmenter: str, dataset_id: str) -> dict:
     return {
-        "fid": fid, "fid_ci_low": fid * 0.9, "fid_ci_high": fid * 1.2, "kid_mean": fid / 100, "kid_std": None,
-        "precision": 0.5, "recall": 0.4, "miou": miou, "accuracy": 0.8, "num_images": 6, "height": 32, "width": 32,
-        "paper_comparable": False, "paper_comparable_reasons": ["the dataset 'toy' has no published protocol"],
-        "dataset": "toy", "dataset_id": dataset_id, "style_source": "none",
-        "backbone": {"name": "tiny-cnn-seed20190318-d64"}, "segmenter": {"arch": "unet-small", "id": segmenter},
+        "fid": fid,
+        "fid_ci_low": fid * 0.9,
+        "fid_ci_high": fid * 1.2,
+        "kid_mean": fid / 100,
+        "kid_std": None,
+        "precision": 0.5,
+        "recall": 0.4,
+        "miou": miou,
+        "accuracy": 0.8,
+        "num_images": 6,
+        "height": 32,
+        "width": 32,
+        "paper_comparable": False,
+        "paper_comparable_reasons": ["the dataset 'toy' has no published protocol"],
+        "dataset": "toy",
+        "dataset_id": dataset_id,
+        "style_source": "none",
+        "backbone": {"name": "tiny-cnn-seed20190318-d64"},
+        "segmenter": {"arch": "unet-small", "id": segmenter},
         "comparability": {
-            "eval_dataset_id": dataset_id, "eval_split_id": f"val-of-{dataset_id}", "eval_num_images": "6",
-            "eval_resolution": "32x32", "style_source": "none",
-            "fid_backbone": "tiny-cnn-seed20190318-d64", "segmenter_id": segmenter,
+            "eval_dataset_id": dataset_id,
+            "eval_split_id": f"val-of-{dataset_id}",
+            "eval_num_images": "6",
+            "eval_resolution": "32x32",
+            "style_source": "none",
+            "fid_backbone": "tiny-cnn-seed20190318-d64",
+            "segmenter_id": segmenter,
         },
-    }  # fmt: skip
+    }
 
 
 def _csv(rows: list[list]) -> str:

@@ -179,8 +179,15 @@ def _facts(**kw):
     from pipeline.evaluation.comparable import INCEPTION_SHA256, EvaluationFacts
 
     backbone = {"name": "inception-v3-tf-2015-12-05", "feature_dim": 2048, "weights_sha256": INCEPTION_SHA256}
-    base = dict(dataset="ade20k", split_size=2000, num_images=2000, hw=(256, 256), backbone=backbone,
-                style_source="none", unlabelled_maps=0)  # fmt: skip
+    base = dict(
+        dataset="ade20k",
+        split_size=2000,
+        num_images=2000,
+        hw=(256, 256),
+        backbone=backbone,
+        style_source="none",
+        unlabelled_maps=0,
+    )
     return EvaluationFacts(**{**base, **kw})
 
 
@@ -194,14 +201,29 @@ def test_paper_comparable_only_when_every_condition_holds_with_the_reasons():
     ok, reasons = paper_comparability(_facts(hw=(128, 128)))  # a wrong resolution
     assert not ok and reasons == ["evaluated at 128x128; the paper evaluated ade20k at 256x256"]
     ok, reasons = paper_comparability(
-        _facts(backbone={"name": "inception-v3-arch-other-weights-6726825d", "feature_dim": 768,
-                         "weights_sha256": "6726825d" + "0" * 56, "weights_file": "w.pth"},
-               split_size=1500, num_images=1000, style_source="encoded-real", unlabelled_maps=2)
-    )  # fmt: skip
+        _facts(
+            backbone={
+                "name": "inception-v3-arch-other-weights-6726825d",
+                "feature_dim": 768,
+                "weights_sha256": "6726825d" + "0" * 56,
+                "weights_file": "w.pth",
+            },
+            split_size=1500,
+            num_images=1000,
+            style_source="encoded-real",
+            unlabelled_maps=2,
+        )
+    )
     assert not ok and len(reasons) == 6
     text = " | ".join(reasons)
-    for needle in ("not the official file's", "768 dimensions", "the paper's ade20k split has 2000",
-                   "1000 of the 1500", "2 validation label maps", "reconstruction score"):  # fmt: skip
+    for needle in (
+        "not the official file's",
+        "768 dimensions",
+        "the paper's ade20k split has 2000",
+        "1000 of the 1500",
+        "2 validation label maps",
+        "reconstruction score",
+    ):
         assert needle in text
     ok, reasons = paper_comparability(_facts(dataset="demo"))
     assert not ok and "'demo' has no published protocol" in reasons[0]

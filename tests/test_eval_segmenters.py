@@ -52,19 +52,31 @@ def _torchscript(path, downsample: int = 1):
 def _onnx(path):
     buf = io.BytesIO()
     torch.onnx.export(
-        ColourReader(), (torch.zeros(1, 3, 8, 8),), buf, dynamo=False, input_names=["x"],
+        ColourReader(),
+        (torch.zeros(1, 3, 8, 8),),
+        buf,
+        dynamo=False,
+        input_names=["x"],
         dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}},
-    )  # fmt: skip
+    )
     path.write_bytes(buf.getvalue())
     return path
 
 
 def _params(arch: str, weights, **spec):
     segmenter = {
-        "arch": arch, "weights": str(weights) if weights else None, "steps": 0, "batch_size": 4, "device": "cpu",
-        "channel_order": "bgr", "pixel_range": 255.0, "mean": CAFFE_MEAN_BGR, "std": None, "class_map": CLASS_MAP,
+        "arch": arch,
+        "weights": str(weights) if weights else None,
+        "steps": 0,
+        "batch_size": 4,
+        "device": "cpu",
+        "channel_order": "bgr",
+        "pixel_range": 255.0,
+        "mean": CAFFE_MEAN_BGR,
+        "std": None,
+        "class_map": CLASS_MAP,
         **spec,
-    }  # fmt: skip
+    }
     return make_params({"seed": 0, "train": {"crop_size": 32, "load_size": 32}, "segmenter": segmenter})
 
 

@@ -252,10 +252,11 @@ def test_fid_does_not_depend_on_the_batch_size_for_a_vae_model(project, tmp_path
     fids = {}
     for style in ("random", "real"):
         runs = [
-            run_evaluate(tiny_params(stats_cache=None, fid_bootstrap=0, max_images=5, vae_style=style, batch_size=bs),
-                         tmp_path)
+            run_evaluate(
+                tiny_params(stats_cache=None, fid_bootstrap=0, max_images=5, vae_style=style, batch_size=bs), tmp_path
+            )
             for bs in (2, 5)
-        ]  # fmt: skip
+        ]
         for key in ("fid", "kid_mean", "miou", "precision", "recall"):
             assert runs[1][key] == pytest.approx(runs[0][key], rel=1e-4, abs=1e-6), (style, key)
         assert runs[0]["style_source"] == {"random": "random", "real": "encoded-real"}[style]

@@ -30,13 +30,32 @@ NAME = "gaugan-toy"
 PARAMS = {
     "seed": 1,
     "data": {"out": "data/prepared"},
-    "model": {"ngf": 4, "ndf": 4, "nef": 4, "z_dim": 8, "spade_hidden": 8, "use_instance": True,
-              "num_D": 2, "n_layers_D": 2},
-    "train": {"batch_size": 2, "max_steps": 2, "decay_start_step": 0, "lambda_vgg": 0.0, "load_size": 32,
-              "crop_size": 32, "num_workers": 0, "checkpoint_every": 2, "log_every": 1, "sample_every": 100,
-              "device": "cpu", "save_state": "full"},
+    "model": {
+        "ngf": 4,
+        "ndf": 4,
+        "nef": 4,
+        "z_dim": 8,
+        "spade_hidden": 8,
+        "use_instance": True,
+        "num_D": 2,
+        "n_layers_D": 2,
+    },
+    "train": {
+        "batch_size": 2,
+        "max_steps": 2,
+        "decay_start_step": 0,
+        "lambda_vgg": 0.0,
+        "load_size": 32,
+        "crop_size": 32,
+        "num_workers": 0,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "sample_every": 100,
+        "device": "cpu",
+        "save_state": "full",
+    },
     "register": {"model_name": NAME, "promote": "always"},
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")

@@ -52,8 +52,9 @@ def synthetic(real: np.ndarray, shift: float, quality: float, seed: int) -> Evid
 
 def settings(metric: str, **register):
     better_high = metric in ("miou", "accuracy")
-    return make_params({"register": {"metric": metric, "greater_is_better": better_high, "bootstrap": 300,
-                                     **register}}).registry  # fmt: skip
+    return make_params(
+        {"register": {"metric": metric, "greater_is_better": better_high, "bootstrap": 300, **register}}
+    ).registry
 
 
 @pytest.mark.parametrize("metric", ["fid", "kid_mean", "miou", "accuracy"])
@@ -138,9 +139,14 @@ def test_per_image_counts_sum_to_the_split_scores_with_ignored_classes_and_unmap
             np.testing.assert_array_equal(counts["inter"][i], expected[0])
             np.testing.assert_array_equal(counts["union"][i], expected[1])
             assert counts["correct"][i] == (t == p).sum() and counts["labelled"][i] == keep.sum()
-        _, miou, accuracy = scores_from_counts(counts["inter"].sum(0), counts["union"].sum(0),
-                                               int(counts["correct"].sum()), int(counts["labelled"].sum()), ignore,
-                                               average)  # fmt: skip
+        _, miou, accuracy = scores_from_counts(
+            counts["inter"].sum(0),
+            counts["union"].sum(0),
+            int(counts["correct"].sum()),
+            int(counts["labelled"].sum()),
+            ignore,
+            average,
+        )
         assert miou == split.miou and accuracy == split.accuracy
 
 
@@ -259,8 +265,12 @@ def test_if_significant_reuses_stored_evidence_then_rescores_the_champion_after_
     assert c["champion_version"] == int(champion.version) and c["champion_evidence"].startswith("scored again now")
     assert "segmenter_id" in c["champion_evidence"] and "eval_split_id" not in c["champion_evidence"]
     # the re-scoring is the evaluation's own pass: the champion's generator evaluated today gives the same number
-    generator = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="checkpoint/generator.pt",
-                                                    dst_path=str(root / "champion"), tracking_uri=uri)  # fmt: skip
+    generator = mlflow.artifacts.download_artifacts(
+        run_id=champion.run_id,
+        artifact_path="checkpoint/generator.pt",
+        dst_path=str(root / "champion"),
+        tracking_uri=uri,
+    )
     (root / "outputs/train/run.json").unlink()  # scored, logged nowhere
     override = _override()
     override["train"]["model_out"] = generator

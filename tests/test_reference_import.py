@@ -143,8 +143,9 @@ def test_import_register_and_synthesize_give_the_reference_networks_pixels(coco,
     labels, instances = np.array(Image.open(label))[None], np.array(Image.open(inst))[None]
 
     for model, out in (("models/coco.pt", "a.png"), (f"models:/{NAME}/1", "b.png")):
-        done = runner.invoke(app, ["synthesize", "--model", model, "--label", str(label), "--instance", str(inst),
-                                   "--out", out])  # fmt: skip
+        done = runner.invoke(
+            app, ["synthesize", "--model", model, "--label", str(label), "--instance", str(inst), "--out", out]
+        )
         assert done.exit_code == 0, done.output
     a, b = np.array(Image.open("a.png")), np.array(Image.open("b.png"))
     np.testing.assert_array_equal(a, b)
@@ -232,9 +233,17 @@ def test_refusals_name_the_problem(coco, tmp_path):
         import_reference("coco-stuff", cut, out)
     # the discriminator given as the generator
     result = CliRunner().invoke(
-        app, ["import-reference", "--setting", "coco-stuff", "--checkpoint",
-              str(root / "coco_pretrained/latest_net_D.pth"), "--out", str(out)],
-    )  # fmt: skip
+        app,
+        [
+            "import-reference",
+            "--setting",
+            "coco-stuff",
+            "--checkpoint",
+            str(root / "coco_pretrained/latest_net_D.pth"),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 1
     assert "latest_net_D.pth: this is a discriminator (latest_net_D.pth), not a generator" in result.output
     assert not out.exists()
@@ -247,8 +256,9 @@ def test_any_crop_size_imports_the_options_that_do_not_change_the_weights_come_f
     small = tmp_path / "coco_64"
     small.mkdir()
     (small / "latest_net_G.pth").symlink_to(root / "coco_pretrained/latest_net_G.pth")
-    write_opt_txt(small / "opt.txt", "coco-stuff", config, crop_size=64, load_size=72, aspect_ratio=2.0,
-                  preprocess_mode="fixed")  # fmt: skip
+    write_opt_txt(
+        small / "opt.txt", "coco-stuff", config, crop_size=64, load_size=72, aspect_ratio=2.0, preprocess_mode="fixed"
+    )
     summary = import_reference("coco-stuff", small, tmp_path / "c64.pt")
     assert (summary["config"]["crop_size"], summary["config"]["aspect_ratio"]) == (64, 2.0)
     synth = Synthesizer.from_checkpoint(tmp_path / "c64.pt", device="cpu")

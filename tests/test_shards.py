@@ -157,8 +157,12 @@ def test_dead_bytes_stay_until_compaction_rewrites_only_that_shard(source, tmp_p
     survivor_bytes = kept.member_bytes(kept.ids.index(first[-1]))
     _remove_train_samples(source, first[1 : len(first) - 1])  # now only one live sample: rewritten
     stats = _ingest(source, out, compact_dead_fraction=0.5)
-    assert stats["shards"] == {"written": [], "kept": stats["shards"]["kept"], "compacted": ["shards/train-000000.tar"],
-                               "removed": []}  # fmt: skip
+    assert stats["shards"] == {
+        "written": [],
+        "kept": stats["shards"]["kept"],
+        "compacted": ["shards/train-000000.tar"],
+        "removed": [],
+    }
     after = _tree(out)
     assert len(after["shards/train-000000.tar"]) < len(before["shards/train-000000.tar"]) / 2
     assert [k for k in before if k not in after] == []

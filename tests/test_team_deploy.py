@@ -83,8 +83,9 @@ def test_compose_has_the_team_services_with_health_checks_volumes_and_order():
             assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
         for dependency, condition in (service.get("depends_on") or {}).items():
             assert dependency in services, f"{name} depends on an unknown service {dependency}"
-            wanted = "service_completed_successfully" if services[dependency].get("restart") == "no" else (
-                "service_healthy")  # fmt: skip
+            wanted = (
+                "service_completed_successfully" if services[dependency].get("restart") == "no" else ("service_healthy")
+            )
             assert condition == {"condition": wanted}, (name, dependency)
             if wanted == "service_healthy":
                 assert "healthcheck" in services[dependency], dependency
@@ -192,7 +193,7 @@ def test_prefect_yaml_deploys_both_flows_on_the_gaugan_pool():
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     (pull,) = spec["pull"]
-    (step, inputs), = pull.items()  # fmt: skip
+    ((step, inputs),) = pull.items()
     assert import_object(step) is not None and inputs == {"directory": "{{ $GAUGAN_WORKSPACE }}"}
     deployments = {d["name"]: d for d in spec["deployments"]}
     assert set(deployments) == {"gaugan-pipeline", "gaugan-retrain"}

@@ -95,8 +95,9 @@ def test_a_server_restart_during_training_loses_nothing(team_stack: TeamStack, p
     client = mlflow.MlflowClient(team_stack.mlflow_url)
     run_json = root / "outputs/train/run.json"
     deadline = time.monotonic() + 300
-    while not (run_json.is_file() and len(client.get_metric_history(json.loads(run_json.read_text())["run_id"],
-                                                                   "G_GAN")) >= 2):  # fmt: skip
+    while not (
+        run_json.is_file() and len(client.get_metric_history(json.loads(run_json.read_text())["run_id"], "G_GAN")) >= 2
+    ):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
         time.sleep(0.2)
     team_stack.mlflow.stop()  # SIGTERM to the server's process group, in the middle of training
@@ -137,8 +138,9 @@ def test_records_wait_while_the_server_stays_down_and_training_goes_on(team_stac
 
     probes = []
     monkeypatch.setattr(mlflow, "log_metrics", flaky_log)
-    monkeypatch.setattr(tracking, "server_problem", lambda uri, timeout=5.0: probes.append(uri) or (
-        "down" if down["on"] else None))  # fmt: skip
+    monkeypatch.setattr(
+        tracking, "server_problem", lambda uri, timeout=5.0: probes.append(uri) or ("down" if down["on"] else None)
+    )
     tracker.log_metrics({"loss": 1.0}, 1)
     down["on"] = True
     for step in (2, 3, 4):  # training goes on: no exception, the records wait
@@ -199,14 +201,16 @@ def test_two_dvc_repro_at_once_in_one_workspace_corrupt_nothing(team_stack, tmp_
 
     def consistent(expected: str, runs: str) -> None:
         assert (tmp_path / "out.txt").read_text() == expected and (tmp_path / "ran.log").read_text() == runs
-        status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=tmp_path, env=env, capture_output=True,
-                                text=True, check=True)  # fmt: skip
+        status = subprocess.run(
+            [sys.executable, "-m", "dvc", "status"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+        )
         assert "Data and pipelines are up to date" in status.stdout, status.stdout
 
     # a second plain `dvc repro` while the first runs the stage: it stops with DVC's lock message
     first = start_repro()
-    second = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    second = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert second.returncode != 0
     assert "is busy, it is being blocked by" in second.stderr or "Unable to acquire lock" in second.stderr
     release.touch()

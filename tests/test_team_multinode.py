@@ -54,13 +54,24 @@ def test_two_torchrun_nodes_from_the_slurm_script_train_like_one_process(team_st
         (shims / name).chmod(0o755)
 
     one = node(folder / "one-process", prepared, "gaugan-one-process", uri)
-    single = subprocess.run([sys.executable, "-m", "pipeline.cli", "train"], cwd=one, env=base_env(),
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    single = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "train"],
+        cwd=one,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
 
     nodes = [node(folder / f"node{i}", prepared, "gaugan-two-nodes", uri) for i in (0, 1)]
-    env = base_env(SLURM_NNODES="2", SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="node[0-1]", GPUS_PER_NODE="1",
-                   RDZV_PORT=str(free_port()))  # fmt: skip
+    env = base_env(
+        SLURM_NNODES="2",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NODELIST="node[0-1]",
+        GPUS_PER_NODE="1",
+        RDZV_PORT=str(free_port()),
+    )
     env["PATH"] = f"{shims}:{env['PATH']}"
     script = str(REPO / "deploy" / "slurm" / "train.sbatch")
     procs = [
@@ -71,7 +82,7 @@ def test_two_torchrun_nodes_from_the_slurm_script_train_like_one_process(team_st
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for n in nodes
     ]
     logs = [p.communicate(timeout=600)[0] for p in procs]

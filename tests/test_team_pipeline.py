@@ -1,6 +1,6 @@
 """The team path end to end, with the real servers (tests/team_stack.py) on loopback ports.
 
-One workspace, set up as a teammate would (README "Running as a team"): a checkout of the project
+One workspace, set up as a teammate would (docs/team.md): a checkout of the project
 (tiny settings) with a DVC local-folder remote as its default, its data source ``dvc add``-ed,
 ``prefect.yaml``'s deployments and the failure alert registered on the Prefect server (the compose
 ``deploy-flows`` command), and a ``process`` worker (the compose ``prefect-worker`` command) serving

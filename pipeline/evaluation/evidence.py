@@ -86,9 +86,13 @@ def metric_value(ev: Evidence, metric: str) -> float:
         return compute_kid(real, fake, kid["subset_size"], kid["subsets"], seed=kid["seed"])[0]
     if metric in ("miou", "accuracy"):
         _, miou, accuracy = scores_from_counts(
-            ev.inter.sum(0), ev.union.sum(0), int(ev.correct.sum()), int(ev.labelled.sum()), ev.meta["ignore"],
+            ev.inter.sum(0),
+            ev.union.sum(0),
+            int(ev.correct.sum()),
+            int(ev.labelled.sum()),
+            ev.meta["ignore"],
             ev.meta["average"],
-        )  # fmt: skip
+        )
         return miou if metric == "miou" else accuracy
     raise EvaluationError(f"no per-image evidence for {metric!r}; it has {', '.join(METRICS)}")
 
@@ -105,9 +109,11 @@ def _replicates(ev: Evidence, metric: str, draws: np.ndarray, device: torch.devi
     correct, labelled = weights @ ev.correct, weights @ ev.labelled
     ignore, average, index = ev.meta["ignore"], ev.meta["average"], 1 if metric == "miou" else 2
     return np.array(
-        [scores_from_counts(inter[b], union[b], int(correct[b]), int(labelled[b]), ignore, average)[index]
-         for b in range(len(draws))]
-    )  # fmt: skip
+        [
+            scores_from_counts(inter[b], union[b], int(correct[b]), int(labelled[b]), ignore, average)[index]
+            for b in range(len(draws))
+        ]
+    )
 
 
 def _kid_replicates(ev: Evidence, weights: np.ndarray) -> np.ndarray:

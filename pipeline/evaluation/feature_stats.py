@@ -68,8 +68,12 @@ def fid_bootstrap(
         values.append(frechet_distance(real[idx], fake[idx]))
     arr = np.asarray(values)
     low, high = np.percentile(arr, [2.5, 97.5])
-    return {"low": float(low), "high": float(high), "std": float(arr.std(ddof=1)) if n > 1 else 0.0,
-            "replicates": int(replicates)}  # fmt: skip
+    return {
+        "low": float(low),
+        "high": float(high),
+        "std": float(arr.std(ddof=1)) if n > 1 else 0.0,
+        "replicates": int(replicates),
+    }
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, batch_size: int = 4096) -> dict:

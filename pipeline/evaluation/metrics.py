@@ -120,9 +120,6 @@ class SegmentationScores:
     unmapped: np.ndarray | None = None  # [num_classes]: pixels predicted as an output with no dataset class
     average: str = "present"
 
-    def as_dict(self, prefix: str = "", suffix: str = "") -> dict:
-        return {f"{prefix}miou{suffix}": self.miou, f"{prefix}accuracy{suffix}": self.accuracy}
-
 
 def scores_from_confusion(
     confusion: np.ndarray, ignore: Sequence[int] = (), average: str = "present", unmapped: np.ndarray | None = None
@@ -247,8 +244,12 @@ class ConfusionAccumulator:
         """Per image, in update order: ``inter``, ``union`` ``[N, num_classes]``; ``correct``, ``labelled`` ``[N]``."""
         n = self.num_classes
         counts = np.concatenate(self._counts) if self._counts else np.zeros((0, 2 * n + 2), np.int64)
-        return {"inter": counts[:, :n], "union": counts[:, n : 2 * n], "correct": counts[:, 2 * n],
-                "labelled": counts[:, 2 * n + 1]}  # fmt: skip
+        return {
+            "inter": counts[:, :n],
+            "union": counts[:, n : 2 * n],
+            "correct": counts[:, 2 * n],
+            "labelled": counts[:, 2 * n + 1],
+        }
 
     def scores(self) -> SegmentationScores:
         full, n = self.full_matrix, self.num_classes

@@ -68,14 +68,16 @@ def metrics_record(
     assert real is not None and rand is not None, "metrics_record needs a pass with bounds (score_split)"
     h, w = inputs.hw
     backbone = inputs.backbone.info
-    comparable, reasons = paper_comparability(
-        EvaluationFacts(
-            inputs.classes.dataset, inputs.split_size, inputs.num_images, inputs.hw, backbone, inputs.style_source,
-            scores.unlabelled_maps,
-        )
-    )  # fmt: skip
-    comparability = comparability_record(inputs.dataset_id, inputs.split_id, inputs.num_images, inputs.hw,
-                                         inputs.style_source, backbone["name"], inputs.segmenter.scorer_id)  # fmt: skip
+    comparable, reasons = _paper_comparability(inputs, scores)
+    comparability = comparability_record(
+        inputs.dataset_id,
+        inputs.split_id,
+        inputs.num_images,
+        inputs.hw,
+        inputs.style_source,
+        backbone["name"],
+        inputs.segmenter.scorer_id,
+    )
     return {
         **numbers,
         "miou": gen.miou,
@@ -101,13 +103,7 @@ def metrics_record(
             "real_features_cached": scores.real_features_cached,
         },
         "segmenter": segmenter_record(inputs),
-        "diversity": {
-            **inputs.diversity.info,
-            "maps": min(e.diversity_maps, inputs.num_images),
-            "samples_per_map": e.diversity_samples,
-        }
-        if inputs.diversity
-        else None,  # fmt: skip
+        "diversity": _diversity_record(inputs, e),
         "generator": {"file": str(inputs.generator_path), "sha256": sha256_file(inputs.generator_path)},
         "ignore_classes": inputs.ignore,
         "scored_classes": inputs.classes.label_nc - len(inputs.ignore),
@@ -117,6 +113,26 @@ def metrics_record(
         "split_size": inputs.split_size,
         "timings": {k: round(v, 3) for k, v in sorted(scores.timings.items())},
     }
+
+
+def _paper_comparability(inputs: EvaluationInputs, scores: SplitScores) -> tuple[bool, list[str]]:
+    facts = EvaluationFacts(
+        inputs.classes.dataset,
+        inputs.split_size,
+        inputs.num_images,
+        inputs.hw,
+        inputs.backbone.info,
+        inputs.style_source,
+        scores.unlabelled_maps,
+    )
+    return paper_comparability(facts)
+
+
+def _diversity_record(inputs: EvaluationInputs, e: EvaluateSettings) -> dict | None:
+    if not inputs.diversity:
+        return None
+    maps = min(e.diversity_maps, inputs.num_images)
+    return {**inputs.diversity.info, "maps": maps, "samples_per_map": e.diversity_samples}
 
 
 def segmenter_record(inputs: EvaluationInputs) -> dict:

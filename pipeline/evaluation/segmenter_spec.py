@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from gaugan.classes import DONTCARE
@@ -165,9 +164,3 @@ def read_class_map(value: Mapping | str | None, root: Path) -> tuple[dict[int, i
 def scoring_size(spec: SegmenterSpec, generated_hw: tuple[int, int]) -> tuple[int, int]:
     """(H, W) at which predictions and ground truth are compared."""
     return spec.input_size if spec.input_size is not None else (int(generated_hw[0]), int(generated_hw[1]))
-
-
-def unmapped_outputs(spec: SegmenterSpec, num_outputs: int, num_classes: int) -> list[int]:
-    """Output ids that map to no dataset class (predicting them is always wrong)."""
-    table = spec.lookup(num_outputs, num_classes).numpy()
-    return [int(i) for i in np.nonzero(table >= num_classes)[0]]

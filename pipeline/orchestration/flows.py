@@ -38,7 +38,7 @@ must not run twice at once in one workspace: each DVC command of a flow waits wh
 tag ``dvc-workspace``, so ``prefect concurrency-limit create dvc-workspace 1`` also serializes them
 across flow runs.
 
-For a team (README "Running as a team"): ``prefect.yaml`` deploys :func:`pipeline_flow` and
+For a team (docs/team.md): ``prefect.yaml`` deploys :func:`pipeline_flow` and
 :func:`retrain_flow` on the work pool ``gaugan`` (schedule and new-data trigger included), workers
 on GPU machines run them, :func:`pipeline_flow` ends with ``dvc push`` when a default DVC remote is
 set, and :func:`set_failure_alert` (``gaugan-pipeline flow alerts``) has the Prefect server POST to
@@ -47,7 +47,6 @@ a webhook when a deployment run fails.
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -78,7 +77,6 @@ TAIL_LINES = 40
 DVC_BUSY = ("Unable to acquire lock", "is busy, it is being blocked by")
 BUSY_POLL_SECONDS = 5
 
-log = logging.getLogger(__name__)
 
 # The temporary server of `flow run` / `flow retrain` writes to one SQLite file from several services
 # at once; a run of the retraining stalled 60 s (SQLite's busy timeout in Prefect) and logged "database

@@ -106,7 +106,7 @@ def apply_plan(params_path: Path, plan: RetrainPlan) -> RetrainPlan:
         section, name = key.split(".")
         if section not in doc or name not in doc[section]:
             raise ParamsError(
-                f"{params_path}: {key} is missing; it is needed to retrain (see the README's params.yaml)"
+                f"{params_path}: {key} is missing; it is needed to retrain (see the project's params.yaml)"
             )
         old = doc[section][name]
         if old != value:

@@ -454,7 +454,7 @@ def import_reference(
 
 
 def start_import_run(model: ReferenceModel, meta: dict, root: Path):
-    """An MLflow run for the import (experiment gaugan-<dataset>); its id goes into ``meta``."""
+    """An MLflow run for the import (experiment ``gaugan-<dataset>``); its id goes into ``meta``."""
     from pipeline.tracking import Tracker, resolve_tracking_uri
 
     ref = meta["reference"]

@@ -1,1 +1,1 @@
-"""The MLflow model registry: registering versions, promotion on evidence, and the data lineage a version carries."""
+"""The MLflow model registry: registering versions, the pyfunc they are logged as, and promotion on evidence."""

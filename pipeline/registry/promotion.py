@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 EVIDENCE_ARTIFACT = f"evaluation/{EVIDENCE_FILE}"  # where a version's evidence lives in its run
 # What today's evaluation and the champion's stored one must share for the stored one to be used.
 _SAME_TERMS = ("val_split_id", "backbone_key", "segmenter_id", "resolution", "style_source")
-_SCORER_TAGS = ("eval_split_id", "fid_backbone", "segmenter_id")
 
 
 def log_evidence(ref: RunRef, path: Path) -> None:
@@ -103,22 +102,41 @@ class EvidenceJudge:
         if isinstance(theirs, str):  # nothing can be compared: the champion stays
             return Decision(False, recorded, f"{theirs}; the champion stays (register.promote: always moves it)")
         mine = self.challenger.meta
-        differs = [f"{k} is {mine.get(k)!r} here and {theirs.meta.get(k)!r} for {label}"
-                   for k in ("resolution", "style_source") if mine.get(k) != theirs.meta.get(k)]  # fmt: skip
+        differs = [
+            f"{k} is {mine.get(k)!r} here and {theirs.meta.get(k)!r} for {label}"
+            for k in ("resolution", "style_source")
+            if mine.get(k) != theirs.meta.get(k)
+        ]
         if differs:
-            return Decision(False, recorded, f"{s.metric} not comparable with {label}'s: {'; '.join(differs)}. "
-                            "The champion stays (register.promote: always moves it)")  # fmt: skip
-        result = paired_bootstrap(self.challenger, theirs, s.metric, s.greater_is_better, s.bootstrap, s.confidence,
-                                  self.params.seed, self.device)  # fmt: skip
+            return Decision(
+                False,
+                recorded,
+                f"{s.metric} not comparable with {label}'s: {'; '.join(differs)}. "
+                "The champion stays (register.promote: always moves it)",
+            )
+        result = paired_bootstrap(
+            self.challenger,
+            theirs,
+            s.metric,
+            s.greater_is_better,
+            s.bootstrap,
+            s.confidence,
+            self.params.seed,
+            self.device,
+        )
         return verdict(result, s, champion.version, how, recorded)
 
     def _champion_evidence(self, champion, label: str) -> tuple[Evidence | str, str]:
         """(the champion's evidence on today's terms, or why there is none; how it was obtained)."""
         mine = self.challenger.meta
-        scorer = {"eval_split_id": mine["val_split_id"], "fid_backbone": mine["fid_backbone"],
-                  "segmenter_id": mine["segmenter_id"]}  # fmt: skip
-        changed = [f"{k} {champion.tags.get(k) or 'unrecorded'} -> {v}" for k, v in scorer.items()
-                   if champion.tags.get(k) != v]  # fmt: skip
+        scorer = {
+            "eval_split_id": mine["val_split_id"],
+            "fid_backbone": mine["fid_backbone"],
+            "segmenter_id": mine["segmenter_id"],
+        }
+        changed = [
+            f"{k} {champion.tags.get(k) or 'unrecorded'} -> {v}" for k, v in scorer.items() if champion.tags.get(k) != v
+        ]
         if not changed:
             stored = self._stored(champion)
             if isinstance(stored, Evidence):
@@ -152,8 +170,13 @@ class EvidenceJudge:
                 return inputs_or_reason
             e = self.params.evaluate
             with full_float32():
-                scores = score_split(inputs_or_reason, e, self.params.seed,
-                                     real_feature_cache(inputs_or_reason, e, self.root), bounds=False)  # fmt: skip
+                scores = score_split(
+                    inputs_or_reason,
+                    e,
+                    self.params.seed,
+                    real_feature_cache(inputs_or_reason, e, self.root),
+                    bounds=False,
+                )
             return evidence(inputs_or_reason, scores, e, self.params.seed)
 
     def _inputs(self, generator: Path, label: str) -> EvaluationInputs | str:
@@ -167,8 +190,10 @@ class EvidenceJudge:
                 listed = ", ".join(
                     f"{c} {names[c] if c < len(names) else ''!r} ({k} images)" for c, k in beyond.items()
                 )
-                return (f"{label} cannot be compared on today's validation split: its maps use classes it was not "
-                        f"trained with (it has {own.label_nc}): {listed}")  # fmt: skip
+                return (
+                    f"{label} cannot be compared on today's validation split: its maps use classes it was not "
+                    f"trained with (it has {own.label_nc}): {listed}"
+                )
         return load_inputs(self.params, self.root, generator=generator)
 
 
@@ -191,9 +216,16 @@ def verdict(result: dict, settings, version, how: str, recorded: float | None) -
         f"{pct} interval [{result['ci_low']:.4g}, {result['ci_high']:.4g}] over {result['replicates']} "
         f"paired resamples of {result['images']} validation images; {'promoted' if promoted else 'not promoted'}: {why}"
     )
-    record = {**result, "min_improvement": settings.min_improvement, "significant": significant,
-              "champion_version": int(version), "champion_evidence": how, "champion_value_recorded": recorded,
-              "promoted": promoted, "decision": reason}  # fmt: skip
+    record = {
+        **result,
+        "min_improvement": settings.min_improvement,
+        "significant": significant,
+        "champion_version": int(version),
+        "champion_evidence": how,
+        "champion_value_recorded": recorded,
+        "promoted": promoted,
+        "decision": reason,
+    }
     tags = {
         "promotion_rule": settings.promote,
         "promotion_value": repr(result["challenger"]),

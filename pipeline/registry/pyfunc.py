@@ -11,7 +11,7 @@ Params: ``seed`` (long, default -1 = random; the style noise of models with a st
 (:meth:`gaugan.synthesizer.Synthesizer.synthesize` does the work; this is a thin adapter).
 Bad input (a class the model lacks, a missing key, instance and label maps of different shapes)
 raises an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which ``mlflow models serve``
-answers as HTTP 400 with the message (and no stack trace); the README shows a request.
+answers as HTTP 400 with the message (and no stack trace); docs/serving.md shows a request.
 
 The artifact is the generator file itself (``artifacts={"generator": ...}``). The model is logged
 as code (a three-line file that imports :class:`GauGANPyfunc`), not pickled, so loading needs this

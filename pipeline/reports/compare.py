@@ -13,7 +13,6 @@ and logged to MLflow (experiment ``gaugan-compare``) as artifacts of a run named
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -168,14 +167,10 @@ def _log(tracking_uri: str, a: ModelSide, b: ModelSide, folder: Path) -> None:
     experiment = ensure_experiment(EXPERIMENT, tracking_uri)
     with mlflow_errors(tracking_uri, "logging the compare report"):
         client = mlflow.MlflowClient(tracking_uri)
-        run = client.create_run(experiment, run_name=f"{a.label} vs {b.label}",
-                                tags={"compare_a": a.run_id, "compare_b": b.run_id})  # fmt: skip
+        run = client.create_run(
+            experiment, run_name=f"{a.label} vs {b.label}", tags={"compare_a": a.run_id, "compare_b": b.run_id}
+        )
         for path in sorted(folder.iterdir()):
             client.log_artifact(run.info.run_id, str(path), artifact_path="compare")
         client.set_terminated(run.info.run_id)
     log.info("compare: logged to MLflow run %s (experiment %s)", run.info.run_id, EXPERIMENT)
-
-
-def report_summary(html: Path) -> dict:
-    """compare.json beside a report (for a caller that wants the table without parsing HTML)."""
-    return json.loads((html.parent / "compare.json").read_text())

@@ -59,9 +59,10 @@ def _side_block(name: str, side) -> str:
         f"{escape(str(m.get('segmenter', {}).get('arch', '?')))} "
         f"<code>{escape(str(m.get('segmenter', {}).get('id', '?')))}</code>; device "
         f"{escape(str(m.get('precision_modes', {}).get('device', '?')))}</p>"
-        f"<p>paper-comparable: {verdict}</p>" + (f"<ul>{reasons}</ul>" if reasons else "")
+        f"<p>paper-comparable: {verdict}</p>"
+        + (f"<ul>{reasons}</ul>" if reasons else "")
         + (f"<p class='no'>missing from the run:</p><ul>{missing}</ul>" if missing else "")
-    )  # fmt: skip
+    )
 
 
 def _metric_table(rows) -> str:

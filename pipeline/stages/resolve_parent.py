@@ -9,14 +9,12 @@ stage, which depends on the folder, reruns exactly then. The work is in ``pipeli
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from pipeline.params import Params, scoped
 from pipeline.parents.resolve import resolve_parent
 
 PARAMS = ("train.init_from", "train.parent_dir", "mlflow.tracking_uri")
-log = logging.getLogger(__name__)
 
 
 def run(params: Params, root: Path = Path(".")) -> dict:

@@ -122,7 +122,7 @@ def _external_path(s: SegmenterSettings, root: Path) -> Path:
     if not s.weights:
         raise SegmenterError(
             f"segmenter.arch {s.arch} needs the exported network: set segmenter.weights to its file (e.g. "
-            f"weights/drn_d_105_cityscapes.{'pt' if s.arch == 'torchscript' else 'onnx'}; README: Evaluation)"
+            f"weights/drn_d_105_cityscapes.{'pt' if s.arch == 'torchscript' else 'onnx'}; docs/evaluation.md)"
         )
     path = Path(s.weights) if Path(s.weights).is_absolute() else root / s.weights
     if not path.is_file():

@@ -6,7 +6,6 @@ Every step reseeds torch from (seed, step, rank), and every batch is a function 
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,6 @@ from pipeline.params import TrainSettings
 from pipeline.tracking import Tracker
 from pipeline.training.checkpoints import CheckpointStore
 from pipeline.training.samples import SampleMaker
-
-log = logging.getLogger(__name__)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
