@@ -15,7 +15,7 @@ serves: ``from_checkpoint(fold=True)``) and under bf16 autocast (faster on some 
 changes the pixels: not used on CPU). The machine's
 load average is printed with the figures: other work on the machine slows every number.
 
-Usage: ``python bench/app.py [--setting all|demo|paper] [--reps 30] [--paper-reps 5] [--threads N]
+Usage: ``python -m bench.app [--setting all|demo|paper] [--reps 30] [--paper-reps 5] [--threads N]
 [--json out.json]``.
 """
 
@@ -27,7 +27,6 @@ import io
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,15 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from gaugan.checkpoint import save_generator  # noqa: E402
-from gaugan.classes import ClassTable  # noqa: E402
-from gaugan.config import GauGANConfig  # noqa: E402
-from gaugan.encoding import encode_labels  # noqa: E402
-from gaugan.generator import SPADEGenerator  # noqa: E402
-from gaugan.synthesizer import Synthesizer  # noqa: E402
+from bench.workspace import PARAMS_FILE
+from gaugan.checkpoint import save_generator
+from gaugan.classes import ClassTable
+from gaugan.config import GauGANConfig
+from gaugan.encoding import encode_labels
+from gaugan.generator import SPADEGenerator
+from gaugan.synthesizer import Synthesizer
 
 SETTINGS = {
     "demo": dict(label_nc=12, use_instance=True, ngf=16, z_dim=64, spade_hidden=32, crop_size=64),
@@ -88,7 +85,7 @@ def request_latency(model: Path, labels: np.ndarray, reps: int) -> dict:
     from pipeline.serving.app.catalog import Catalog
     from pipeline.serving.app.server import create_app
 
-    settings = load_params(ROOT / "params.yaml").app
+    settings = load_params(PARAMS_FILE).app
     catalog = Catalog("sqlite:///:memory:", str(model), "cpu", settings.cache_models)
     buf = io.BytesIO()
     from PIL import Image

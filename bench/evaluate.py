@@ -1,6 +1,6 @@
 """Throughput of the whole evaluate stage on this machine, and where its time goes.
 
-    python bench/evaluate.py [--sizes 64 256] [--images 48 16] [--inception-weights PATH] [--device cpu] [--json OUT]
+    python -m bench.evaluate [--sizes 64 256] [--images 48 16] [--inception-weights PATH] [--device cpu] [--json OUT]
 
 For each size: the demo dataset generated at that size (``data.demo`` of params.yaml, its validation
 split cut to ``--images``), the demo generator of params.yaml's ``model`` section and a
@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
+from bench.workspace import ROOT, bench_params
 
 
 def _inception_weights(explicit: str | None, scratch: Path) -> tuple[Path, bool]:
@@ -73,29 +71,34 @@ def _project(root: Path, size: int, images: int, params) -> None:
 
 
 def bench_size(size: int, images: int, weights: Path, device: str, scratch: Path) -> dict:
-    from pipeline.params import load_params, override
     from pipeline.stages.evaluate import run as run_evaluate
 
-    params = load_params(ROOT / "params.yaml")
+    updates = {
+        "data.out": "data",
+        "train.model_out": "generator.pt",
+        "train.out_dir": "train",
+        "segmenter.out": "segmenter.pt",
+        "train.crop_size": size,
+        "train.load_size": size,
+        "evaluate.feature_extractor": "inception",
+        "evaluate.inception_weights": str(weights),
+        "evaluate.stats_cache": "cache",
+        "evaluate.device": device,
+        "evaluate.out_dir": "out",
+    }
+    params = bench_params(updates, "bench/evaluate.py")
     root = scratch / f"size{size}"
     _project(root, size, images, params)
-    params = override(
-        params,
-        {
-            "data.out": "data", "train.model_out": "generator.pt", "train.out_dir": "train",
-            "segmenter.out": "segmenter.pt",
-            "train.crop_size": size, "train.load_size": size, "evaluate.feature_extractor": "inception",
-            "evaluate.inception_weights": str(weights), "evaluate.stats_cache": "cache", "evaluate.device": device,
-            "evaluate.out_dir": "out",
-        },
-    )  # fmt: skip
     rows = {}
     for attempt in ("first", "cached"):
         start = time.perf_counter()
         metrics = run_evaluate(params, root)
         wall = time.perf_counter() - start
-        rows[attempt] = {"seconds": round(wall, 2), "images_per_sec": round(images / wall, 3),
-                         "timings": metrics["timings"]}  # fmt: skip
+        rows[attempt] = {
+            "seconds": round(wall, 2),
+            "images_per_sec": round(images / wall, 3),
+            "timings": metrics["timings"],
+        }
         parts = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(metrics["timings"].items(), key=lambda kv: -kv[1]))
         print(f"{size:4d} px, {images} images, {attempt:6s}: {wall:7.1f} s, {images / wall:6.2f} img/s | {parts}")
     return {"size": size, "images": images, **rows}

@@ -19,8 +19,12 @@ On a CUDA machine (the default) it checks:
 - ``uint8_batch``: uint8 images/edges converted on the device equal the float path.
 
 ``--cpu``: the reduced mode, on CPU (gloo, no SyncBatchNorm; the CUDA-only rows say ``skip``),
-so the script itself is known to work. Usage: ``python bench/gpu_paths_check.py [--cpu]
+so the script itself is known to work. Usage: ``python -m bench.gpu_paths_check [--cpu]
 [--only NAME,...] [--rows-only]``; the exit status is 1 when a check fails.
+
+The helpers below (weights compared, the GradScalers forced, a checkpoint's tensors, optimizer state
+placement, host syncs counted, a sample made float and uint8) are the ones ``tests/test_gpu_paths.py``
+uses for the same paths on CPU: a check is written once.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import sys
 import tempfile
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -41,14 +45,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from gaugan.config import GauGANConfig
+from gaugan.numerics import auto_precision, autocast_dtype, native_bf16, set_deterministic
+from gaugan.trainer import GauGANTrainer, TrainOptions
 
-from gaugan.config import GauGANConfig  # noqa: E402
-from gaugan.numerics import auto_precision, autocast_dtype, native_bf16, set_deterministic  # noqa: E402
-from gaugan.trainer import GauGANTrainer, TrainOptions  # noqa: E402
-
+# the tensor methods that wait for the device (on CUDA: a host-device sync each)
 SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+OVERFLOW_SCALE = 3.0e38  # a GradScaler scale at which every gradient overflows: the scaler reports inf
 
 
 def tiny_config(**kw) -> GauGANConfig:
@@ -78,12 +81,113 @@ def weights(trainer: GauGANTrainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in named}
 
 
-def same(a: dict, b: dict) -> bool:
+# ------------------------------------------------------------------------------------ helpers, shared with the tests
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """The same names and bit-identical tensors."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def max_diff(a: dict, b: dict) -> float:
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def at_scale(trainer: GauGANTrainer, scale: float) -> None:
+    """Both GradScalers (G and D) at ``scale`` (:data:`OVERFLOW_SCALE`: the next step is skipped)."""
+    for scaler in (trainer.scaler_G, trainer.scaler_D):
+        scaler.load_state_dict({**scaler.state_dict(), "scale": scale})
+
+
+def state_tensors(obj) -> Iterator[torch.Tensor]:
+    """Every tensor in a (checkpoint) state: nested dicts, lists and tuples."""
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from state_tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from state_tensors(v)
+
+
+def optimizer_state_placed(trainer: GauGANTrainer) -> bool:
+    """Every optimizer state tensor of G and D (Adam's moments and step) on its parameter's device."""
+    return all(
+        v.device == p.device
+        for opt in (trainer.opt_G, trainer.opt_D)
+        for g in opt.param_groups
+        for p in g["params"]
+        for v in opt.state[p].values()
+    )
+
+
+_INHERITED = object()  # a method torch.Tensor takes from its C base class: deleted again on exit
+
+
+class SyncCounter:
+    """Counts the calls of :data:`SYNC_METHODS` (``calls``: their names) while entered, and (CUDA)
+    the sync-debug warnings of :meth:`step`."""
+
+    def __init__(self, cuda: bool = False):
+        self.calls: list[str] = []
+        self.cuda = cuda
+        self._saved: dict[str, object] = {}
+
+    def __enter__(self) -> SyncCounter:
+        for name in SYNC_METHODS:
+            self._saved[name] = torch.Tensor.__dict__.get(name, _INHERITED)
+            original = getattr(torch.Tensor, name)
+
+            def counted(t, *args, _name=name, _original=original, **kwargs):
+                self.calls.append(_name)
+                return _original(t, *args, **kwargs)
+
+            setattr(torch.Tensor, name, counted)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, saved in self._saved.items():
+            if saved is _INHERITED:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, saved)
+
+    def step(self, fn: Callable[[], object]) -> tuple[int, int]:
+        """(tensor-method calls, CUDA sync warnings) while ``fn`` runs."""
+        self.calls.clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if self.cuda:
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                fn()
+            finally:
+                if self.cuda:
+                    torch.cuda.set_sync_debug_mode("default")
+        syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+        return len(self.calls), len(syncs)
+
+
+def uint8_sample(height: int, width: int) -> dict:
+    """A random sample (5 classes, 3 instances) as a dataset reads it: uint8 image and label maps."""
+    rng = np.random.default_rng(0)
+    return {
+        "id": "a",
+        "image": rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+        "label": rng.integers(0, 5, (height, width), dtype=np.uint8),
+        "instance": rng.integers(0, 3, (height, width), dtype=np.int32),
+    }
+
+
+def float_and_uint8(sample: dict, geometry) -> tuple[dict, dict]:
+    """``sample`` through the training transform (same seed) as float tensors and as uint8 ones."""
+    from gaugan.transforms import PairTransform
+
+    return PairTransform(geometry, True)(sample, seed=3), PairTransform(geometry, True, uint8=True)(sample, seed=3)
+
+
+def network_inputs(trainer: GauGANTrainer, sample: dict) -> tuple[torch.Tensor, ...]:
+    """What the trainer feeds its networks for a batch of one transformed ``sample``, on its device."""
+    return trainer._prepare({k: v.unsqueeze(0).to(trainer.device) for k, v in sample.items() if k != "id"})
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -112,25 +216,20 @@ def check_train_auto_precision(device: torch.device) -> tuple[bool | None, str]:
     return finite, f"{precision}: {shown}; skipped {losses[-1]['skipped_steps']:.0f}"
 
 
-def _at_scale(trainer: GauGANTrainer, scale: float) -> None:
-    for scaler in (trainer.scaler_G, trainer.scaler_D):
-        scaler.load_state_dict({**scaler.state_dict(), "scale": scale})
-
-
 def check_fp16_skipped_step(device: torch.device) -> tuple[bool | None, str]:
     cfg = tiny_config()
     torch.manual_seed(0)
     trainer = GauGANTrainer(cfg, options(precision="fp16", total_steps=10, decay_start_step=0), device)
-    _at_scale(trainer, 1024.0)
+    at_scale(trainer, 1024.0)
     first = trainer.train_step(make_batch(cfg, device, seed=0))
     before, ema = weights(trainer), {k: v.clone() for k, v in trainer.ema.state_dict().items()}
-    _at_scale(trainer, 3.0e38)  # every gradient overflows: the scaler reports inf
+    at_scale(trainer, OVERFLOW_SCALE)
     skipped = trainer.train_step(make_batch(cfg, device, seed=1))
     kept = same(before, weights(trainer)) and all(torch.equal(v, trainer.ema.state_dict()[k]) for k, v in ema.items())
     lr_kept = skipped["lr_G"] == first["lr_G"]
     counted = skipped["skipped_steps"] - first["skipped_steps"] == 1 and trainer.step == 2
-    backed_off = trainer.scaler_G.get_scale() < 3.0e38
-    _at_scale(trainer, 1024.0)
+    backed_off = trainer.scaler_G.get_scale() < OVERFLOW_SCALE
+    at_scale(trainer, 1024.0)
     trainer.train_step(make_batch(cfg, device, seed=2))
     applied = not same(before, weights(trainer))
     ok = kept and lr_kept and counted and backed_off and applied
@@ -141,46 +240,6 @@ def check_fp16_skipped_step(device: torch.device) -> tuple[bool | None, str]:
     return ok, detail
 
 
-class _SyncCounter:
-    """Counts the tensor methods that wait for the device, and (CUDA) the sync-debug warnings."""
-
-    def __init__(self, cuda: bool):
-        self.calls: list[str] = []
-        self.cuda = cuda
-        self._saved: dict[str, Callable] = {}
-
-    def __enter__(self) -> _SyncCounter:
-        for name in SYNC_METHODS:
-            original = getattr(torch.Tensor, name)
-            self._saved[name] = original
-
-            def counted(t, *args, _name=name, _original=original, **kwargs):
-                self.calls.append(_name)
-                return _original(t, *args, **kwargs)
-
-            setattr(torch.Tensor, name, counted)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for name, original in self._saved.items():
-            setattr(torch.Tensor, name, original)
-
-    def step(self, fn: Callable[[], object]) -> tuple[int, int]:
-        """(tensor-method calls, CUDA sync warnings) while ``fn`` runs."""
-        self.calls.clear()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if self.cuda:
-                torch.cuda.set_sync_debug_mode("warn")
-            try:
-                fn()
-            finally:
-                if self.cuda:
-                    torch.cuda.set_sync_debug_mode("default")
-        syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
-        return len(self.calls), len(syncs)
-
-
 def check_syncs_per_step(device: torch.device) -> tuple[bool | None, str]:
     parts, ok = [], True
     for precision in dict.fromkeys(("fp32", auto_precision(device), "fp16")):
@@ -189,7 +248,7 @@ def check_syncs_per_step(device: torch.device) -> tuple[bool | None, str]:
         trainer = GauGANTrainer(cfg, options(precision=precision, total_steps=8, decay_start_step=1), device)
         batches = [make_batch(cfg, device, seed=s) for s in range(4)]
         trainer.train_step(batches[0])  # lazy optimizer and scaler state: out of the count
-        with _SyncCounter(device.type == "cuda") as counter:
+        with SyncCounter(device.type == "cuda") as counter:
             unread = [counter.step(lambda b=b, t=trainer: t.train_step(b, read=False)) for b in batches[1:3]]
             read = counter.step(lambda b=batches[3], t=trainer: t.train_step(b))
         ok = ok and all(u == (0, 0) for u in unread) and read[0] <= 1 and read[1] <= 1
@@ -211,34 +270,17 @@ def check_resume_placement(device: torch.device) -> tuple[bool | None, str]:
         state = store.load("f")
         grew = (torch.cuda.memory_allocated(device) - allocated) if device.type == "cuda" else 0
     assert state is not None
-    on_cpu = all(t.device.type == "cpu" for t in _tensors(state))
+    on_cpu = all(t.device.type == "cpu" for t in state_tensors(state))
     torch.manual_seed(1)
     target = GauGANTrainer(cfg, options(), device)
     target.load_state_dict(state["trainer"])
-    placed = all(
-        v.device == p.device
-        for opt in (target.opt_G, target.opt_D)
-        for g in opt.param_groups
-        for p in g["params"]
-        for v in opt.state[p].values()
-    )
+    placed = optimizer_state_placed(target)
     lr_placed = all(
         torch.as_tensor(o.param_groups[0]["lr"]).device == target.device for o in (target.opt_G, target.opt_D)
     )
     equal = same(weights(source), weights(target))
     ok = on_cpu and grew == 0 and placed and lr_placed and equal
     return ok, f"loaded on CPU {on_cpu} (GPU memory +{grew} B), optimizer state on {device} {placed}, lr {lr_placed}"
-
-
-def _tensors(obj):
-    if torch.is_tensor(obj):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _tensors(v)
 
 
 def check_determinism(device: torch.device) -> tuple[bool | None, str]:
@@ -369,21 +411,12 @@ def check_eval_features_fp32(device: torch.device) -> tuple[bool | None, str]:
 
 
 def check_uint8_batch(device: torch.device) -> tuple[bool | None, str]:
-    from gaugan.transforms import Geometry, PairTransform
+    from gaugan.transforms import Geometry
 
-    rng = np.random.default_rng(0)
-    sample = {
-        "id": "a",
-        "image": rng.integers(0, 256, (72, 80, 3), dtype=np.uint8),
-        "label": rng.integers(0, 5, (72, 80), dtype=np.uint8),
-        "instance": rng.integers(0, 3, (72, 80), dtype=np.int32),
-    }
     geometry = Geometry(load_size=72, crop_size=64, aspect_ratio=1.0, flip=True, preprocess_mode="resize_and_crop")
-    as_float = PairTransform(geometry, True)(sample, seed=3)
-    as_uint8 = PairTransform(geometry, True, uint8=True)(sample, seed=3)
+    as_float, as_uint8 = float_and_uint8(uint8_sample(72, 80), geometry)
     trainer = GauGANTrainer(tiny_config(), options(), device)
-    a = trainer._prepare({k: v.unsqueeze(0).to(device) for k, v in as_float.items() if k != "id"})
-    b = trainer._prepare({k: v.unsqueeze(0).to(device) for k, v in as_uint8.items() if k != "id"})
+    a, b = network_inputs(trainer, as_float), network_inputs(trainer, as_uint8)
     equal = all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     sent = sum(v.numel() * v.element_size() for k, v in as_uint8.items() if k != "id")
     sent_float = sum(v.numel() * v.element_size() for k, v in as_float.items() if k != "id")

@@ -17,7 +17,7 @@ Only torch, torchvision and numpy are needed for the ``train_step`` and ``ddp`` 
 runs the same code paths tiny on the CPU (a 64 px model with 8 channels, a few steps) so that the
 script is known to work where no GPU is at hand; its figures mean nothing.
 
-Usage: ``python bench/gpu_speed.py [--cpu] [--batch N] [--steps N] [--no-compile] [--no-pipeline]
+Usage: ``python -m bench.gpu_speed [--cpu] [--batch N] [--steps N] [--no-compile] [--no-pipeline]
 [--rows-only]``.
 """
 
@@ -35,13 +35,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from train_step import make_batch, sync  # noqa: E402  (bench/ is the script's folder: sys.path[0])
-
-from gaugan.config import GauGANConfig  # noqa: E402
-from gaugan.trainer import GauGANTrainer, TrainOptions  # noqa: E402
+from bench.train_step import make_batch, sync
+from bench.workspace import ROOT, demo_project
+from gaugan.config import GauGANConfig
+from gaugan.trainer import GauGANTrainer, TrainOptions
 
 VARIANTS = {  # name: (precision, channels_last, compile)
     "fp32": ("fp32", False, False),
@@ -105,7 +102,7 @@ def train_row(name: str, args, device: torch.device, vgg: str) -> tuple[str, str
 
 def keep_nhwc_after_instance_norms(module: torch.nn.Module) -> None:
     """InstanceNorm returns NCHW from an NHWC input: give the next layer NHWC again (issue #16: does
-    keeping D's activations NHWC pay on the GPU? On a CPU in fp32 it made no difference)."""
+    keeping D's activations NHWC pay on the GPU?)."""
 
     def restore(norm, inputs, output):
         if inputs[0].is_contiguous(memory_format=torch.channels_last):
@@ -139,7 +136,7 @@ def ddp_child(args) -> None:
 
 def ddp_row(args) -> tuple[str, str, str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1"]
-    cmd += [str(Path(__file__).resolve()), "--ddp-child", "--batch", str(args.batch), "--steps", str(args.steps)]
+    cmd += ["-m", "bench.gpu_speed", "--ddp-child", "--batch", str(args.batch), "--steps", str(args.steps)]
     cmd += ["--cpu"] if args.cpu else []
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -159,25 +156,23 @@ def pipeline_missing() -> str | None:
     return None
 
 
-def demo_project(tmp: Path, device: str, dry: bool) -> Path:
+def stage_project(tmp: Path, device: str, dry: bool) -> Path:
     """A project folder: params.yaml's demo settings on this device, shortened; the data prepared."""
-    import yaml
-
-    from pipeline.datasets import prepare
-    from pipeline.params import load_params
-
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["data"]["format"] = "demo"
-    raw["data"]["demo"].update(num_train=16 if dry else 240, num_val=8 if dry else 48)
     steps = 2 if dry else 200
-    raw["train"].update(max_steps=steps, decay_start_step=None, checkpoint_every=10**6, sample_every=10**6)
-    raw["train"].update(device=device, log_every=max(1, steps // 4))
-    raw["segmenter"].update(device=device, steps=2 if dry else 200)
-    raw["evaluate"].update(device=device, stats_cache=None, fid_bootstrap=2 if dry else 50)
-    raw["mlflow"] = {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "gpu-check"}
-    (tmp / "params.yaml").write_text(yaml.safe_dump(raw))
-    params = load_params(tmp / "params.yaml")
-    prepare(params.data, tmp / "unused", tmp / params.data.out, progress=False)
+    sections: dict[str, dict] = {
+        "data": {"demo": {"num_train": 16 if dry else 240, "num_val": 8 if dry else 48}},
+        "train": {
+            "max_steps": steps,
+            "decay_start_step": None,
+            "checkpoint_every": 10**6,
+            "sample_every": 10**6,
+            "device": device,
+            "log_every": max(1, steps // 4),
+        },
+        "segmenter": {"device": device, "steps": 2 if dry else 200},
+        "evaluate": {"device": device, "stats_cache": None, "fid_bootstrap": 2 if dry else 50},
+    }
+    demo_project(tmp, sections, "gpu-check")
     return tmp
 
 
@@ -188,7 +183,7 @@ def stage_rows(args, device: torch.device) -> list[tuple[str, str, str]]:
     rows = []
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
     with tempfile.TemporaryDirectory() as tmp:
-        project = demo_project(Path(tmp), device.type, args.cpu)
+        project = stage_project(Path(tmp), device.type, args.cpu)
         run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m"]
         stages = {
             "demo_train_stage": run + ["pipeline.cli", "train", "--resume", "never"],

@@ -10,7 +10,7 @@ noise. Measured:
   ``COCO.annToMask`` per annotation painted on full frames, PIL's default PNG encoding,
 - ``rasterize``: the instance-map step alone, the pipeline's RLE painting vs the annToMask loop.
 
-Usage: ``python bench/ingest.py [--images 60] [--repeats 2] [--workers 1 2] [--json out.json]``.
+Usage: ``python -m bench.ingest [--images 60] [--repeats 2] [--workers 1 2] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.workspace import PARAMS_FILE, ROOT
+
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "real"
 W, H = 640, 480
 
@@ -188,7 +187,7 @@ def main(argv=None) -> dict:
     from pipeline.datasets import prepare
     from pipeline.params import load_params
 
-    data = load_params(ROOT / "params.yaml").data.model_copy(update={"format": "coco-stuff"})
+    data = load_params(PARAMS_FILE).data.model_copy(update={"format": "coco-stuff"})
 
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         tmp = Path(tmp)

@@ -1,6 +1,6 @@
 """Promotion on evidence on the demo (issue #20): seeds against each other, a 10x longer training against both.
 
-    python bench/promotion.py --work /tmp/promotion [--steps 50] [--seeds 0 1 2] [--factor 10]
+    python -m bench.promotion --work /tmp/promotion [--steps 50] [--seeds 0 1 2] [--factor 10]
                               [--segmenter-steps N] [--size PX] [--ngf N] [--json OUT]
 
 In ``--work`` (a fresh folder, or one from an earlier call: finished models are reused): the demo
@@ -18,10 +18,9 @@ Printed:
    seed (the first champion), the second short seed, then the long model, with each
    registration.json's decision sentence (the version's tags hold the same).
 
-Then a JSON summary (``--json`` writes it to a file too). Training dominates: about 2.5 demo steps
-per second on an idle 2-core CPU (README, Benchmarks), so the defaults (3 x 50 + 500 steps) take
-about 5 minutes there; on the same VM shared with three other jobs (load 14-18) a 20-step 32 px
-model (``--size 32 --ngf 8``) took 6 minutes. ``--factor 0`` compares the seeds alone.
+Then a JSON summary (``--json`` writes it to a file too). Training dominates the time: the defaults
+train 3 x 50 + 500 demo steps; ``--size`` and ``--ngf`` make a smaller model for a loaded CPU.
+``--factor 0`` compares the seeds alone.
 """
 
 from __future__ import annotations
@@ -31,47 +30,45 @@ import itertools
 import json
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+from bench.workspace import bench_params, demo_data, demo_segmenter
 
 SEGMENTER_STEPS: int | None = None  # --segmenter-steps
 SMALL: dict = {}  # --size / --ngf: a smaller demo for a loaded CPU
+REGISTRY_DB = "registry.db"  # the registrations' store, apart from the training runs' mlflow.db
 
 
-def _params(work: Path, name: str | None = None, steps: int = 0, seed: int = 0):
-    from pipeline.params import load_params, override
-
-    params = load_params(ROOT / "params.yaml")
-    updates: dict = {"mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "segmenter.steps": SEGMENTER_STEPS,
-                     **SMALL}  # fmt: skip
+def _params(work: Path, name: str | None = None, steps: int = 0, seed: int = 0, db: str = "mlflow.db"):
+    updates: dict = {
+        "mlflow.tracking_uri": f"sqlite:///{work / db}",
+        "segmenter.steps": SEGMENTER_STEPS,
+        **SMALL,
+    }
     if name is not None:
-        updates.update({
-            "seed": seed, "train.max_steps": steps, "train.decay_start_step": int(steps * 0.6),
-            "train.model_out": f"models/{name}/generator.pt", "train.out_dir": f"outputs/{name}/train",
-            "train.checkpoint_dir": f"runs/{name}", "evaluate.out_dir": f"outputs/{name}/evaluate",
-            "register.out": f"outputs/{name}/registration.json", "train.sample_every": steps,
-            "train.checkpoint_every": steps,
-        })  # fmt: skip
-    return override(params, updates, "bench/promotion.py")
+        updates.update(
+            {
+                "seed": seed,
+                "train.max_steps": steps,
+                "train.decay_start_step": int(steps * 0.6),
+                "train.model_out": f"models/{name}/generator.pt",
+                "train.out_dir": f"outputs/{name}/train",
+                "train.checkpoint_dir": f"runs/{name}",
+                "evaluate.out_dir": f"outputs/{name}/evaluate",
+                "register.out": f"outputs/{name}/registration.json",
+                "train.sample_every": steps,
+                "train.checkpoint_every": steps,
+            }
+        )
+    return bench_params(updates, "bench/promotion.py")
 
 
 def prepare(work: Path) -> None:
     """The demo dataset and the segmenter that scores mIoU, as the pipeline makes them."""
-    from pipeline.datasets.demo import write_demo_source
-    from pipeline.stages.ingest import run as ingest
-    from pipeline.stages.train_segmenter import run as train_segmenter
-
     params = _params(work)
-    if not (work / params.data.out / "manifest.parquet").is_file():
-        write_demo_source(work / params.data.source, params.data.demo)
-        ingest(params, work)
-    if not (work / params.segmenter.out).is_file():
-        train_segmenter(params, work)
+    demo_data(params, work, progress=True)
+    demo_segmenter(params, work)
 
 
 def model(work: Path, name: str, steps: int, seed: int) -> dict:
@@ -98,8 +95,9 @@ def pairs(work: Path, short: list[str], longer: list[str]) -> list[dict]:
     evidence = {n: Evidence.load(work / "outputs" / n / "evaluate" / "per_image.npz") for n in [*short, *longer]}
     rows = []
     for challenger, champion in [*itertools.permutations(short, 2), *itertools.product(longer, short)]:
-        result = paired_bootstrap(evidence[challenger], evidence[champion], s.metric, s.greater_is_better,
-                                  s.bootstrap, s.confidence, seed=0)  # fmt: skip
+        result = paired_bootstrap(
+            evidence[challenger], evidence[champion], s.metric, s.greater_is_better, s.bootstrap, s.confidence, seed=0
+        )
         decision = verdict(result, s, 0, champion, None)
         rows.append({"challenger": challenger, "champion": champion, **result, "promoted": decision.promoted})
         print(
@@ -112,15 +110,16 @@ def pairs(work: Path, short: list[str], longer: list[str]) -> list[dict]:
 
 
 def registrations(work: Path, order: list[tuple[str, int, int]]) -> list[dict]:
-    """The register stage in turn into a fresh registry: what each registration.json says."""
+    """The register stage in turn into a fresh registry (its own database: MLflow keeps the training
+    runs' one open): what each registration.json says."""
     from pipeline.stages.register import run as register
 
-    (work / "mlflow.db").unlink(missing_ok=True)
+    (work / REGISTRY_DB).unlink(missing_ok=True)
     shutil.rmtree(work / "mlartifacts", ignore_errors=True)
     results = []
     for name, steps, seed in order:
-        # a fresh run per model (the training runs went to the registry that was just removed)
-        params = _params(work, name, steps, seed)
+        # a fresh run per model (the training runs went to the other database)
+        params = _params(work, name, steps, seed, REGISTRY_DB)
         _fresh_run(work, params)
         result = register(params, work)
         results.append({"model": name, **result})
@@ -154,8 +153,14 @@ def main() -> None:
     global SEGMENTER_STEPS
     SEGMENTER_STEPS = args.segmenter_steps
     if args.size:
-        SMALL.update({"data.demo.width": args.size, "data.demo.height": args.size, "train.crop_size": args.size,
-                      "train.load_size": args.size + args.size // 8})  # fmt: skip
+        SMALL.update(
+            {
+                "data.demo.width": args.size,
+                "data.demo.height": args.size,
+                "train.crop_size": args.size,
+                "train.load_size": args.size + args.size // 8,
+            }
+        )
     if args.ngf:
         SMALL.update({"model.ngf": args.ngf, "model.ndf": args.ngf, "model.nef": args.ngf})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -168,12 +173,17 @@ def main() -> None:
     metrics = {name: model(work, name, steps, seed) for name, (steps, seed) in models.items()}
     metric = _params(work).registry.metric
     for name, m in metrics.items():
-        print(f"{name:>14}: {metric} {m[metric]:.4f} (FID interval [{m['fid_ci_low']:.3f}, {m['fid_ci_high']:.3f}]), "
-              f"mIoU {m['miou']:.3f}")  # fmt: skip
+        print(
+            f"{name:>14}: {metric} {m[metric]:.4f} (FID interval [{m['fid_ci_low']:.3f}, {m['fid_ci_high']:.3f}]), "
+            f"mIoU {m['miou']:.3f}"
+        )
     rows = pairs(work, list(short), [n for n in models if n not in short])
     order = [(n, *models[n]) for n in [*list(short)[:2], *(n for n in models if n not in short)]]
-    summary = {"metrics": {n: {k: m[k] for k in ("fid", "kid_mean", "miou", "accuracy")} for n, m in metrics.items()},
-               "pairs": rows, "registrations": registrations(work, order)}  # fmt: skip
+    summary = {
+        "metrics": {n: {k: m[k] for k in ("fid", "kid_mean", "miou", "accuracy")} for n, m in metrics.items()},
+        "pairs": rows,
+        "registrations": registrations(work, order),
+    }
     print(json.dumps(summary, indent=1, default=str))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1, default=str))

@@ -21,7 +21,7 @@ the faster one's time for ``--steps``.
 
 The reference runs from ``--reference DIR`` (a checkout of NVlabs/SPADE outside this repository,
 never copied here; its ``models/networks/sync_batchnorm`` installed as its README says), imported
-and patched at run time as ``bench/reference_step.py`` does, plus: the SPADE hidden width (which
+and patched at run time as ``bench.reference_step`` does, plus: the SPADE hidden width (which
 the reference hard-codes to 128) is set to ``model.spade_hidden`` by rebuilding its three label
 convolutions right after construction (its own init then applies), its ``get_edges`` takes our
 loader's edge maps as they are (same instance edges for both), its learning rates follow
@@ -29,7 +29,7 @@ params.yaml's schedule per step (its own schedule moves once per epoch), and its
 its command line (label_nc, dontcare, instance) are set from the prepared dataset. Its generator's
 weights load strictly into this project's generator (the same state-dict layout) for scoring.
 
-Usage: ``python bench/quality.py --reference /work/spade-ref --work /tmp/quality [--seeds 0 1 2]
+Usage: ``python -m bench.quality --reference /work/spade-ref --work /tmp/quality [--seeds 0 1 2]
 [--steps 500] [--num-val 192] [--sizes 48 96 192] [--variant reference --variant defaults
 --variant no-ema:ema=false ...] [--jobs 1] [--no-equal-time] [--json out.json]``. Runs are cached
 in ``--work`` by name (delete the folder to start over). Never part of the tests.
@@ -52,9 +52,8 @@ from types import SimpleNamespace
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.reference_step import in_checkout, load_reference, reference_options
+from bench.workspace import ROOT, bench_params, demo_data, demo_segmenter
 
 EMA_KEYS = {"ema", "ema_decay", "ema_warmup", "ema_start_step"}
 DEFAULT_VARIANTS = [
@@ -93,12 +92,9 @@ def parse_variant(text: str) -> Variant:
 
 
 # ----------------------------------------------------------------------------- data and settings
-def base_params(work: Path, num_val: int):
-    """params.yaml with the demo's data, the segmenter and the scores moved under ``work``."""
-    from pipeline.params import load_params, override
-
-    return override(
-        load_params(ROOT / "params.yaml"),
+def base_params(num_val: int):
+    """params.yaml with the demo's data, the segmenter and the scores in the work folder's layout."""
+    return bench_params(
         {
             "data.format": "folder",
             "data.source": "raw",
@@ -115,22 +111,17 @@ def base_params(work: Path, num_val: int):
 
 def prepare(work: Path, num_val: int, segmenter: bool = True) -> None:
     """The demo source, the prepared dataset and the demo's segmenter (seed 0), once per ``work``."""
-    from pipeline.datasets.demo import write_demo_source
-    from pipeline.stages import ingest, train_segmenter
-
-    params = base_params(work, num_val)
-    if not (work / "data" / "manifest.parquet").is_file():
-        write_demo_source(work / "raw", params.data.demo)
-        ingest.run(params, work, progress=False)
-    if segmenter and not (work / "segmenter.pt").is_file():
-        train_segmenter.run(params, work)
+    params = base_params(num_val)
+    demo_data(params, work)
+    if segmenter:
+        demo_segmenter(params, work)
 
 
 def run_params(work: Path, num_val: int, seed: int, steps: int, train: dict):
     """The settings of one training run: ``train`` overrides, ``steps`` steps, the decay scaled with them."""
     from pipeline.params import override
 
-    params = base_params(work, num_val)
+    params = base_params(num_val)
     t = params.train
     decay = None if t.decay_start_step is None else round(t.decay_start_step * steps / t.max_steps)
     updates = {"seed": seed, "train.max_steps": steps, "train.decay_start_step": decay}
@@ -140,7 +131,7 @@ def run_params(work: Path, num_val: int, seed: int, steps: int, train: dict):
 def batches(params, work: Path, use_instance: bool):
     import torch
 
-    from pipeline.training.distributed import DistContext
+    from pipeline.distributed import DistContext
     from pipeline.training.session import build_loader
 
     ctx = DistContext(0, 1, 0, torch.device("cpu"), None)
@@ -235,8 +226,6 @@ def _reference_spade_width(hidden: int) -> None:
 
 def reference_trainer(reference: Path, params, classes, workdir: str):
     """The reference's Pix2PixTrainer at params.yaml's model and train settings."""
-    from reference_step import load_reference, reference_options
-
     _, Pix2PixTrainer = load_reference(reference)
     m, t = params.model, params.train
     args = [
@@ -335,13 +324,15 @@ def train_group(args, group: list[Variant], seed: int, steps: int, tag: str) -> 
         "num_val": args.num_val,
         "out": str(out),
     }
-    cmd = [sys.executable, __file__, "--reference", str(args.reference), "--work", str(args.work)]
+    cmd = [sys.executable, "-m", "bench.quality", "--reference", str(args.reference), "--work", str(args.work)]
     cmd += ["--threads", str(args.threads), "--child-spec", json.dumps(spec)]
     print(f"training {tag} ({', '.join(v.name for v in group)}), seed {seed}, {steps} steps\n", end="", flush=True)
     log = args.work / "runs" / f"{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        # a reference run starts in the reference's folder: its models, options... import from there
+        folder = args.reference if group[0].reference else ROOT
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, **in_checkout(folder))
     if proc.returncode != 0:
         raise SystemExit(f"{tag} failed (exit {proc.returncode}); see {log}")
     return json.loads((out / "run.json").read_text())
@@ -362,7 +353,7 @@ def score(args, generator: str, n: int) -> dict:
         "evaluate.out_dir": str(out_dir.relative_to(args.work)),
         "evaluate.max_images": n,
     }
-    return evaluate.run(override(base_params(args.work, args.num_val), updates, "bench/quality.py"), args.work)
+    return evaluate.run(override(base_params(args.num_val), updates, "bench/quality.py"), args.work)
 
 
 def train_all(args, variants: list[Variant]) -> dict:
@@ -473,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-only", action="store_true", help="train (and cache) the equal-step runs, no scores")
     parser.add_argument("--child-spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.work = args.work.resolve()
+    args.work, args.reference = args.work.resolve(), args.reference.resolve()
     from pipeline.logs import configure_logging
 
     configure_logging(0)  # the stages' progress lines
@@ -486,9 +477,7 @@ def main(argv: list[str] | None = None) -> None:
     ref = next((v.name for v in variants if v.reference), None)
     if not args.train_only and (ref is None or all(v.reference for v in variants)):
         raise SystemExit("--variant: give the reference and at least one variant of this project")
-    from pipeline.params import load_params
-
-    args.steps = args.steps or load_params(ROOT / "params.yaml").train.max_steps
+    args.steps = args.steps or bench_params({}, "bench/quality.py").train.max_steps
     sizes = args.sizes or [args.num_val]
     args.work.mkdir(parents=True, exist_ok=True)
     prepare(args.work, args.num_val, segmenter=not args.train_only)

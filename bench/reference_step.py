@@ -13,7 +13,7 @@ downloaded here; same cost), ``dill`` to the standard ``pickle`` when dill is no
 options are pickled with it), and ``nn.Module.cuda`` to a no-op on a machine without CUDA (its
 ``VGGLoss`` calls ``.cuda()`` unconditionally). The checkout is not modified.
 
-Usage: ``python bench/reference_step.py --reference /tmp/spade-ref [--sizes 256 128] [--rounds 2]
+Usage: ``python -m bench.reference_step --reference /tmp/spade-ref [--sizes 256 128] [--rounds 2]
 [--steps 3] [--warmup 1] [--precision fp32|bf16] [--channels-last] [--baseline OTHER_CHECKOUT]
 [--json out.json]``. ``--baseline`` times another checkout of this project too (before/after a
 change); per-step process CPU time is recorded next to wall time (useful on a loaded machine).
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import json
 import os
 import resource
@@ -36,15 +37,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def in_checkout(folder: Path) -> dict:
+    """Keyword arguments of ``subprocess.run`` for a child ``python -m bench.<name>`` started in
+    ``folder``: ``-m`` puts that folder first on the child's import path (another checkout's
+    ``gaugan``, or the reference's ``models``, ``options``, ``trainers``), and this repository follows
+    on PYTHONPATH so that ``bench`` imports (a checkout with a ``bench`` package of its own runs its own)."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {"cwd": folder, "env": {**os.environ, "PYTHONPATH": path}}
+
+
+def _imported_from(module, checkout: Path) -> None:
+    where = Path(inspect.getfile(module)).resolve()
+    if not where.is_relative_to(checkout.resolve()):
+        sys.exit(
+            f"{module.__name__} imported from {where}, not from {checkout}: start this process there (in_checkout)"
+        )
+
+
 # ----------------------------------------------------------------------------- children
 @functools.cache
 def load_reference(reference: Path):
-    """The reference's ``(TrainOptions, Pix2PixTrainer)`` classes, imported from the checkout with
-    the run-time patches of this module's docstring (random VGG19 weights, dill, ``.cuda()`` on CPU)."""
+    """The reference's ``(TrainOptions, Pix2PixTrainer)`` classes, imported from the checkout (this
+    process started in it: :func:`in_checkout`) with the run-time patches of this module's docstring
+    (random VGG19 weights, dill, ``.cuda()`` on CPU)."""
     import torch
     import torchvision
 
-    sys.path.insert(0, str(reference))
     plain_vgg19 = torchvision.models.vgg19
 
     def random_vgg19(pretrained: bool = False, **kwargs):
@@ -57,6 +75,7 @@ def load_reference(reference: Path):
     from options.train_options import TrainOptions  # the reference's own parser
     from trainers.pix2pix_trainer import Pix2PixTrainer
 
+    _imported_from(Pix2PixTrainer, reference)
     return TrainOptions, Pix2PixTrainer
 
 
@@ -108,14 +127,16 @@ def _reference_trainer(reference: Path, size: int, workdir: str):
     return step
 
 
-def _project_trainer(size: int, precision: str, channels_last: bool, compile_: bool, root: Path = ROOT):
+def _project_trainer(size: int, precision: str, channels_last: bool, compile_: bool, root: Path):
+    """One step of this project's trainer, ``gaugan`` imported from ``root`` (this process started in it)."""
     import torch
 
-    sys.path.insert(0, str(root))
+    import gaugan
     from gaugan.config import GauGANConfig
     from gaugan.trainer import GauGANTrainer, TrainOptions
     from gaugan.vgg import VGG19_FILE, vgg19_features
 
+    _imported_from(gaugan, root)
     config = GauGANConfig(label_nc=150, contain_dontcare_label=True, use_instance=False, crop_size=size)
     vgg = Path(tempfile.mkdtemp()) / VGG19_FILE
     torch.save({f"features.{k}": v for k, v in vgg19_features().state_dict().items()}, vgg)
@@ -146,9 +167,9 @@ def run_child(args) -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as workdir:
         if args.child == "reference":
-            step = _reference_trainer(args.reference.resolve(), args.size, workdir)
+            step = _reference_trainer(args.reference, args.size, workdir)
         else:
-            root = args.baseline.resolve() if args.child == "baseline" else ROOT
+            root = args.baseline if args.child == "baseline" else ROOT
             step = _project_trainer(args.size, args.precision, args.channels_last, args.compile, root)
         times, cpu = [], []
         for i in range(args.warmup + args.steps):
@@ -168,12 +189,14 @@ def run_child(args) -> None:
 
 # ----------------------------------------------------------------------------- parent
 def _spawn(which: str, size: int, args) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which, "--size", str(size)]
-    cmd += ["--reference", str(args.reference)] + (["--baseline", str(args.baseline)] if args.baseline else [])
+    reference, baseline = args.reference.resolve(), args.baseline and args.baseline.resolve()  # children start there
+    cmd = [sys.executable, "-m", "bench.reference_step", "--child", which, "--size", str(size)]
+    cmd += ["--reference", str(reference)] + (["--baseline", str(baseline)] if baseline else [])
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     cmd += ["--precision", args.precision] + (["--channels-last"] if args.channels_last else [])
     cmd += (["--compile"] if args.compile else []) + (["--threads", str(args.threads)] if args.threads else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    folder = {"reference": reference, "project": ROOT, "baseline": baseline}[which]
+    proc = subprocess.run(cmd, capture_output=True, text=True, **in_checkout(folder))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.exit(f"the {which} child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

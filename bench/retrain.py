@@ -1,6 +1,6 @@
 """Retraining after a data drop: fine-tune the champion, or train from scratch for the same time?
 
-    python bench/retrain.py [--seeds 0 1 2] [--champion-steps 500] [--finetune-steps 100] [--drop 0.2] [--json OUT]
+    python -m bench.retrain [--seeds 0 1 2] [--champion-steps 500] [--finetune-steps 100] [--drop 0.2] [--json OUT]
 
 Per seed, in a scratch folder: the demo dataset of params.yaml; a champion trained
 ``--champion-steps`` steps from scratch (params.yaml's demo recipe, its training state kept); then a
@@ -24,19 +24,16 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.workspace import bench_params, demo_data, demo_segmenter
 
 
 def _params(root: Path, seed: int, updates: dict):
-    from pipeline.params import load_params, override
-
     base = {
         "seed": seed,
+        "data.format": "folder",
         "data.source": "raw",
         "data.out": "data",
         "data.workers": 1,
@@ -55,7 +52,7 @@ def _params(root: Path, seed: int, updates: dict):
         "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
         "mlflow.experiment": "bench-retrain",
     }
-    return override(load_params(ROOT / "params.yaml"), {**base, **updates}, "bench/retrain.py")
+    return bench_params({**base, **updates}, "bench/retrain.py")
 
 
 def _train(root: Path, seed: int, steps: int, init_from: str | None) -> float:
@@ -84,15 +81,13 @@ def _score(root: Path, seed: int, generator: Path, out: str) -> dict:
 def run_seed(
     scratch: Path, seed: int, champion_steps: int, finetune_steps: int, drop: float, segmenter_steps: int | None
 ) -> dict:
-    from pipeline.datasets import prepare
-    from pipeline.datasets.demo import add_demo_drop, write_demo_source
-    from pipeline.stages import train_segmenter
+    from pipeline.datasets.demo import add_demo_drop
+    from pipeline.stages import ingest
 
     root = scratch / f"seed{seed}"
     root.mkdir(parents=True)
     params = _params(root, seed, {})
-    write_demo_source(root / "raw", params.data.demo)
-    prepare(params.data.model_copy(update={"format": "folder"}), root / "raw", root / "data", progress=False)
+    demo_data(params, root)
     row: dict = {"seed": seed, "champion_seconds": _train(root, seed, champion_steps, None)}
     champion = root / "champion"
     champion.mkdir()
@@ -102,8 +97,8 @@ def run_seed(
     added = add_demo_drop(
         root / "raw", params.data.demo, max(1, round(drop * params.data.demo.num_train)), "fence", seed + 1
     )
-    prepare(params.data.model_copy(update={"format": "folder"}), root / "raw", root / "data", progress=False)
-    train_segmenter.run(_params(root, seed, {"segmenter.steps": segmenter_steps}), root)
+    ingest.run(params, root, progress=False)
+    demo_segmenter(_params(root, seed, {"segmenter.steps": segmenter_steps}), root)
     row["drop"] = len(added)
     row["champion"] = _score(root, seed, champion / "generator.pt", "eval_champion")
 

@@ -1,6 +1,6 @@
 """A team's loop on the demo, timed as a user runs it: `gaugan-pipeline demo`, a data drop, `flow retrain`.
 
-    python bench/retrain_flow.py [--rev REV] [--demo-only] [--drop 24] [--new-class fence] [--tmp DIR] [--json OUT]
+    python -m bench.retrain_flow [--rev REV] [--demo-only] [--drop 24] [--new-class fence] [--tmp DIR] [--json OUT]
 
 In a fresh clone of this checkout at ``--rev`` (default HEAD; its code runs, through PYTHONPATH,
 with this interpreter's packages): the demo (the whole pipeline, timed), a commit of what it made, a data drop of
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.workspace import ROOT
 
 
 def _run(cwd: Path, env: dict, *cmd: str) -> tuple[float, str]:

@@ -18,12 +18,11 @@ and this times, for each layout:
   figure (on a loaded machine it is most of the shards' figures).
 
 The no-op ``status`` and the local pull are the median of ``--repeat`` runs (default 3): one run
-of a byte-bound pull moved by 2.5x on this VM's disk.
+of a byte-bound pull moves with the disk's load.
 
-Usage: ``python bench/scale.py [--n 20000] [--old-ref COMMIT] [--no-s3] [--repeat 3] [--tmp DIR]
-[--json out.json]`` (needs ``pip install -e ".[bench]"``). Prints a table. At N = 20000 on 2 idle
-cores: about 25 minutes with the S3 remote (its file-layout push and pull take 7 minutes each),
-11 without.
+Usage: ``python -m bench.scale [--n 20000] [--old-ref COMMIT] [--no-s3] [--repeat 3] [--tmp DIR]
+[--json out.json]`` (needs ``pip install -e ".[bench]"``). Prints a table. Runs for many minutes at
+the default N; ``--no-s3`` leaves the S3-protocol remote out.
 """
 
 from __future__ import annotations
@@ -45,8 +44,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.workspace import ROOT
+
 W, H, CLASSES = 320, 256, 12
 BIN = str(Path(sys.executable).parent)
 ENV = {
@@ -89,8 +88,10 @@ def make_source(source: Path, start: int, n: int, prefix: str, workers: int) -> 
 
     step = -(-n // workers)
     with ProcessPoolExecutor(workers) as pool:
-        for done in [pool.submit(write_samples, source, a, min(step, start + n - a), prefix)
-                     for a in range(start, start + n, step)]:  # fmt: skip
+        for done in [
+            pool.submit(write_samples, source, a, min(step, start + n - a), prefix)
+            for a in range(start, start + n, step)
+        ]:
             done.result()
 
 
@@ -108,10 +109,13 @@ def _run(cmd: list[str], cwd: Path, env: dict | None = None) -> float:
     return round(time.perf_counter() - t, 2)
 
 
+def _ingest_command(source: Path, out: Path, workers: int) -> list[str]:
+    cmd = [sys.executable, "-m", "pipeline.cli", "-q", "ingest", "--format", "folder", "--source", str(source)]
+    return cmd + ["--out", str(out), "--workers", str(workers)]
+
+
 def ingest_shards(source: Path, out: Path, workers: int) -> None:
-    cmd = [sys.executable, "-m", "pipeline.cli", "-q", "ingest", "--format", "folder", "--source", str(source),
-           "--out", str(out), "--workers", str(workers)]  # fmt: skip
-    _run(cmd, ROOT)
+    _run(_ingest_command(source, out, workers), ROOT)
 
 
 def old_checkout(ref: str, tmp: Path) -> Path:
@@ -132,9 +136,7 @@ def ingest_files(source: Path, out: Path, workers: int, old: Path | None) -> Non
         shutil.rmtree(out, ignore_errors=True)
         export_files(tmp, out)
         return
-    cmd = [sys.executable, "-m", "pipeline.cli", "-q", "ingest", "--format", "folder", "--source", str(source),
-           "--out", str(out), "--workers", str(workers)]  # fmt: skip
-    _run(cmd, old, {**ENV, "PYTHONPATH": str(old)})
+    _run(_ingest_command(source, out, workers), old, {**ENV, "PYTHONPATH": str(old)})
 
 
 class Moto:
@@ -145,8 +147,12 @@ class Moto:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         server = shutil.which("moto_server", path=BIN) or "moto_server"
-        self.proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(self.port)], env=ENV,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [server, "-H", "127.0.0.1", "-p", str(self.port)],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         try:
             for _ in range(100):
@@ -157,8 +163,13 @@ class Moto:
                     time.sleep(0.1)
             import boto3
 
-            s3 = boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="bench",
-                              aws_secret_access_key="bench")  # fmt: skip
+            s3 = boto3.client(
+                "s3",
+                endpoint_url=self.url,
+                region_name="us-east-1",
+                aws_access_key_id="bench",
+                aws_secret_access_key="bench",
+            )
             s3.create_bucket(Bucket="bench")
         except BaseException:
             self.__exit__()
@@ -190,7 +201,7 @@ def dvc_times(tmp: Path, name: str, data: Path, drop, s3: Moto | None, record, r
     pull with the S3 remote. ``record(key, seconds)`` gets each figure as it comes. The repeatable
     ones (status, the local pull into a fresh clone) are the median of ``repeat`` runs, their runs
     recorded beside it (``_runs``): they are byte-bound or start-up-bound, and a disk's or a shared
-    machine's moods move one run by 2x."""
+    machine's moods move one run a lot."""
     repo = tmp / f"repo-{name}"
     remotes = {"local": [["remote", "add", "local", str(tmp / f"remote-{name}")]]}
     if s3 is not None:
@@ -272,8 +283,11 @@ def manifest_memory(data: Path) -> dict:
     current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     del ds
-    return {"manifest_file_mb": round((data / "manifest.parquet").stat().st_size / 2**20, 2),
-            "reader_mb": round(current / 2**20, 1), "reader_peak_mb": round(peak / 2**20, 1)}  # fmt: skip
+    return {
+        "manifest_file_mb": round((data / "manifest.parquet").stat().st_size / 2**20, 2),
+        "reader_mb": round(current / 2**20, 1),
+        "reader_peak_mb": round(peak / 2**20, 1),
+    }
 
 
 def tree_stats(root: Path) -> dict:
@@ -311,8 +325,10 @@ def _bench(tmp: Path, args, save) -> dict:
     result["make_source_s"] = _timed(lambda: make_source(source, 0, n, "s", args.workers))
     make_source(tmp / "drop", n, drop_n, "drop", args.workers)  # the data drop, moved in before dvc_times
     old = old_checkout(args.old_ref, tmp) if args.old_ref else None
-    ingest = {"shards": lambda o: ingest_shards(source, o, args.workers),
-              "files": lambda o: ingest_files(source, o, args.workers, old)}  # fmt: skip
+    ingest = {
+        "shards": lambda o: ingest_shards(source, o, args.workers),
+        "files": lambda o: ingest_files(source, o, args.workers, old),
+    }
     outs = {name: tmp / f"prepared-{name}" for name in ingest}
 
     def recorder(name: str):
@@ -350,14 +366,22 @@ def _move_drop_in(tmp: Path, source: Path) -> None:
 
 
 ROWS = [
-    ("files", "files (count)"), ("mb", "size (MB)"), ("ingest", "ingest (s)"), ("dvc_add", "dvc add (s)"),
-    ("dvc_status", "dvc status, no-op (s)"), ("dvc_push_local", "dvc push, local remote (s)"),
-    ("dvc_pull_local", "dvc pull, local remote, fresh clone (s)"), ("dvc_push_s3", "dvc push, S3 on loopback (s)"),
-    ("dvc_pull_s3", "dvc pull, S3 on loopback, fresh clone (s)"), ("drop_ingest", "1% drop: ingest (s)"),
-    ("drop_dvc_add", "1% drop: dvc add (s)"), ("drop_dvc_push_local", "1% drop: dvc push, local (s)"),
-    ("loader_samples_per_s", "loader, 1 worker, 256 px (samples/s)"), ("manifest_file_mb", "manifest file (MB)"),
+    ("files", "files (count)"),
+    ("mb", "size (MB)"),
+    ("ingest", "ingest (s)"),
+    ("dvc_add", "dvc add (s)"),
+    ("dvc_status", "dvc status, no-op (s)"),
+    ("dvc_push_local", "dvc push, local remote (s)"),
+    ("dvc_pull_local", "dvc pull, local remote, fresh clone (s)"),
+    ("dvc_push_s3", "dvc push, S3 on loopback (s)"),
+    ("dvc_pull_s3", "dvc pull, S3 on loopback, fresh clone (s)"),
+    ("drop_ingest", "1% drop: ingest (s)"),
+    ("drop_dvc_add", "1% drop: dvc add (s)"),
+    ("drop_dvc_push_local", "1% drop: dvc push, local (s)"),
+    ("loader_samples_per_s", "loader, 1 worker, 256 px (samples/s)"),
+    ("manifest_file_mb", "manifest file (MB)"),
     ("reader_mb", "manifest in the reader (MB)"),
-]  # fmt: skip
+]
 
 
 def table(result: dict) -> str:

@@ -15,7 +15,7 @@ The VGG loss (``--vgg``): ``auto`` uses torchvision's weights from the torch hub
 file is there, else random weights in a temporary file with the real layout (same cost, useless
 numbers); ``fake`` always does the latter; ``off`` sets lambda_vgg to 0; or a path to the file.
 
-Usage: ``python bench/train_step.py [--setting all|ade20k|demo] [--device auto|cpu|cuda]
+Usage: ``python -m bench.train_step [--setting all|ade20k|demo] [--device auto|cpu|cuda]
 [--precision fp32|bf16|fp16] [--channels-last] [--compile] [--steps N] [--warmup N] [--batch N]
 [--vgg auto|fake|off|PATH] [--ema] [--profile N] [--json out.json]``. ``--profile N`` prints the
 N operators with the most self CPU time of one more step under ``torch.profiler`` (CPU and CUDA).
@@ -26,18 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from gaugan.config import GauGANConfig, parameter_counts  # noqa: E402
-from gaugan.trainer import GauGANTrainer, TrainOptions  # noqa: E402
+from gaugan.config import GauGANConfig
+from gaugan.networks import parameter_counts
+from gaugan.trainer import GauGANTrainer, TrainOptions
 
 
 def settings(args) -> dict[str, GauGANConfig]:

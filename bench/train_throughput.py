@@ -1,6 +1,6 @@
 """Training throughput on this machine: 1 and 2 processes (torchrun, gloo on CPU), and the loader alone.
 
-    python bench/train_throughput.py [--steps 60] [--batch 8] [--workers 1]
+    python -m bench.train_throughput [--steps 60] [--batch 8] [--workers 1]
 
 Uses the demo settings of params.yaml on a freshly generated demo dataset in a temporary folder.
 The loader figure shows whether data loading could be what limits training.
@@ -17,33 +17,22 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipeline.params import load_params  # noqa: E402
+from bench.workspace import ROOT, demo_project
+from pipeline.params import load_params
 
 
 def make_project(tmp: Path, steps: int, batch: int, workers: int) -> Path:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["data"]["format"] = "demo"
-    raw["train"].update(
-        max_steps=steps,
-        decay_start_step=None,
-        batch_size=batch,
-        num_workers=workers,
-        checkpoint_every=10**6,
-        sample_every=10**6,
-        log_every=max(1, steps // 3),
-        device="cpu",
-    )
-    raw["mlflow"] = {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "bench"}
-    (tmp / "params.yaml").write_text(yaml.safe_dump(raw))
-    from pipeline.datasets import prepare
-
-    params = load_params(tmp / "params.yaml")
-    prepare(params.data, tmp / "unused", tmp / params.data.out, progress=False)
+    train = {
+        "max_steps": steps,
+        "decay_start_step": None,
+        "batch_size": batch,
+        "num_workers": workers,
+        "checkpoint_every": 10**6,
+        "sample_every": 10**6,
+        "log_every": max(1, steps // 3),
+        "device": "cpu",
+    }
+    demo_project(tmp, {"train": train}, "bench")
     return tmp
 
 

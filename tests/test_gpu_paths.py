@@ -1,27 +1,36 @@
 """The GPU paths checked on CPU: precision choice, skipped fp16 steps, gated updates without host
-syncs, resume placement, determinism switches, process-group set-up, uint8 batches."""
+syncs, resume placement, determinism switches, process-group set-up, uint8 batches.
+
+The helpers are bench.gpu_paths_check's, which checks the same paths on a GPU (run from the
+repository root, as ``python -m pytest`` does: ``bench`` is not an installed package)."""
 
 from __future__ import annotations
 
 import math
 from datetime import timedelta
 
-import numpy as np
 import pytest
 import torch
 from conftest import random_batch, tiny_config, train_options, trainer_weights
 
 import gaugan.numerics as numerics
+from bench.gpu_paths_check import (
+    OVERFLOW_SCALE,
+    SyncCounter,
+    at_scale,
+    float_and_uint8,
+    network_inputs,
+    optimizer_state_placed,
+    same,
+    state_tensors,
+    uint8_sample,
+)
 from gaugan.config import GauGANConfig
 from gaugan.trainer import MAX_SKIPPED_IN_A_ROW, GauGANTrainer, NonFiniteLossError
 
 
 def tiny(**kw) -> GauGANConfig:
     return tiny_config(**{"label_nc": 5, **kw})
-
-
-def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ------------------------------------------------------------------------------------ precision
@@ -51,27 +60,17 @@ def test_the_synthesizer_and_the_eval_record_use_the_same_choice(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------ skipped steps
-def _at_scale(trainer: GauGANTrainer, scale: float) -> None:
-    for scaler in (trainer.scaler_G, trainer.scaler_D):
-        scaler.load_state_dict({**scaler.state_dict(), "scale": scale})
-
-
-def _overflowing(trainer: GauGANTrainer) -> None:
-    """Both scalers at a scale that overflows every gradient: the scalers report inf."""
-    _at_scale(trainer, 3.0e38)
-
-
 def test_a_step_the_fp16_scaler_skips_is_skipped_everywhere_and_the_run_goes_on():
     cfg = tiny(use_vae=True)
     torch.manual_seed(0)
     trainer = GauGANTrainer(cfg, train_options(precision="fp16", ema_decay=0.9, total_steps=10, decay_start_step=0))
-    _at_scale(trainer, 1024.0)
+    at_scale(trainer, 1024.0)
     assert trainer.train_step(random_batch(cfg, seed=0))["skipped_steps"] == 0.0
     before = trainer_weights(trainer)
     ema_before = {k: v.clone() for k, v in trainer.ema.state_dict().items()}
     adam_steps = [s["step"].clone() for s in trainer.opt_G.state.values()]
     lr_before = float(trainer.opt_G.param_groups[0]["lr"])
-    _overflowing(trainer)
+    at_scale(trainer, OVERFLOW_SCALE)
     losses = trainer.train_step(random_batch(cfg, seed=1))  # no NonFiniteLossError: fp16 skips and goes on
     assert all(math.isfinite(losses[k]) for k in ("G_GAN", "D_real"))  # finite losses, inf gradients
     assert losses["skipped_steps"] == 1.0 and trainer.step == 2
@@ -82,7 +81,7 @@ def test_a_step_the_fp16_scaler_skips_is_skipped_everywhere_and_the_run_goes_on(
     assert trainer.state_dict()["counters"]["applied"] == 1
     assert trainer.scaler_G.get_scale() == pytest.approx(1.5e38)  # the scaler backed off
     # the next step at a sane scale is applied, and the schedule moves on from the applied count
-    _at_scale(trainer, 1024.0)
+    at_scale(trainer, 1024.0)
     losses = trainer.train_step(random_batch(cfg, seed=2))
     assert not same(before, trainer_weights(trainer)) and losses["skipped_steps"] == 1.0
     assert losses["lr_G"] == pytest.approx(1e-4 * (1 - 2 / 10))
@@ -93,7 +92,7 @@ def test_fp16_stops_after_too_many_skipped_steps_in_a_row():
     torch.manual_seed(0)
     trainer = GauGANTrainer(cfg, train_options(precision="fp16"))
     trainer._counters.load_state_dict({"in_a_row": MAX_SKIPPED_IN_A_ROW - 1, "skipped": MAX_SKIPPED_IN_A_ROW - 1})
-    _overflowing(trainer)
+    at_scale(trainer, OVERFLOW_SCALE)
     with pytest.raises(NonFiniteLossError, match=f"{MAX_SKIPPED_IN_A_ROW} fp16 steps in a row"):
         trainer.train_step(random_batch(cfg))
 
@@ -120,22 +119,11 @@ def test_unread_fp32_steps_stop_updating_at_the_first_non_finite_loss():
 
 
 # ------------------------------------------------------------------------------------ host syncs
-SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
-
-
 @pytest.fixture
-def sync_counter(monkeypatch):
-    """Counts calls of the tensor methods that wait for the device (on CUDA: a host-device sync)."""
-    calls: list[str] = []
-    for name in SYNC_METHODS:
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _name=name, _original=original, **kwargs):
-            calls.append(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    return calls
+def sync_counter():
+    """The names of the tensor methods that wait for the device (on CUDA: a host-device sync), as called."""
+    with SyncCounter() as counter:
+        yield counter.calls
 
 
 @pytest.mark.parametrize(
@@ -161,7 +149,7 @@ def test_an_unread_step_waits_for_nothing_and_a_read_step_once(sync_counter, opt
 
 
 def test_the_training_loop_reads_once_per_logged_step(sync_counter, monkeypatch):
-    from pipeline.training.distributed import DistContext
+    from pipeline.distributed import DistContext
     from pipeline.training.loop import TrainingLoop
 
     cfg = tiny()
@@ -194,7 +182,7 @@ def test_encode_labels_checks_off_the_hot_path_only_when_asked():
 # ------------------------------------------------------------------------------------ resume placement
 def test_resume_loads_to_cpu_then_places_on_the_trainer_device(tmp_path, monkeypatch):
     import pipeline.training.checkpoints as checkpoints
-    from pipeline.training.distributed import DistContext
+    from pipeline.distributed import DistContext
     from pipeline.training.session import restore
 
     cfg = tiny()
@@ -215,11 +203,11 @@ def test_resume_loads_to_cpu_then_places_on_the_trainer_device(tmp_path, monkeyp
     monkeypatch.setattr(checkpoints.torch, "load", load)
     state = store.load("f")
     assert seen["map_location"] == "cpu"
-    tensors = [v for v in _leaves(state) if torch.is_tensor(v)]
+    tensors = list(state_tensors(state))
     assert tensors and all(t.device.type == "cpu" for t in tensors)
 
     # another rank gets the state broadcast (not from its disk) and places it itself
-    import pipeline.training.distributed as distributed
+    import pipeline.distributed as distributed
 
     def broadcast(holder, src, device=None):
         assert holder == [None] and src == 0
@@ -235,20 +223,8 @@ def test_resume_loads_to_cpu_then_places_on_the_trainer_device(tmp_path, monkeyp
     for opt in (target.opt_G, target.opt_D):
         lr = opt.param_groups[0]["lr"]
         assert torch.is_tensor(lr) and lr.device == target.device
-        params = {p for g in opt.param_groups for p in g["params"]}
-        assert all(v.device == p.device for p in params for v in opt.state[p].values())
+    assert optimizer_state_placed(target)
     assert target.state_dict()["counters"]["applied"] == 1
-
-
-def _leaves(obj):
-    if isinstance(obj, dict):
-        for v in obj.values():
-            yield from _leaves(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _leaves(v)
-    else:
-        yield obj
 
 
 def test_a_checkpoint_without_counters_resumes_with_its_step():
@@ -284,7 +260,7 @@ def test_deterministic_switches():
 
 @pytest.mark.parametrize("cuda", [False, True])
 def test_process_group_gets_the_timeout_and_nccl_the_device(monkeypatch, cuda):
-    import pipeline.training.distributed as distributed
+    import pipeline.distributed as distributed
 
     seen = {}
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -316,24 +292,14 @@ def test_ddp_does_not_broadcast_buffers(tmp_path):
 
 # ------------------------------------------------------------------------------------ uint8 batches
 def test_uint8_batches_train_exactly_as_float_ones():
-    from gaugan.transforms import Geometry, PairTransform
+    from gaugan.transforms import Geometry
 
-    rng = np.random.default_rng(0)
-    sample = {
-        "id": "a",
-        "image": rng.integers(0, 256, (40, 48, 3), dtype=np.uint8),
-        "label": rng.integers(0, 5, (40, 48), dtype=np.uint8),
-        "instance": rng.integers(0, 3, (40, 48), dtype=np.int32),
-    }
     geometry = Geometry(load_size=36, crop_size=32, aspect_ratio=1.0, flip=True, preprocess_mode="resize_and_crop")
-    as_float = PairTransform(geometry, True)(sample, seed=3)
-    as_uint8 = PairTransform(geometry, True, uint8=True)(sample, seed=3)
+    as_float, as_uint8 = float_and_uint8(uint8_sample(40, 48), geometry)
     assert as_uint8["image"].dtype == torch.uint8 and as_uint8["edge"].dtype == torch.uint8
     cfg = tiny(use_instance=True, crop_size=32)
     trainer = GauGANTrainer(cfg, train_options())
-    batch = {k: v.unsqueeze(0) for k, v in as_float.items() if k != "id"}
-    batch8 = {k: v.unsqueeze(0) for k, v in as_uint8.items() if k != "id"}
-    for a, b in zip(trainer._prepare(batch), trainer._prepare(batch8), strict=True):
+    for a, b in zip(network_inputs(trainer, as_float), network_inputs(trainer, as_uint8), strict=True):
         assert torch.equal(a, b)
 
 
@@ -379,7 +345,7 @@ def test_real_feature_cache_key_holds_device_and_arithmetic(monkeypatch):
 
 # ------------------------------------------------------------------------------------ the GPU check script
 def test_gpu_paths_check_runs_with_torch_and_numpy_only():
-    """bench/gpu_paths_check.py on a machine without the pipeline's extras (reduced CPU mode, a few rows)."""
+    """python -m bench.gpu_paths_check on a machine without the pipeline's extras (reduced CPU mode, a few rows)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -389,8 +355,8 @@ def test_gpu_paths_check_runs_with_torch_and_numpy_only():
         "import runpy, sys\n"
         "for m in ('pydantic', 'mlflow', 'albumentations', 'yaml', 'typer', 'prefect', 'dvc'):\n"
         "    sys.modules[m] = None\n"
-        f"sys.argv = ['gpu_paths_check.py', '--cpu', '--rows-only', '--only', '{','.join(checks)}']\n"
-        "runpy.run_path('bench/gpu_paths_check.py', run_name='__main__')\n"
+        f"sys.argv = ['gpu_paths_check', '--cpu', '--rows-only', '--only', '{','.join(checks)}']\n"
+        "runpy.run_module('bench.gpu_paths_check', run_name='__main__', alter_sys=True)\n"
     )
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
