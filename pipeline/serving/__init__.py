@@ -1,1 +1,1 @@
-"""Serving a model: the ``synthesize`` command, the MLflow pyfunc (``mlflow models serve``) and the painting app."""
+"""Serving a model: the ``synthesize`` command and the painting app (the MLflow pyfunc is the registry's)."""
