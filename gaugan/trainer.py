@@ -69,6 +69,10 @@ OPTIMIZER_PARTS = ("opt_G", "opt_D", "scaler_G", "scaler_D")
 
 @dataclass
 class TrainOptions:
+    """How the trainer trains. The defaults are params.yaml's ``train`` defaults (tests/test_layout.py
+    holds them equal), except ``lambda_vgg`` (the paper's 10), ``precision`` and ``channels_last``
+    (params.yaml's ``auto`` is resolved per device) and ``decay_start_step`` (a constant rate)."""
+
     lr: float = 2e-4
     beta1: float = 0.0  # Adam betas of both optimizers, in both modes, as the reference; its defaults
     beta2: float = 0.9  # are (0, 0.9) with TTUR and (0.5, 0.999) without
@@ -91,9 +95,8 @@ class TrainOptions:
     init_variance: float = 0.02  # the gain (std for normal) of the initialisation
     accumulation: int = 1  # micro-batches per step: gradients are accumulated, then one optimizer step
     kl_reduction: str = "mean"  # mean over the batch (this project) | sum (the reference)
-    d_fake: str = (
-        "reuse"  # reuse: D learns on G's images of the step | regenerate: G's after its update (the reference)
-    )
+    # reuse: D learns on G's images of the step | regenerate: on G's after its update (the reference)
+    d_fake: str = "reuse"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
