@@ -169,6 +169,34 @@ def test_corrupt_or_non_png_uploads(app_server, label, fragment):
     assert_error(httpx.post(f"{app_server.url}/api/labelmap", json=body, timeout=30), 400, fragment)
 
 
+def declared_png(width: int, height: int) -> bytes:
+    """A small PNG whose header declares ``width`` x ``height`` pixels of 8-bit greyscale (no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("side", [30000, 3000], ids=["past-pillows-bomb-limit", "past-app-max-pixels"])
+def test_a_png_declaring_too_many_pixels_is_refused_before_decoding(app_server, side):
+    """A decompression bomb (30000 x 30000 declared in a few hundred bytes) is a 400 naming the limit, as is
+    a size past app.max_pixels, in both endpoints that take maps, and for a style image."""
+    data = base64.b64encode(declared_png(side, side)).decode()
+    assert len(data) < 1000
+    for response in (
+        post(app_server, {"label": data}),
+        httpx.post(f"{app_server.url}/api/labelmap", json={"image": data, "kind": "label"}, timeout=30),
+        post(app_server, {"label": png_b64(scene()), "style": data}),
+    ):
+        assert_error(response, 400, "over the limit of 4194304 pixels (app.max_pixels)")
+
+
 def test_a_body_over_the_limit_is_refused(app_server):
     noise = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)  # ~480 kB as PNG
     body = {"label": png_b64(noise)}

@@ -40,17 +40,26 @@ def load_model(model: str, tracking_uri: str | None = None, device: str = "auto"
 
 
 def decode_png(data: bytes, what: str, source: str, png_only: bool = True, max_pixels: int | None = None) -> np.ndarray:
-    """Image bytes -> raw values: [H, W] for single-channel images (L, P, I, I;16), [H, W, 3] for RGB(A)."""
+    """Image bytes -> raw values: [H, W] for single-channel images (L, P, I, I;16), [H, W, 3] for RGB(A).
+
+    ``max_pixels`` (the app's ``app.max_pixels``) is checked on the declared size, before any pixel is
+    decoded; a size past Pillow's own decompression-bomb limit is refused the same way."""
     from PIL import Image, UnidentifiedImageError
 
+    limit = f"the limit of {max_pixels} pixels (app.max_pixels)" if max_pixels is not None else "the limit"
     try:
         with Image.open(io.BytesIO(data)) as im:
             if png_only and im.format != "PNG":
                 raise InputError(f"{source}: a {what} must be a PNG (lossless), got {im.format or 'an unknown format'}")
             if max_pixels is not None and im.width * im.height > max_pixels:
-                raise InputError(f"{source}: {im.width}x{im.height} is over the limit of {max_pixels} pixels")
+                raise InputError(f"{source}: {im.width}x{im.height} is over {limit}")
             mode = im.mode
             arr = np.array(im.convert("RGB") if mode in ("RGBA", "LA", "CMYK", "YCbCr") else im)
+    except Image.DecompressionBombError:
+        bomb = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise InputError(
+            f"{source}: it declares more than {bomb} pixels, over {limit} (a decompression bomb?)"
+        ) from None
     except UnidentifiedImageError:
         raise InputError(f"{source}: not a readable image (no image format recognised: not PNG data?)") from None
     except (OSError, SyntaxError, ValueError) as err:
