@@ -13,7 +13,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # mkdocs-material's banner about its successor, printed at every build
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install test demo docs bench clean
+.PHONY: install test fuzz demo docs bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ test: install
 	$(BIN)/mypy
 	$(BIN)/mkdocs build --strict --site-dir .cache/site
 	$(BIN)/python -m pytest -q
+
+# The property-based tests with twenty times make test's cases and a new seed each run
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_params_fuzz.py
 
 demo: install
 	$(BIN)/gaugan-pipeline demo

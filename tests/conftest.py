@@ -23,11 +23,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings
 
 from pipeline.offline import set_offline_env
 
 set_offline_env()
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# Hypothesis budgets: "ci" (make test: a fixed seed, so a run is the same run everywhere) and "fuzz"
+# (make fuzz: twenty times the cases, a new seed each run; a failure prints the case to replay)
+settings.register_profile(
+    "ci",
+    max_examples=250,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("fuzz", max_examples=5000, deadline=None, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # the team stack's session fixtures (PostgreSQL, MLflow and Prefect servers): tests/team_stack.py
 pytest_plugins = ["team_stack"]
