@@ -20,7 +20,7 @@ from gaugan.classes import ClassTable
 from gaugan.config import GauGANConfig
 from gaugan.errors import CheckpointError
 from gaugan.growth import class_index_map, grow_moments, grow_state, semantic_index_map
-from gaugan.trainer import GauGANTrainer
+from gaugan.trainer import OPTIMIZER_PARTS, GauGANTrainer
 
 # What must be equal for the parent's weights to fit (the label channels may grow).
 GENERATOR_FIELDS = ("ngf", "norm_G", "num_upsampling_layers", "use_vae", "use_instance", "contain_dontcare_label")
@@ -59,7 +59,7 @@ def read_parent_file(path: Path | str) -> ParentModel:
     if payload["format"] == FORMAT:
         return ParentModel(str(path), "generator", config, classes, meta, payload["G"], payload.get("E"))
     assert payload["format"] == STATE_FORMAT
-    optimizers = {k: payload.get(k) for k in ("opt_G", "opt_D", "scaler_G", "scaler_D") if payload.get(k) is not None}
+    optimizers = {k: payload.get(k) for k in OPTIMIZER_PARTS if payload.get(k) is not None}
     return ParentModel(
         str(path),
         "state",

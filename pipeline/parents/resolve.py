@@ -186,6 +186,7 @@ def _download_checkpoint(uri: str, run_id: str, generator_sha: str | None, folde
     import mlflow
 
     from gaugan.checkpoint import FORMAT, STATE_FORMAT, read_model_file
+    from pipeline.registry.versions import SEGMENTER_ARTIFACT
 
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         downloaded = mlflow.artifacts.download_artifacts(
@@ -194,7 +195,7 @@ def _download_checkpoint(uri: str, run_id: str, generator_sha: str | None, folde
         local = Path(downloaded)
         found: dict[str, Path] = {}
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            if path.name == SEGMENTER_FILE:  # the segmenter the version was scored with (registry.log_model)
+            if path.name == SEGMENTER_ARTIFACT:  # the segmenter the version was scored with (registry.log_model)
                 found[SEGMENTER_FILE] = path
                 continue
             fmt = read_model_file(path).get("format")
