@@ -152,16 +152,15 @@ class Synthesizer:
         """(H, W) of the training crops."""
         return size_hw(self.config.crop_size, self.config.aspect_ratio)
 
-    def model_size(self, height: int, width: int) -> tuple[int, int]:
-        """The (H, W) the generator runs at for a label map of (height, width): the nearest multiple of
-        its upsampling factor; for models with a style encoder the training size (its first feature
-        map comes from z, with a size fixed at training)."""
-        cfg = self.config
-        scale = 2**cfg.num_upsamplings
-        if cfg.use_vae:
-            sh, sw = cfg.latent_hw
-            return sh * scale, sw * scale
-        return max(scale, round(height / scale) * scale), max(scale, round(width / scale) * scale)
+    def fit_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """The size rule, the one every entry point applies (``synthesize``, the app's endpoints, the
+        MLflow model): the generator runs at its training size, as the reference's ``test.py`` does (it
+        resizes every map to ``crop_size``). Maps [B,H,W] of another size are resized to it with
+        nearest neighbour (values kept exactly); :meth:`synthesize` resizes the images back to the
+        map's size. A SPADE generator run at another size sees objects at a scale it was not trained
+        on, and one with a style encoder cannot run at another size at all."""
+        size = self.training_size
+        return maps if tuple(maps.shape[-2:]) == size else resize_maps(maps, size)
 
     def labels_from_colors(self, rgb: np.ndarray) -> np.ndarray:
         """Colour-coded label maps [..., H, W, 3] -> class indices, through the model's palette."""
@@ -221,8 +220,8 @@ class Synthesizer:
     ) -> np.ndarray:
         """Label maps of any size -> uint8 images [B,H,W,3] of the same size.
 
-        Maps whose size does not fit the generator are resized (nearest) to :meth:`model_size` and
-        the images resized back (bilinear, antialiased). A model trained with instance maps and
+        Maps of another size than the model's are resized (nearest) to it and the images resized
+        back (bilinear, antialiased): :meth:`fit_maps`. A model trained with instance maps and
         given none uses the label map as its instance map (edges at class boundaries only).
         """
         if self.config.use_instance and instances is None:
@@ -230,10 +229,8 @@ class Synthesizer:
             instances = labels
         labels, instances = self._maps(labels, instances)
         h, w = labels.shape[-2:]
-        size = self.model_size(h, w)
-        if size != (h, w):
-            labels = resize_maps(labels, size)
-            instances = resize_maps(instances, size) if instances is not None else None
+        labels = self.fit_maps(labels)
+        instances = self.fit_maps(instances) if instances is not None else None
         images = self._generate(labels, instances, style_images, seed, batch_size)
         if tuple(images.shape[-2:]) != (h, w):
             images = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)

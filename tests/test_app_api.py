@@ -141,6 +141,25 @@ def test_an_uploaded_colour_map_becomes_indices_at_the_models_size(app_server):
     assert_error(httpx.post(f"{app_server.url}/api/labelmap", json=body, timeout=60), 400, "one channel of ids")
 
 
+def test_a_map_of_another_size_follows_one_rule_in_both_endpoints(app_server):
+    """A 7x300 map: /api/labelmap gives the 64x64 map the generator sees, and /api/synthesize gives
+    that map's image resized to 7x300 (docs/serving.md, the size rule)."""
+    thin = scene(7, 300)
+    thin[:, 150:] = 3
+    fitted = httpx.post(f"{app_server.url}/api/labelmap", json={"image": png_b64(thin)}, timeout=60).json()
+    assert (fitted["height"], fitted["width"], fitted["original_size"]) == (SIZE, SIZE, [7, 300])
+    canvas = np.frombuffer(base64.b64decode(fitted["indices"]), np.uint8).reshape(SIZE, SIZE)
+    rows, cols = np.arange(SIZE) * 7 // SIZE, np.arange(SIZE) * 300 // SIZE
+    np.testing.assert_array_equal(canvas, thin[rows][:, cols])
+    out = post(app_server, {"label": png_b64(thin), "seed": 3}).json()
+    assert (out["height"], out["width"]) == (7, 300)
+    image = decode(out["images"][0])
+    assert image.shape == (7, 300, 3)
+    painted = decode(post(app_server, {"label": png_b64(canvas), "seed": 3}).json()["images"][0])
+    shrunk = np.array(Image.fromarray(painted).resize((300, 7), Image.Resampling.BILINEAR, reducing_gap=None))
+    assert np.abs(image.astype(int) - shrunk).mean() < 1  # the same picture, up to the two resampling paths
+
+
 def test_unknown_colour_names_its_pixels_and_the_nearest_class(app_server):
     colour = app_server_colorize(scene())
     colour[40, 10:15] = (30, 190, 50)

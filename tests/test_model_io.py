@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_config, toy_classes
 
 from gaugan.checkpoint import FORMAT, CheckpointError, load_generator, save_generator
@@ -136,7 +137,14 @@ def test_synthesize_takes_any_size_colours_and_no_instance_map(tmp_path, caplog)
     np.testing.assert_array_equal(exact, to_uint8(synth(labels, instances=instances)))  # the size fits: no resizing
     odd = synth.synthesize(labels[:, :50, :45], instances[:, :50, :45])
     assert odd.shape == (2, 50, 45, 3) and odd.dtype == np.uint8
-    assert synth.model_size(50, 45) == (64, 32)  # the nearest multiples of 32
+    # the size rule: the generator ran at its training size on the map resized (nearest) to it
+    fitted = synth.fit_maps(torch.as_tensor(labels[:, :50, :45]))
+    assert tuple(fitted.shape[-2:]) == synth.training_size
+    ran = synth(fitted, instances=synth.fit_maps(torch.as_tensor(instances[:, :50, :45])))
+    back = F.interpolate(ran, size=(50, 45), mode="bilinear", align_corners=False, antialias=True)
+    np.testing.assert_array_equal(odd, to_uint8(back))
+    thin = synth.synthesize(labels[:, :7, :], instances[:, :7, :])  # 7 rows: same rule, no error
+    assert thin.shape == (2, 7, labels.shape[2], 3)
     painted = CLASSES.colorize(labels)
     np.testing.assert_array_equal(synth.synthesize(synth.labels_from_colors(painted), instances), exact)
     with caplog.at_level("WARNING"):

@@ -139,7 +139,7 @@ class Catalog:
         """What the page needs of a model: its size, class table (most frequent first), style support."""
         uri, synth = self.get(uri)
         cfg, classes = synth.config, synth.classes
-        h, w = synth.model_size(*synth.training_size)
+        h, w = synth.training_size
         names = list(classes.names) if classes else [f"class {i}" for i in range(cfg.label_nc)]
         colors = [list(c) for c in classes.colors] if classes else [[0, 0, 0]] * cfg.label_nc
         freq = self.frequencies(names)

@@ -184,15 +184,13 @@ class App:
     def labelmap(self, req: LabelMapRequest) -> dict:
         import torch
 
-        from gaugan.synthesizer import resize_maps
-
         uri, synth = self.catalog.get(req.model)
         array = self.decode_map(synth, req.image, req.kind, req.snap)
-        h, w = synth.model_size(*synth.training_size)
+        h, w = synth.training_size
         original = list(array.shape)
-        if array.shape != (h, w):
-            # the Synthesizer's own resize, so the canvas holds what synthesize() of the upload would use
-            array = resize_maps(torch.from_numpy(array.astype(np.int64))[None], (h, w))[0].numpy()
+        # the size rule of every entry point (Synthesizer.fit_maps): the canvas holds the very map the
+        # generator would see for this upload in /api/synthesize
+        array = synth.fit_maps(torch.from_numpy(array.astype(np.int64))[None])[0].numpy()
         if req.kind == "label":
             synth.check_labels(torch.from_numpy(array))
             payload = {"indices": base64.b64encode(array.astype(np.uint8).tobytes()).decode()}
