@@ -39,8 +39,11 @@ def load_model(model: str, tracking_uri: str | None = None, device: str = "auto"
     return Synthesizer.from_checkpoint(model, device=device, fold=True)
 
 
-def decode_png(data: bytes, what: str, source: str, png_only: bool = True, max_pixels: int | None = None) -> np.ndarray:
-    """Image bytes -> raw values: [H, W] for single-channel images (L, P, I, I;16), [H, W, 3] for RGB(A).
+def decode_png(
+    data: bytes, what: str, source: str, png_only: bool = True, max_pixels: int | None = None, rgb: bool = False
+) -> np.ndarray:
+    """Image bytes -> raw values: [H, W] for single-channel images (L, P, I, I;16), [H, W, 3] for RGB(A);
+    ``rgb``: always [H, W, 3] colours (a photo, whatever its mode).
 
     ``max_pixels`` (the app's ``app.max_pixels``) is checked on the declared size, before any pixel is
     decoded; a size past Pillow's own decompression-bomb limit is refused the same way."""
@@ -54,7 +57,12 @@ def decode_png(data: bytes, what: str, source: str, png_only: bool = True, max_p
             if max_pixels is not None and im.width * im.height > max_pixels:
                 raise InputError(f"{source}: {im.width}x{im.height} is over {limit}")
             mode = im.mode
-            arr = np.array(im.convert("RGB") if mode in ("RGBA", "LA", "CMYK", "YCbCr") else im)
+            if rgb and mode.startswith("I"):  # 16/32-bit grey: Pillow's RGB conversion clips, so scale to 8 bits
+                wide = np.array(im, dtype=np.float64)
+                top = wide.max() if wide.size and wide.max() > 255 else 255.0
+                arr = np.repeat(np.clip(np.round(wide / top * 255), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+            else:
+                arr = np.array(im.convert("RGB") if rgb or mode in ("RGBA", "LA", "CMYK", "YCbCr") else im)
     except Image.DecompressionBombError:
         bomb = 2 * (Image.MAX_IMAGE_PIXELS or 0)
         raise InputError(
@@ -102,9 +110,9 @@ def label_indices(synth, label: np.ndarray, source: str, snap: bool = False) -> 
 
 
 def style_image(data: bytes, source: str, max_pixels: int | None = None) -> np.ndarray:
-    """A style photo (PNG or JPEG) -> uint8 [H, W, 3]."""
-    arr = decode_png(data, "style image", source, png_only=False, max_pixels=max_pixels)
-    return arr if arr.ndim == 3 else np.repeat(arr[..., None], 3, axis=2).astype(np.uint8)
+    """A style photo (PNG, JPEG or any format Pillow reads; any mode: grey, palette, 16-bit, CMYK)
+    -> uint8 [H, W, 3], as Pillow converts it to RGB."""
+    return decode_png(data, "style image", source, png_only=False, max_pixels=max_pixels, rgb=True)
 
 
 @dataclass

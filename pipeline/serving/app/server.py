@@ -9,8 +9,10 @@
   image when the request accepts it).
 
 Images travel as base64 (``data:`` URLs too). Bad input is a 4xx JSON ``{"error": ...}`` naming
-the problem: 400 for maps and images the model cannot take, 404 for a model, alias or version that
-does not exist, 413 for a body over ``app.max_upload_bytes``, 422 for a malformed request. Anything
+the problem: 400 for maps and images the model cannot take and for a body that is not JSON, 404
+for a model, alias or version (or a path) that does not exist, 413 for a body over
+``app.max_upload_bytes``, 422 for a malformed request. ``/openapi.json`` describes every answer and
+``tests/test_app_schema.py`` holds the server to it (Schemathesis). Anything
 else is a 500 whose traceback goes to the server's log, never to the client.
 """
 
@@ -30,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gaugan.errors import GauGANError, InputError
 from pipeline.errors import ModelNotFoundError, TrackingError
@@ -55,6 +58,42 @@ class LabelMapRequest(BaseModel):
     image: str = Field(description="PNG, base64")
     kind: str = Field("label", pattern="^(label|instance)$", description="label | instance")
     snap: bool = Field(False, description="colours not in the palette become the nearest class colour")
+
+
+class SynthesizeResponse(BaseModel):
+    model: str = Field(description="the model URI that made the images")
+    seed: int | None = Field(description="the style seed of image 0; null for models without style noise")
+    width: int = Field(description="the images' width: the label map's (the size rule)")
+    height: int
+    ms: float = Field(description="inference time")
+    images: list[str] = Field(description="PNG images, base64")
+
+
+class LabelMapResponse(BaseModel):
+    model: str
+    kind: str = Field(description="label | instance")
+    width: int = Field(description="the model's width: the map was resized (nearest) to the model's size")
+    height: int
+    original_size: list[int] = Field(description="[height, width] of the upload")
+    indices: str | None = Field(None, description="label maps: uint8 class indices, row-major, base64")
+    png: str | None = Field(None, description="instance maps: a 16-bit PNG of the ids, base64")
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="one line naming the problem and, where there is one, the fix")
+    kind: str | None = Field(None, description="the error's class (absent on 413)")
+
+
+def error_responses(*codes: int) -> dict:
+    """The OpenAPI description of the error answers an endpoint gives (Schemathesis checks them)."""
+    meaning = {
+        400: "a map or image the model cannot take, or a body that is not JSON",
+        404: "no such model, alias or version",
+        413: "a body over app.max_upload_bytes",
+        422: "a malformed request",
+        503: "the tracking server cannot be reached",
+    }
+    return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
 
 
 def b64_bytes(text: str, what: str) -> bytes:
@@ -134,6 +173,15 @@ def install_error_handlers(api: FastAPI) -> None:
         )
         return JSONResponse({"error": f"malformed request: {problems}", "kind": "RequestError"}, status_code=422)
 
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        # FastAPI's own refusals (a body that is not JSON, an unknown path or method) in the API's shape
+        detail = err.detail if isinstance(err.detail, str) else str(err.detail)
+        if err.status_code == 400:
+            detail = f"malformed request: the body is not valid JSON ({detail})"
+        body = {"error": detail, "kind": "RequestError"}
+        return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
+
     @api.exception_handler(Exception)
     async def bug(request: Request, err: Exception):
         log.exception("internal error on %s", request.url.path)
@@ -211,42 +259,49 @@ def create_app(catalog: Catalog, settings) -> FastAPI:
     def index():
         return FileResponse(STATIC / "index.html")
 
-    @api.get("/api/config")
+    @api.get("/api/config", responses=error_responses(503))
     def config() -> dict:
         """The page's settings and the preselected model."""
         models = catalog.list_models()
         keys = ("debounce_ms", "max_samples", "display_px", "max_upload_bytes")
         return {**{k: getattr(settings, k) for k in keys}, "default_model": catalog.default_model(models)}
 
-    @api.get("/api/models")
+    @api.get("/api/models", responses=error_responses(503))
     def models() -> dict:
         """Registered models, their aliases and versions (dataset, size, training steps, FID, mIoU)."""
         found = catalog.list_models()
         return {"tracking_uri": catalog.tracking_uri, "default": catalog.default_model(found), "models": found}
 
-    @api.get("/api/models/{name}/{ref}")
+    @api.get("/api/models/{name}/{ref}", responses=error_responses(400, 404, 422, 503))
     def model(name: str, ref: str) -> dict:
         """One model by alias or version: class table (most frequent first), size, style support."""
         return catalog.describe(model_uri(name, ref))
 
-    @api.get("/api/model")
+    @api.get("/api/model", responses=error_responses(400, 404, 422, 503))
     def model_by_uri(uri: str | None = None) -> dict:
         """The same by URI (the default model when none is given)."""
         return catalog.describe(uri)
 
-    @api.post("/api/labelmap")
-    def labelmap(req: LabelMapRequest) -> dict:
+    @api.post("/api/labelmap", responses=error_responses(400, 404, 413, 422, 503))
+    def labelmap(req: LabelMapRequest) -> LabelMapResponse:
         """An uploaded map, checked against the model and resized (nearest) to its size."""
-        return work.labelmap(req)
+        return LabelMapResponse(**work.labelmap(req))
 
-    @api.post("/api/synthesize", response_model=None)
-    def synthesize(req: SynthesizeRequest, request: Request) -> Response | dict:
+    @api.post(
+        "/api/synthesize",
+        response_model=None,
+        responses={
+            200: {"model": SynthesizeResponse, "content": {"image/png": {}}, "description": "the images"},
+            **error_responses(400, 404, 413, 422, 503),
+        },
+    )
+    def synthesize(req: SynthesizeRequest, request: Request) -> Response | SynthesizeResponse:
         """Label map (+ instance map, style image, seed) -> images, the label map's size."""
         out = work.synthesize(req)
         images = [png_bytes(image) for image in out.pop("images")]
         if len(images) == 1 and "image/png" in request.headers.get("accept", ""):
             return Response(images[0], media_type="image/png", headers={"X-Seed": str(out["seed"])})
-        return {**out, "images": [base64.b64encode(png).decode() for png in images]}
+        return SynthesizeResponse(**out, images=[base64.b64encode(png).decode() for png in images])
 
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
     api.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
