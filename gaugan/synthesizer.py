@@ -70,6 +70,8 @@ def _int_maps(x, name: str) -> torch.Tensor:
         raise InputError(f"{name} must be [B,H,W] or [H,W], got shape {tuple(t.shape)}")
     if t.is_floating_point():
         raise InputError(f"{name} must hold integers, got {t.dtype}")
+    if t.numel() == 0:
+        raise InputError(f"{name} are empty (shape {tuple(t.shape)}): give at least one map of at least 1x1 pixels")
     return t.long().cpu()
 
 

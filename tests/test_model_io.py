@@ -145,6 +145,9 @@ def test_synthesize_takes_any_size_colours_and_no_instance_map(tmp_path, caplog)
     np.testing.assert_array_equal(odd, to_uint8(back))
     thin = synth.synthesize(labels[:, :7, :], instances[:, :7, :])  # 7 rows: same rule, no error
     assert thin.shape == (2, 7, labels.shape[2], 3)
+    for empty in (labels[:, :0], labels[:0], labels[:, :, :0]):  # found by the MLflow payload fuzz: was a RuntimeError
+        with pytest.raises(ValueError, match="empty"):
+            synth.synthesize(empty, empty)
     painted = CLASSES.colorize(labels)
     np.testing.assert_array_equal(synth.synthesize(synth.labels_from_colors(painted), instances), exact)
     with caplog.at_level("WARNING"):
