@@ -215,7 +215,17 @@ def _read_json(path: Path) -> dict:
 def _index(data: dict, path: Path) -> tuple[dict, dict]:
     """file stem -> image entry; image id -> its annotations in file order."""
     try:
-        images = {Path(im["file_name"]).stem: im for im in data["images"]}
+        images: dict = {}
+        ids: dict = {}
+        for im in data["images"]:
+            stem = Path(im["file_name"]).stem
+            for key, index, what in ((stem, images, "file name"), (im["id"], ids, "id")):
+                if key in index:
+                    raise IngestError(
+                        f"{path}: two image entries share the {what} {key!r} ({index[key]['file_name']} and "
+                        f"{im['file_name']}); a COCO file lists each image once: remove the duplicate"
+                    )
+                index[key] = im
         anns = defaultdict(list)
         for a in data["annotations"]:
             anns[a["image_id"]].append(a)

@@ -10,8 +10,10 @@ never ``convert``) and only ever resized with NEAREST.
 from __future__ import annotations
 
 import colorsys
+import errno
 import io
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,8 +37,26 @@ class ImageData:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The JPEG and PNG files directly in ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    """The entries directly in ``folder`` named as JPEG or PNG images, sorted by name. Entries that
+    are not readable files (a dangling link, a link loop, a folder) are kept, so that loading them
+    names the problem instead of the sample silently vanishing."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+
+
+def unreadable(path: Path, what: str, err: Exception) -> IngestError:
+    """The error for a source file that cannot be read, naming why and the fix."""
+    if path.is_symlink() and not path.exists():
+        try:
+            path.stat()
+        except OSError as link_err:
+            if link_err.errno == errno.ELOOP:
+                return IngestError(f"{path}: the {what} is a link loop; replace it by the file")
+        return IngestError(f"{path}: the {what} is a link to a missing file ({os.readlink(path)}); fix or remove it")
+    if isinstance(err, FileNotFoundError):
+        return IngestError(f"{path}: {what} not found")
+    if isinstance(err, IsADirectoryError) or path.is_dir():
+        return IngestError(f"{path}: a folder where the {what} should be; move it out of the source")
+    return IngestError(f"{path}: cannot read the {what}, truncated or corrupt ({err}); replace or remove it")
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -87,10 +107,8 @@ def load_image(path: Path | str) -> ImageData:
                 im.load()
                 return ImageData(path.read_bytes(), ".png", *size)
             rgb = np.array(im.convert("RGB"))
-    except FileNotFoundError:
-        raise IngestError(f"{path}: image file not found") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise IngestError(f"{path}: cannot read the image, truncated or corrupt ({err})") from None
+        raise unreadable(path, "image", err) from None
     return ImageData(encode_png(rgb), ".png", rgb.shape[1], rgb.shape[0])
 
 
@@ -100,10 +118,8 @@ def image_resized(path: Path | str, size: tuple[int, int], quality: int = 95) ->
     try:
         with Image.open(path) as src:
             im = src.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-    except FileNotFoundError:
-        raise IngestError(f"{path}: image file not found") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise IngestError(f"{path}: cannot read the image, truncated or corrupt ({err})") from None
+        raise unreadable(path, "image", err) from None
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality, subsampling=0)
     return ImageData(buf.getvalue(), ".jpg", *size)
@@ -118,10 +134,8 @@ def read_index_map(path: Path | str, what: str = "label map") -> tuple[np.ndarra
             im.load()
             fmt, mode = im.format, im.mode
             arr = np.array(im)
-    except FileNotFoundError:
-        raise IngestError(f"{path}: {what} not found") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise IngestError(f"{path}: cannot read the {what} ({err})") from None
+        raise unreadable(path, what, err) from None
     if arr.ndim != 2:
         raise IngestError(
             f"{path}: {what} must be a single-channel index image, got mode {mode} with shape "

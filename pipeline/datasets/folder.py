@@ -23,8 +23,10 @@ The reference's instance maps are uint8 label maps with a running object counter
 value becomes one id, 1..k in value order: every boundary of the source map (all the model ever
 uses of it) is kept, and ids no longer collide with label values or overflow at 256.
 
-Samples are driven by the images: an image without its label is bad input; labels without an
-image are ignored. Sample ids are the file stems.
+Samples are driven by the images: an image without its label is bad input, and so is a label or
+instance map without an image (the reference's loader stops on the mismatch): with
+``data.on_error: skip`` it is listed in the stats' ``skipped`` and left out. Sample ids are the
+file stems.
 """
 
 from __future__ import annotations
@@ -82,7 +84,37 @@ def pair_tasks(
                 tag,
             )
         )
-    return tasks
+    return tasks + _orphan_tasks(image_dir, [label_dir, inst_dir], {t.id for t in tasks}, split, source_root, tag)
+
+
+def _orphan_tasks(
+    image_dir: Path, map_dirs: list[Path | None], stems: set[str], split: str, source_root: Path, tag: str
+) -> list[SampleTask]:
+    """A task for each stem with label or instance maps but no image: loading it is the error that
+    names them, so ``on_error`` fails on it or lists it like any other bad sample."""
+    orphans: dict[str, list[Path]] = {}
+    for folder in map_dirs:
+        if folder is not None and folder.is_dir():
+            for path in sorted(folder.glob("*.png")):
+                if path.stem not in stems:
+                    orphans.setdefault(path.stem, []).append(path)
+    return [
+        SampleTask(
+            stem,
+            split,
+            paths[0].relative_to(source_root).as_posix(),
+            tuple(str(p) for p in paths),
+            partial(_no_image, [str(p) for p in paths], str(image_dir / stem)),
+            tag,
+        )
+        for stem, paths in sorted(orphans.items())
+    ]
+
+
+def _no_image(paths: list[str], expected: str) -> Loaded:
+    raise IngestError(
+        f"{', '.join(paths)}: a map without an image (expected {expected}.jpg or .png); add the image or remove the map"
+    )
 
 
 def folder_tasks(source: Path, settings=None, classes: ClassTable | None = None) -> tuple[list[SampleTask], ClassTable]:
