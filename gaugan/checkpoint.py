@@ -4,6 +4,7 @@ continuing needs: G, E, D, EMA, optionally the optimizer moments) and NVlabs ref
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,17 +132,46 @@ def load_generator(path: Path | str, device: torch.device | str = "cpu") -> Load
             else ""
         )
         raise CheckpointError(f"{path}: not a GauGAN generator file (format {found!r}, expected {FORMAT!r}){hint}")
-    config = GauGANConfig.from_dict(payload["config"])
-    netG = build_generator(config)
-    _load_strict(netG, payload["G"], f"{path} [G]")
-    netE = None
-    if config.use_vae and payload.get("E") is not None:
-        netE = cast(ConvEncoder, build_encoder(config))
-        _load_strict(netE, payload["E"], f"{path} [E]")
+    try:
+        config = GauGANConfig.from_dict(_part(payload, "config", dict, path))
+        netG = build_generator(config)
+        _load_strict(netG, _part(payload, "G", dict, path), f"{path} [G]")
+        netE = None
+        if config.use_vae and payload.get("E") is not None:
+            netE = cast(ConvEncoder, build_encoder(config))
+            _load_strict(netE, payload["E"], f"{path} [E]")
+        classes = ClassTable.from_dict(payload["classes"], f"{path} [classes]") if payload.get("classes") else None
+        meta = payload.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{path}: 'meta' is a {type(meta).__name__}, not a dict")
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged or hand-made file: whatever breaks, nothing is loaded
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(
+            f"{path}: a generator file whose settings do not make a model ({type(err).__name__}: {first}); "
+            "export it again (train or import-reference)"
+        ) from None
+    if netE is not None:
         netE = netE.to(device).eval().requires_grad_(False)
     netG = netG.to(device).eval().requires_grad_(False)
-    classes = ClassTable.from_dict(payload["classes"], f"{path} [classes]") if payload.get("classes") else None
-    return LoadedGenerator(netG, netE, config, classes, payload.get("meta") or {})
+    return LoadedGenerator(netG, netE, config, classes, meta)
+
+
+def _part(payload: dict, key: str, kind: type, path: Path):
+    """payload[key], which must be a ``kind``: a file missing it is refused by name."""
+    value = payload.get(key)
+    if not isinstance(value, kind):
+        found = "missing" if value is None else f"a {type(value).__name__}"
+        raise CheckpointError(f"{path}: its {key!r} is {found}, not a {kind.__name__}; export the file again")
+    return value
+
+
+def read_torch_file(path: Path | str, what: str, fix: str = ""):
+    """A ``.pt``/``.pth`` file's objects, read with ``torch.load(weights_only=True)`` (tensors and
+    plain containers only: a pickle that would run code is refused, never run); a missing, truncated
+    or foreign file is one :class:`CheckpointError` naming it."""
+    return _read_payload(Path(path), what, fix)
 
 
 def _read_payload(path: Path, what: str, fix: str):
@@ -151,7 +181,16 @@ def _read_payload(path: Path, what: str, fix: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not our file"
-        raise CheckpointError(f"{path}: not a readable {what} ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{path}: not a readable {what} ({unreadable_reason(err)}){fix}") from None
+
+
+def unreadable_reason(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one short line."""
+    if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err).lower().replace(" ", "_"):
+        return "it holds Python objects other than tensors, which are never unpickled (they could run code)"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    first = lines[0].split(". ")[0] if lines else "unreadable"
+    return f"{type(err).__name__}: {first}; truncated or not a PyTorch file?"
 
 
 def _load_strict(module: nn.Module, state: dict, source: str) -> None:
@@ -187,9 +226,7 @@ def load_reference_checkpoint(module: nn.Module, path: Path | str) -> nn.Module:
     Raises :class:`CheckpointError` listing every missing and unexpected key and shape mismatch.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no such checkpoint file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _read_payload(path, "checkpoint file", "")
     if isinstance(state, dict) and state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}  # saved from a DataParallel wrapper
     _load_strict(module, state, str(path))

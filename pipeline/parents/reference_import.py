@@ -138,12 +138,14 @@ def read_state(path: Path, what: str) -> dict:
     """A plain state dict from a ``.pth`` file (``module.`` prefixes of DataParallel removed)."""
     import torch
 
+    from gaugan.checkpoint import unreadable_reason
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to unpickle means this file cannot be used
         raise ReferenceImportError(
             f"{path}: cannot read the {what} checkpoint, truncated or not a PyTorch file "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); download it again"
+            f"({unreadable_reason(err)}); download it again"
         ) from None
     if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()) or not state:
         raise ReferenceImportError(f"{path}: not a state dict of tensors (found {type(state).__name__})")

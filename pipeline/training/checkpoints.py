@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from gaugan.checkpoint import read_torch_file
+from gaugan.errors import CheckpointError
 from pipeline.io import atomic_path, atomic_write_text
 
 LOSS_COLUMNS = [
@@ -40,7 +42,10 @@ class CheckpointStore:
         """The last checkpoint if it belongs to these settings and data, else None."""
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        fix = "; delete it to start training over, or run with --resume never"
+        state = read_torch_file(self.path, "training checkpoint", fix)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{self.path}: not a training checkpoint (it holds a {type(state).__name__}){fix}")
         return state if state.get("fingerprint") == fingerprint else None
 
     def save(self, state: dict, history: list[dict]) -> None:
