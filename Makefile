@@ -31,9 +31,11 @@ test: install
 	$(BIN)/mkdocs build --strict --site-dir .cache/site
 	$(BIN)/python -m pytest -q
 
-# The property-based tests with twenty times make test's cases and a new seed each run
+# The generated-input tests (docs/robustness.md) with more cases than make test's and a new seed each run
+FUZZ_TESTS = tests/test_params_fuzz.py tests/test_app_schema.py tests/test_serving.py \
+	tests/test_ingest_fuzz.py tests/test_checkpoint_fuzz.py
 fuzz: install
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_params_fuzz.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q --hypothesis-show-statistics $(FUZZ_TESTS)
 
 demo: install
 	$(BIN)/gaugan-pipeline demo
