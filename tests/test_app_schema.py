@@ -130,8 +130,7 @@ def label_uploads(draw) -> tuple[bytes, bool]:
     a side, values in and out of the class table, JPEG, truncated, a byte flipped, a lying header.
     Good: an undamaged PNG of indices (L, P, 16-bit) or of the class colours (RGB, RGBA), classes
     0..3 only."""
-    h = draw(st.integers(1, 2048))
-    w = draw(st.integers(1, max(1, min(2048, 300_000 // h))))
+    h, w = draw(st.integers(1, 2048)), draw(st.integers(1, 2048))  # up to app.max_pixels (2048 x 2048)
     mode = draw(st.sampled_from(MODES))
     values = draw(st.sampled_from([[0, 1, 2, 3], [0, 3, 255], [0, 1, 4], [0, 9, 700], [2]]))
     stripes = np.asarray(values)[np.arange(h * w).reshape(h, w) // max(1, (h * w) // (3 * len(values))) % len(values)]
