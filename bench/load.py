@@ -21,11 +21,8 @@ import base64
 import io
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,15 +34,10 @@ import yaml
 from PIL import Image
 
 from bench.app import SETTINGS, write_model
+from bench.servers import free_port, launch_app, stop
 from bench.workspace import PARAMS_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -63,38 +55,11 @@ def start_server(model: Path, work: Path) -> tuple[subprocess.Popen, str, Path]:
     params["mlflow"]["tracking_uri"] = f"sqlite:///{work / 'mlflow.db'}"
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     log = work / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "app", "--params", str(work / "params.yaml")],
-            cwd=work,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the app exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/api/config", timeout=5).status_code == 200:
-                return proc, url, log
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    stop(proc)
-    raise SystemExit(f"the app did not answer within 180 s:\n{log.read_text()}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    try:
+        proc = launch_app(work / "params.yaml", port, work, {**os.environ, "PYTHONPATH": str(ROOT)}, log)
+    except RuntimeError as err:
+        raise SystemExit(str(err)) from None
+    return proc, f"http://127.0.0.1:{port}", log
 
 
 def png_b64(labels: np.ndarray) -> str:

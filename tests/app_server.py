@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, toy_classes, write_project_params, write_tiny_generator
+
+from bench.servers import free_port, launch_app, stop  # noqa: F401 (stop and free_port: for the test modules)
 
 NAME = "gaugan-app"
 SIZE = 64
@@ -41,12 +39,6 @@ class Server:
     url: str
     registry: Registry
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _register(client, uri: str, generator: Path, tags: dict, alias: str):
@@ -125,8 +117,6 @@ def app_server(app_registry, tmp_path_factory, pytestconfig) -> Server:
 
 
 def start_server(app_registry: Registry, tmp_path_factory) -> tuple[subprocess.Popen, Server]:
-    import httpx
-
     work = tmp_path_factory.mktemp("app-server")
     port = free_port()
     params = write_project_params(
@@ -139,37 +129,8 @@ def start_server(app_registry: Registry, tmp_path_factory) -> tuple[subprocess.P
     )
     log = work / "server.log"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MLFLOW_TRACKING_URI": app_registry.uri}
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "app", "--params", str(params)],
-            cwd=work,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the app exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/api/config", timeout=5).status_code == 200:
-                return proc, Server(url, app_registry, log)
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            stop(proc)
-            pytest.fail(f"the app did not answer within 180 s:\n{log.read_text()}")
-        time.sleep(0.5)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a server started with start_new_session=True: its process group, by its pid."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
+    try:
+        proc = launch_app(params, port, work, env, log)
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    return proc, Server(f"http://127.0.0.1:{port}", app_registry, log)
