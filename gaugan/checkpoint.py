@@ -17,8 +17,7 @@ from gaugan.classes import ClassTable
 from gaugan.config import GauGANConfig
 from gaugan.encoder import ConvEncoder
 from gaugan.errors import CheckpointError, MissingFileError
-from gaugan.generator import SPADEGenerator
-from gaugan.networks import build_encoder, build_generator
+from gaugan.networks import Generator, build_encoder, build_generator
 
 FORMAT = "gaugan-generator/1"
 STATE_FORMAT = "gaugan-train-state/1"
@@ -35,7 +34,7 @@ __all__ = [
 
 @dataclass
 class LoadedGenerator:
-    netG: SPADEGenerator
+    netG: Generator
     netE: ConvEncoder | None
     config: GauGANConfig
     classes: ClassTable | None  # None only in files written without one

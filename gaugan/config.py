@@ -11,6 +11,7 @@ from gaugan.errors import ConfigError
 UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
 # [spectral]<batch|syncbatch|instance|none> for D and E
 NORM_DE_PATTERN = re.compile(r"^(spectral)?(batch|syncbatch|instance|none)?$")
+GENERATOR_FAMILIES = ("spade", "pix2pixhd")  # model.netG
 
 
 def size_hw(width: int, aspect_ratio: float = 1.0) -> tuple[int, int]:
@@ -59,9 +60,16 @@ class GauGANConfig:
     n_layers_D: int = 4
     crop_size: int = 256
     aspect_ratio: float = 1.0
+    # the generator family: "spade" (GauGAN) or "pix2pixhd" (its baseline, gaugan/pix2pixhd.py), and
+    # pix2pixhd's options, named as the reference's (--netG, --resnet_*)
+    netG: str = "spade"
+    resnet_n_downsample: int = 4
+    resnet_n_blocks: int = 9
+    resnet_kernel_size: int = 3
+    resnet_initial_kernel_size: int = 7
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self._family_problems()
         if self.num_upsampling_layers not in UPSAMPLINGS:
             problems.append(
                 f"num_upsampling_layers must be one of {sorted(UPSAMPLINGS)}, got {self.num_upsampling_layers!r}"
@@ -85,6 +93,40 @@ class GauGANConfig:
             )
         if problems:
             raise ConfigError("invalid GauGAN config: " + "; ".join(problems))
+
+    def _family_problems(self) -> list[str]:
+        """What the generator family refuses: a pix2pixhd generator has no SPADE and no style code."""
+        if self.netG not in GENERATOR_FAMILIES:
+            return [f"netG must be one of {list(GENERATOR_FAMILIES)}, got {self.netG!r}"]
+        if self.netG == "spade":
+            return []
+        problems = []
+        for name in ("resnet_n_downsample", "resnet_n_blocks", "resnet_kernel_size", "resnet_initial_kernel_size"):
+            value = getattr(self, name)
+            least = 0 if name == "resnet_n_blocks" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                problems.append(f"{name} must be an integer >= {least}, got {value!r}")
+            elif name.endswith("kernel_size") and value % 2 == 0:
+                problems.append(f"{name} must be odd (the convolutions keep the size), got {value}")
+        try:
+            if parse_norm_G(str(self.norm_G))[1]:
+                problems.append(
+                    f"norm_G {self.norm_G!r} is a SPADE norm, which the pix2pixhd generator does not have: "
+                    "use a plain [spectral]<instance|batch|syncbatch> (e.g. spectralinstance)"
+                )
+        except ConfigError:
+            pass  # named below
+        if self.use_vae is True:
+            problems.append("use_vae: the pix2pixhd generator takes no style code; set use_vae false")
+        if not problems and isinstance(self.crop_size, int) and self.aspect_ratio > 0:
+            multiple = 2**self.resnet_n_downsample
+            h, w = size_hw(self.crop_size, self.aspect_ratio)
+            if h % multiple or w % multiple:
+                problems.append(
+                    f"the crop ({h}x{w}: crop_size {self.crop_size}, aspect_ratio {self.aspect_ratio}) is not a "
+                    f"multiple of {multiple}, which resnet_n_downsample {self.resnet_n_downsample} needs"
+                )
+        return problems
 
     @property
     def semantic_nc(self) -> int:

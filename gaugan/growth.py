@@ -5,10 +5,12 @@ and D's input is that followed by the 3 image channels. Three kinds of layers re
 generator's first convolution ``fc`` (models without a style encoder; with one, ``fc`` is a linear
 layer on the style code and reads no labels), every SPADE's label convolution ``mlp_shared.0``, and
 the first convolution of each discriminator scale (``discriminator_<i>.model0.0``). Growing a layer
-gives it the new number of input channels: the parent's channels move to their new positions (the
-dontcare and edge channels after the new classes) with their weights, and the new classes' channels
-start at zero. A one-hot map of the parent's classes then meets exactly the parent's weights, so the
-grown model computes the parent's function on it (up to float summation order).
+gives it the new number of input channels (pix2pixHD's generator reads it in its first convolution
+``model.1.0`` alone; under spectral norm its power-iteration vector grows with it): the parent's
+channels move to their new positions (the dontcare and edge channels after the new classes) with
+their weights, and the new classes' channels start at zero. A one-hot map of the parent's classes
+then meets exactly the parent's weights, so the grown model computes the parent's function on it
+(up to float summation order).
 """
 
 from __future__ import annotations
@@ -79,9 +81,27 @@ def grow_input_channels(weight: torch.Tensor, index: list[int], channels: int, k
 
 
 def is_generator_label_key(key: str) -> bool:
-    """G's label convolutions (also under ``netG.``): ``fc`` (when a convolution), every ``mlp_shared.0``."""
+    """G's label convolutions (also under ``netG.``): SPADE's ``fc`` (when a convolution) and every
+    ``mlp_shared.0``; pix2pixHD's first convolution ``model.1.0`` (``weight``, or ``weight_orig`` under
+    spectral norm)."""
     parts = key.split(".")
-    return parts[-3:] == ["mlp_shared", "0", "weight"] or parts[-2:] == ["fc", "weight"] and parts[0] in ("fc", "netG")
+    if parts[0] == "netG":
+        parts = parts[1:]
+    if parts[-3:] == ["mlp_shared", "0", "weight"] or parts == ["fc", "weight"]:
+        return True
+    return parts in (["model", "1", "0", "weight"], ["model", "1", "0", "weight_orig"])
+
+
+def grow_power_vector(v: torch.Tensor, index: list[int], channels: int, key: str) -> torch.Tensor:
+    """Spectral norm's right singular vector of a grown convolution: [in * k * k] -> [channels * k * k],
+    the parent's entries at their channels' new places, zeros for the new channels (the new weights
+    are zero, so this is the vector the power iteration would give)."""
+    if v.numel() % len(index):
+        raise CheckpointError(f"{key}: {v.numel()} entries do not split over {len(index)} label channels")
+    rows = v.view(len(index), -1)
+    grown = v.new_zeros((channels, rows.shape[1]))
+    grown[index] = rows
+    return grown.flatten()
 
 
 def is_discriminator_label_key(key: str) -> bool:
@@ -100,9 +120,14 @@ def grow_state(state: dict, index: list[int], channels: int, discriminator: bool
         index = list(index) + [channels + k for k in range(3)]
         channels += 3
     label_key = is_discriminator_label_key if discriminator else is_generator_label_key
-    return {
-        k: grow_input_channels(v, index, channels, k) if label_key(k) and v.dim() == 4 else v for k, v in state.items()
-    }
+    grown = {}
+    for k, v in state.items():
+        if label_key(k) and v.dim() == 4:
+            v = grow_input_channels(v, index, channels, k)
+        elif k.endswith(".weight_v") and label_key(k[: -len("_v")] + "_orig"):
+            v = grow_power_vector(v, index, channels, k)
+        grown[k] = v
+    return grown
 
 
 def grow_moments(optimizer_state: dict, names: list[str], index: list[int], channels: int, discriminator: bool) -> dict:

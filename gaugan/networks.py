@@ -14,9 +14,15 @@ from gaugan.config import GauGANConfig
 from gaugan.discriminator import MultiscaleDiscriminator
 from gaugan.encoder import ConvEncoder, reparameterize
 from gaugan.generator import SPADEGenerator
+from gaugan.pix2pixhd import Pix2PixHDGenerator
+
+Generator = SPADEGenerator | Pix2PixHDGenerator  # the generator families (GauGANConfig.netG)
 
 
-def build_generator(config: GauGANConfig) -> SPADEGenerator:
+def build_generator(config: GauGANConfig) -> Generator:
+    """The generator of ``config.netG``: SPADE (GauGAN) or pix2pixHD (its baseline)."""
+    if config.netG == "pix2pixhd":
+        return Pix2PixHDGenerator(config)
     return SPADEGenerator(config)
 
 

@@ -23,8 +23,10 @@ from gaugan.growth import class_index_map, grow_moments, grow_state, semantic_in
 from gaugan.trainer import OPTIMIZER_PARTS, GauGANTrainer
 
 # What must be equal for the parent's weights to fit (the label channels may grow).
-GENERATOR_FIELDS = ("ngf", "norm_G", "num_upsampling_layers", "use_vae", "use_instance", "contain_dontcare_label")
-SPADE_FIELDS = ("spade_hidden",)
+GENERATOR_FIELDS = ("netG", "ngf", "norm_G", "use_vae", "use_instance", "contain_dontcare_label")
+SPADE_FIELDS = ("num_upsampling_layers",)
+SPADE_NORM_FIELDS = ("spade_hidden",)
+PIX2PIXHD_FIELDS = ("resnet_n_downsample", "resnet_n_blocks", "resnet_kernel_size", "resnet_initial_kernel_size")
 ENCODER_FIELDS = ("z_dim", "nef", "norm_E")
 DISCRIMINATOR_FIELDS = ("ndf", "norm_D", "num_D", "n_layers_D")
 FIELD_NAMES = {"use_instance": "instance channel (use_instance)", "contain_dontcare_label": "dontcare channel"}
@@ -76,7 +78,11 @@ def read_parent_file(path: Path | str) -> ParentModel:
 
 def architecture_problems(parent: ParentModel, config: GauGANConfig) -> list[str]:
     """Every setting in which the parent's networks differ from ``config``'s (label_nc aside)."""
-    fields = list(GENERATOR_FIELDS) + (list(SPADE_FIELDS) if "spade" in config.norm_G else [])
+    fields = list(GENERATOR_FIELDS)
+    if config.netG == "pix2pixhd":
+        fields += PIX2PIXHD_FIELDS
+    else:
+        fields += SPADE_FIELDS + (SPADE_NORM_FIELDS if "spade" in config.norm_G else ())
     if config.use_vae and parent.E is not None:
         fields += ENCODER_FIELDS
     if parent.D is not None:

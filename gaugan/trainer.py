@@ -36,7 +36,6 @@ from gaugan.discriminator import MultiscaleDiscriminator
 from gaugan.encoder import ConvEncoder
 from gaugan.encoding import encode_labels
 from gaugan.errors import ConfigError, InputError, NonFiniteLossError
-from gaugan.generator import SPADEGenerator
 from gaugan.layers import convert_sync_batchnorm
 from gaugan.losses import (
     GAN_MODES,
@@ -49,7 +48,7 @@ from gaugan.losses import (
     gan_g_loss,
     kl_loss,
 )
-from gaugan.networks import GeneratorModel, build_discriminator
+from gaugan.networks import Generator, GeneratorModel, build_discriminator
 from gaugan.weight_init import INIT_TYPES, init_weights
 
 __all__ = [
@@ -173,8 +172,8 @@ class GauGANTrainer:
 
     # ------------------------------------------------------------------ set-up
     @property
-    def netG(self) -> SPADEGenerator:
-        return cast(SPADEGenerator, _unwrap(self.generator).netG)
+    def netG(self) -> Generator:
+        return cast(Generator, _unwrap(self.generator).netG)
 
     @property
     def netE(self) -> ConvEncoder | None:
@@ -511,7 +510,7 @@ class GauGANTrainer:
         update_ema(self.ema, _unwrap(self.generator), decay, ok)
 
     # ------------------------------------------------------------------ state
-    def inference_generator(self) -> tuple[SPADEGenerator, ConvEncoder | None]:
+    def inference_generator(self) -> tuple[Generator, ConvEncoder | None]:
         """(G, E) for sampling and export: the EMA weights when on, eval mode, no DDP/compile
         wrapper, plain BatchNorm2d. A fresh module loaded from the state dict (deepcopy fails on
         spectral norm after a forward); building it leaves torch's global RNG untouched."""

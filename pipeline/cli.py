@@ -348,19 +348,29 @@ def compare(
 def model_info(
     setting: str | None = typer.Option(None, "--setting", help="coco-stuff|ade20k|cityscapes; default: all"),
     vae: bool = typer.Option(False, "--vae", help="with the style encoder"),
+    netG: str = typer.Option(
+        "spade", "--netG", help="spade|pix2pixhd: the generator family (pix2pixhd: spectralinstance)"
+    ),
     params: Path | None = typer.Option(None, "--params", "-p", help="also count the model of this params file"),
 ) -> None:
     """Parameter counts of the generator, discriminator and encoder per setting."""
     from rich.console import Console
     from rich.table import Table
 
-    from gaugan.config import reference_setting
+    from gaugan.config import GauGANConfig, reference_setting
     from gaugan.networks import parameter_counts
 
     names = [setting] if setting else ["coco-stuff", "ade20k", "cityscapes"]
-    table = Table("setting", "G", "D", "E")
+    family: dict[str, str] = {"netG": netG, "norm_G": "spectralinstance"} if netG == "pix2pixhd" else {"netG": netG}
+    table = Table("setting", "netG", "G", "D", "E")
     with _reported("model-info"):
-        configs = [(name + (" +vae" if vae else ""), reference_setting(name, use_vae=vae)) for name in names]
+        configs = [
+            (
+                name + (" +vae" if vae else ""),
+                GauGANConfig(**{**reference_setting(name, use_vae=vae).to_dict(), **family}),
+            )
+            for name in names
+        ]
         if params is not None:
             from gaugan.classes import ClassTable
             from pipeline.training.settings import model_config
@@ -369,7 +379,7 @@ def model_info(
             configs.append((str(params), model_config(p, ClassTable.load(Path(p.data.out)))))
     for label, config in configs:
         counts = parameter_counts(config)
-        table.add_row(label, *(f"{counts.get(k, 0):,}" for k in ("G", "D", "E")))
+        table.add_row(label, config.netG, *(f"{counts.get(k, 0):,}" for k in ("G", "D", "E")))
     Console().print(table)
 
 

@@ -64,6 +64,7 @@ class DataSettings(_Section):
 
 
 class ModelSettings(_Section):
+    netG: Literal["spade", "pix2pixhd"]
     ngf: int = Field(ge=1)
     ndf: int = Field(ge=1)
     nef: int = Field(ge=1)
@@ -78,6 +79,10 @@ class ModelSettings(_Section):
     num_D: int = Field(ge=1)
     n_layers_D: int = Field(ge=1)
     label_nc: int | None = Field(ge=1)
+    resnet_n_downsample: int = Field(ge=1)
+    resnet_n_blocks: int = Field(ge=0)
+    resnet_kernel_size: int = Field(ge=1)
+    resnet_initial_kernel_size: int = Field(ge=1)
 
 
 class TrainSettings(_Section):

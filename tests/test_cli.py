@@ -47,6 +47,11 @@ def test_model_info_counts_the_reference_generators():
     assert result.exit_code == 0, result.output
     # the reference ADE20K generator (shared/reference/spade_checkpoint_keys.md)
     assert "96,492,483" in result.output
+    result = runner.invoke(app, ["model-info", "--setting", "ade20k", "--netG", "pix2pixhd"])
+    assert result.exit_code == 0, result.output
+    # NVlabs/SPADE fecacc9's Pix2PixHDGenerator with these options counts 182,886,019 too
+    # (ngf 64, 4 downsamplings, 9 blocks)
+    assert "pix2pixhd" in result.output and "182,886,019" in result.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")

@@ -153,8 +153,15 @@ def test_a_nan_loss_stops_before_any_update():
     assert math.isfinite(trainer.train_step(make_batch(cfg, seed=3))["G_GAN"])
 
 
-def test_resume_from_a_state_dict_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-    cfg = tiny(use_vae=True, use_instance=True)
+FAMILIES = {  # each generator family, trained by the same trainer
+    "spade": dict(use_vae=True, use_instance=True),
+    "pix2pixhd": dict(netG="pix2pixhd", norm_G="spectralinstance", resnet_n_downsample=2, resnet_n_blocks=2),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_resume_from_a_state_dict_is_bit_identical_to_an_uninterrupted_run(tmp_path, family):
+    cfg = tiny(**FAMILIES[family])
     options = train_options(ema_decay=0.9, total_steps=4, decay_start_step=1)
 
     def run(trainer: GauGANTrainer, upto: int) -> GauGANTrainer:

@@ -121,6 +121,29 @@ def test_bad_settings_fail_before_training(prepared, tmp_path):
     params = make_params(TINY_PARAMS)
     with pytest.raises(TrainError, match=r"model\.use_instance is true but the dataset .* has no instance maps"):
         check_settings(params, no_instances, 1, prepared)
+    # a generator family with a setting it cannot use: named, before any work
+    params = make_params(deep_merge(TINY_PARAMS, {"model": {"netG": "pix2pixhd"}}))
+    with pytest.raises(TrainError, match=r"- model\.norm_G 'spectralspadeinstance3x3' is a SPADE norm, which the pix2"):
+        check_settings(params, classes, 1, prepared)
+
+
+def test_the_pix2pixhd_family_trains_exports_and_logs_its_family(prepared, tmp_path):
+    from gaugan.checkpoint import load_generator
+    from gaugan.pix2pixhd import Pix2PixHDGenerator
+    from pipeline.params import load_params
+    from pipeline.stages.train import run as run_train
+
+    family = {"netG": "pix2pixhd", "norm_G": "spectralinstance", "resnet_n_downsample": 2, "resnet_n_blocks": 2}
+    project, _ = _project(tmp_path, prepared, model=family)
+    metrics = run_train(load_params(project / "params.yaml"), project)
+    assert metrics["steps"] == 4
+    loaded = load_generator(project / "models/generator.pt")
+    assert isinstance(loaded.netG, Pix2PixHDGenerator) and loaded.config.resnet_n_blocks == 2
+    import mlflow
+
+    ref = json.loads((project / "outputs/train/run.json").read_text())
+    run = mlflow.MlflowClient(ref["tracking_uri"]).get_run(ref["run_id"])
+    assert run.data.params["model.netG"] == "pix2pixhd"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from gaugan.classes import ClassTable
 from gaugan.config import GauGANConfig, parse_norm_G, reference_setting
+from gaugan.errors import GauGANError
 from pipeline.datasets.class_tables import builtin_table
 from pipeline.errors import MissingInputError, ReferenceImportError
 from pipeline.io import sha256_file
@@ -155,9 +156,11 @@ def read_state(path: Path, what: str) -> dict:
 
 
 def network_kind(state: dict) -> str:
-    """'G', 'D', 'E' or 'unknown', from the key names of the reference's three networks."""
+    """'G', 'G-pix2pixhd', 'D', 'E' or 'unknown', from the key names of the reference's networks."""
     if "conv_img.weight" in state and any(k.startswith("head_0.") for k in state):
         return "G"
+    if first_conv(state) is not None and all(k.startswith("model.") for k in state):
+        return "G-pix2pixhd"
     if any(k.startswith("discriminator_0.") for k in state):
         return "D"
     if "fc_mu.weight" in state and any(k.startswith("layer1.") for k in state):
@@ -202,6 +205,56 @@ def generator_shapes(state: dict, path: Path) -> Shapes:
     if final != (ngf // 2 if shapes.most else ngf):
         shapes.problems.append(f"conv_img takes {final} channels, expected {ngf // 2 if shapes.most else ngf}")
     return shapes
+
+
+def first_conv(state: dict):
+    """pix2pixHD's first convolution weight (``model.1.0``, spectral-normed or not), or None."""
+    return state.get("model.1.0.weight_orig", state.get("model.1.0.weight"))
+
+
+def _pix2pixhd_weight(state: dict, prefix: str):
+    return state.get(f"{prefix}.weight_orig", state.get(f"{prefix}.weight"))
+
+
+def pix2pixhd_config(
+    setting: str, table: ClassTable, state: dict, options: dict[str, str]
+) -> tuple[GauGANConfig, list[str]]:
+    """The config of a reference ``--netG pix2pixhd`` generator, read off its keys and shapes: width,
+    norm, stride-2 convolutions, residual blocks and kernels (gaugan/pix2pixhd.py has the layout)."""
+    first = first_conv(state)
+    spectral = "model.1.0.weight_orig" in state
+    norm = "syncbatch" if "model.1.1.running_mean" in state else "instance"
+    index, downs = 3, 0
+    while (w := _pix2pixhd_weight(state, f"model.{index}.0")) is not None and w.shape[0] == 2 * w.shape[1]:
+        downs, index = downs + 1, index + 2
+    blocks = sorted({int(k.split(".")[1]) for k in state if ".conv_block." in k})
+    block = _pix2pixhd_weight(state, f"model.{blocks[0]}.conv_block.1.0") if blocks else None
+    ref = replace(reference_setting(setting), **_size_options(options))
+    base = table.label_nc + int(table.contain_dontcare_label)
+    problems = []
+    if int(first.shape[1]) not in (base, base + 1):
+        problems.append(
+            f"the generator takes {int(first.shape[1])} label channels but the {setting} setting takes {base}, "
+            f"{base + 1} with instance edges"
+        )
+    try:
+        config = replace(
+            ref,
+            label_nc=table.label_nc,
+            contain_dontcare_label=table.contain_dontcare_label,
+            use_instance=int(first.shape[1]) == base + 1,
+            ngf=int(first.shape[0]),
+            netG="pix2pixhd",
+            norm_G=f"{'spectral' if spectral else ''}{norm}",
+            use_vae=False,
+            resnet_n_downsample=downs,
+            resnet_n_blocks=len(blocks),
+            resnet_kernel_size=int(block.shape[-1]) if block is not None else ref.resnet_kernel_size,
+            resnet_initial_kernel_size=int(first.shape[-1]),
+        )
+    except GauGANError as err:
+        raise ReferenceImportError(f"a pix2pixhd generator this project cannot build: {err}") from None
+    return config, problems
 
 
 def expected_config(
@@ -270,8 +323,13 @@ def option_problems(options: dict[str, str], setting: str, config: GauGANConfig)
         "no_instance": not config.use_instance,
         "ngf": config.ngf,
         "use_vae": config.use_vae,
-        "num_upsampling_layers": config.num_upsampling_layers,
+        "netG": config.netG,
     }
+    if config.netG == "pix2pixhd":
+        names = ("resnet_n_downsample", "resnet_n_blocks", "resnet_kernel_size", "resnet_initial_kernel_size")
+        expected.update({name: getattr(config, name) for name in names})
+    else:
+        expected["num_upsampling_layers"] = config.num_upsampling_layers
     if config.use_vae:
         expected["z_dim"] = config.z_dim
     problems = []
@@ -329,15 +387,19 @@ class ReferenceModel:
 def load_reference(setting: str, files: ReferenceFiles) -> ReferenceModel:
     """The checked, strictly loaded networks of a reference checkpoint of ``setting``."""
     from gaugan.checkpoint import load_reference_checkpoint
-    from gaugan.generator import SPADEGenerator
+    from gaugan.networks import build_generator
 
     if setting not in REFERENCE_OPTIONS:
         raise ReferenceImportError(f"unknown setting {setting!r}; choose one of {', '.join(REFERENCE_OPTIONS)}")
     state = read_state(files.generator, "generator")
-    shapes = generator_shapes(state, files.generator)
     table = builtin_table(setting)
     options = read_opt_txt(files.opt_txt) if files.opt_txt is not None else {}
-    config, problems = expected_config(setting, table, shapes, files.generator, options)
+    if network_kind(state) == "G-pix2pixhd":
+        config, problems = pix2pixhd_config(setting, table, state, options)
+    else:
+        config, problems = expected_config(
+            setting, table, generator_shapes(state, files.generator), files.generator, options
+        )
     problems += option_problems(options, setting, config)
     if problems:
         raise ReferenceImportError(
@@ -349,7 +411,7 @@ def load_reference(setting: str, files: ReferenceFiles) -> ReferenceModel:
         )
     check_finite(state, files.generator)
     del state
-    netG = load_reference_checkpoint(SPADEGenerator(config), files.generator)
+    netG = load_reference_checkpoint(build_generator(config), files.generator)
     netE = None
     if files.encoder is not None:
         netE, config = load_encoder(files.encoder, config, files.generator)

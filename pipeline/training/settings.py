@@ -6,17 +6,19 @@ here from params.yaml: the library's own defaults (the reference's values) never
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 
 from gaugan.classes import ClassTable
 from gaugan.config import GauGANConfig
+from gaugan.errors import ConfigError
 from gaugan.numerics import auto_precision
 from gaugan.trainer import TrainOptions
 from pipeline.errors import TrainError
 from pipeline.io import digest
-from pipeline.params import Params
+from pipeline.params import ModelSettings, Params
 
 # Settings that do not change what is computed: a checkpoint stays valid when only these change.
 RESUME_NEUTRAL_KEYS = {
@@ -59,6 +61,11 @@ def model_config(params: Params, classes: ClassTable) -> GauGANConfig:
         n_layers_D=m.n_layers_D,
         crop_size=t.crop_size,
         aspect_ratio=t.aspect_ratio,
+        netG=m.netG,
+        resnet_n_downsample=m.resnet_n_downsample,
+        resnet_n_blocks=m.resnet_n_blocks,
+        resnet_kernel_size=m.resnet_kernel_size,
+        resnet_initial_kernel_size=m.resnet_initial_kernel_size,
     )
 
 
@@ -88,6 +95,13 @@ def check_settings(params: Params, classes: ClassTable, world_size: int, data_ro
         )
     if t.decay_start_step is not None and t.decay_start_step > t.max_steps:
         problems.append(f"train.decay_start_step ({t.decay_start_step}) is after train.max_steps ({t.max_steps})")
+    try:
+        model_config(params, classes)
+    except ConfigError as err:  # e.g. a SPADE norm_G or use_vae with model.netG pix2pixhd
+        message = str(err).removeprefix("invalid GauGAN config: ")
+        for section, names in (("model", ModelSettings.model_fields), ("train", ("crop_size", "aspect_ratio"))):
+            message = re.sub(rf"(?<![.'\w])({'|'.join(names)})\b", rf"{section}.\1", message)
+        problems += message.split("; ")
     if problems:
         raise TrainError("invalid training settings:\n  - " + "\n  - ".join(problems))
 

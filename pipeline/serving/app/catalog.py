@@ -149,6 +149,7 @@ class Catalog:
             "dataset": classes.dataset if classes else None,
             "height": h,
             "width": w,
+            "netG": cfg.netG,  # the generator family: spade | pix2pixhd
             "label_nc": cfg.label_nc,
             "dontcare": bool(cfg.contain_dontcare_label),
             "use_instance": bool(cfg.use_instance),
