@@ -1,4 +1,4 @@
-"""Synthesis quality at equal compute: this project's trainer against the NVlabs/SPADE trainer.
+"""Synthesis quality at equal compute: generator families, trainer settings and the NVlabs/SPADE trainer.
 
 Both train on the demo (params.yaml's data, model and train settings: 500 steps, 64 px, batch 8,
 the demo architecture) from the same loader batches (this project's step-indexed loader: same
@@ -6,32 +6,36 @@ samples, crops, flips and instance edges for both), over several seeds; each gen
 scored by this project's evaluate stage (the tiny FID backbone, the demo's segmenter trained once,
 the same validation images), at each of ``--sizes`` validation images. Printed: FID and mIoU per
 seed, mean and seed-to-seed spread (sample standard deviation), and a verdict per figure against
-the reference at equal steps and at equal wall time.
+the baseline (``--baseline``; default: the reference trainer when it runs, else the first variant)
+at equal steps and at equal wall time: Welch's t-test over the seeds, "better" or "worse" only where
+p < 0.05, else "no difference shown" with the p-value (a GAN figure from one seed decides nothing).
 
-Variants (``--variant NAME[:KEY=VALUE,...]``, keys of params.yaml's ``train``) are this project's
-trainer with those settings; the name ``reference`` is the reference trainer. Variants that differ
+Variants (``--variant NAME[:KEY=VALUE,...]``; a plain KEY is params.yaml's ``train.KEY``, a dotted
+one any setting, e.g. ``pix2pixhd:model.netG=pix2pixhd,model.norm_G=spectralinstance``) are this
+project's trainer with those settings; the name ``reference`` is the reference trainer. Variants that differ
 only in EMA settings (``ema``, ``ema_decay``, ``ema_warmup``, ``ema_start_step``) share one training
 run (the average does not feed back into training): the first one's EMA is the trainer's own, the
 others are kept beside it with the same functions (``gaugan.trainer.ema_decay_at``/``update_ema``).
 
-Equal wall time: from the per-step process CPU time of the first project variant and of the
-reference (medians over the equal-step runs; CPU time, not wall time, because the machine is
+Equal wall time: from the per-step process CPU time of the first variant other than the baseline
+and of the baseline (medians over the equal-step runs; CPU time, not wall time, because the machine is
 shared), the slower trainer is run again with its step count (and ``decay_start_step``) scaled to
 the faster one's time for ``--steps``.
 
-The reference runs from ``--reference DIR`` (a checkout of NVlabs/SPADE outside this repository,
-never copied here; its ``models/networks/sync_batchnorm`` installed as its README says), imported
-and patched at run time as ``bench.reference_step`` does, plus: the SPADE hidden width (which
-the reference hard-codes to 128) is set to ``model.spade_hidden`` by rebuilding its three label
-convolutions right after construction (its own init then applies), its ``get_edges`` takes our
-loader's edge maps as they are (same instance edges for both), its learning rates follow
-params.yaml's schedule per step (its own schedule moves once per epoch), and its options not on
-its command line (label_nc, dontcare, instance) are set from the prepared dataset. Its generator's
-weights load strictly into this project's generator (the same state-dict layout) for scoring.
+The reference runs (when a variant is named ``reference``) from ``--reference DIR`` (a checkout of
+NVlabs/SPADE outside this repository, never copied here; its ``models/networks/sync_batchnorm``
+installed as its README says), imported and patched at run time as ``bench.reference_step`` does,
+plus: the SPADE hidden width (which the reference hard-codes to 128) is set to
+``model.spade_hidden`` by rebuilding its three label convolutions right after construction (its own
+init then applies), its ``get_edges`` takes our loader's edge maps as they are (same instance edges
+for both), its learning rates follow params.yaml's schedule per step (its own schedule moves once
+per epoch), and its options not on its command line (label_nc, dontcare, instance) are set from the
+prepared dataset. Its generator's weights load strictly into this project's generator (the same
+state-dict layout) for scoring.
 
-Usage: ``python -m bench.quality --reference /work/spade-ref --work /tmp/quality [--seeds 0 1 2]
+Usage: ``python -m bench.quality [--reference /work/spade-ref] --work /tmp/quality [--seeds 0 1 2 3 4 5]
 [--steps 500] [--num-val 192] [--sizes 48 96 192] [--variant reference --variant defaults
---variant no-ema:ema=false ...] [--jobs 1] [--no-equal-time] [--json out.json]``. Runs are cached
+--variant no-ema:ema=false ...] [--baseline NAME] [--jobs 1] [--no-equal-time] [--json out.json]``. Runs are cached
 in ``--work`` by name (delete the folder to start over). Never part of the tests.
 """
 
@@ -62,6 +66,7 @@ DEFAULT_VARIANTS = [
     "no-ema:ema=false",
     "ema-plain:ema_warmup=false",
     "regenerate:d_fake=regenerate",
+    "pix2pixhd:model.netG=pix2pixhd,model.norm_G=spectralinstance",
 ]
 
 
@@ -125,7 +130,8 @@ def run_params(work: Path, num_val: int, seed: int, steps: int, train: dict):
     t = params.train
     decay = None if t.decay_start_step is None else round(t.decay_start_step * steps / t.max_steps)
     updates = {"seed": seed, "train.max_steps": steps, "train.decay_start_step": decay}
-    return override(params, updates | {f"train.{k}": v for k, v in train.items()}, "bench/quality.py --variant")
+    settings = {(k if "." in k else f"train.{k}"): v for k, v in train.items()}
+    return override(params, updates | settings, "bench/quality.py --variant")
 
 
 def batches(params, work: Path, use_instance: bool):
@@ -324,7 +330,8 @@ def train_group(args, group: list[Variant], seed: int, steps: int, tag: str) -> 
         "num_val": args.num_val,
         "out": str(out),
     }
-    cmd = [sys.executable, "-m", "bench.quality", "--reference", str(args.reference), "--work", str(args.work)]
+    cmd = [sys.executable, "-m", "bench.quality", "--work", str(args.work)]
+    cmd += ["--reference", str(args.reference)] if args.reference else []
     cmd += ["--threads", str(args.threads), "--child-spec", json.dumps(spec)]
     print(f"training {tag} ({', '.join(v.name for v in group)}), seed {seed}, {steps} steps\n", end="", flush=True)
     log = args.work / "runs" / f"{tag}.log"
@@ -375,8 +382,8 @@ def train_all(args, variants: list[Variant]) -> dict:
 
 def equal_time_runs(args, variants: list[Variant], runs: dict) -> dict:
     """The slower of (reference, first project variant) again, with the faster one's time for --steps."""
-    ref = next(v for v in variants if v.reference)
-    ours = next(v for v in variants if not v.reference)
+    ref = next(v for v in variants if v.name == args.baseline)
+    ours = next(v for v in variants if v.name != args.baseline)
     per_step = {
         v.name: statistics.median(runs[(s, v.name, "steps")]["step_cpu_s"] for s in args.seeds) for v in (ref, ours)
     }
@@ -398,15 +405,20 @@ def spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
-def verdict(ours: list[float], ref: list[float], higher_is_better: bool) -> str:
-    """better / worse when the means differ by more than the pooled seed-to-seed spread, else
-    'same within spread'; and how many of our seeds are no worse than the reference's mean minus it."""
-    sign = 1 if higher_is_better else -1
-    s = ((spread(ours) ** 2 + spread(ref) ** 2) / 2) ** 0.5
-    d = sign * (statistics.mean(ours) - statistics.mean(ref))
-    word = "better" if d > s else "worse" if d < -s else "same within spread"
-    within = sum(sign * (x - statistics.mean(ref)) >= -s for x in ours)
-    return f"{word} ({d:+.3f} vs spread {s:.3f}; {within}/{len(ours)} seeds no worse)"
+def verdict(ours: list[float], base: list[float], higher_is_better: bool, alpha: float = 0.05) -> str:
+    """Welch's t-test of the seeds' figures: 'better' / 'worse' only where p < ``alpha``, else 'no
+    difference shown'; with the difference of the means and the p-value."""
+    from scipy.stats import ttest_ind
+
+    d = statistics.mean(ours) - statistics.mean(base)
+    if len(ours) < 2 or len(base) < 2:
+        return f"{d:+.3f}, too few seeds for a test"
+    p = float(ttest_ind(ours, base, equal_var=False).pvalue)
+    if p != p:  # no spread on either side (identical figures)
+        return f"{d:+.3f}, no spread: no test"
+    good = d > 0 if higher_is_better else d < 0
+    word = ("better" if good else "worse") if p < alpha else "no difference shown"
+    return f"{word} ({d:+.3f}, Welch p = {p:.3f})"
 
 
 def table(scores: dict, seeds: list[int], names: list[str], ref: str, mode: str, n: int) -> list[str]:
@@ -450,9 +462,10 @@ def size_spread(scores: dict, seeds: list[int], names: list[str], sizes: list[in
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reference", type=Path, required=True, help="a checkout of NVlabs/SPADE")
+    parser.add_argument("--reference", type=Path, default=None, help="a checkout of NVlabs/SPADE (variant 'reference')")
     parser.add_argument("--work", type=Path, required=True, help="data, runs and scores (outside the repository)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    parser.add_argument("--baseline", default=None, help="the variant the others are tested against")
     parser.add_argument("--steps", type=int, default=None, help="default: params.yaml's train.max_steps")
     parser.add_argument("--num-val", type=int, default=192, help="validation images prepared")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="validation images scored (default: all)")
@@ -464,19 +477,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-only", action="store_true", help="train (and cache) the equal-step runs, no scores")
     parser.add_argument("--child-spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.work, args.reference = args.work.resolve(), args.reference.resolve()
+    args.work = args.work.resolve()
+    args.reference = args.reference.resolve() if args.reference else None
     from pipeline.logs import configure_logging
 
     configure_logging(0)  # the stages' progress lines
     if args.child_spec:
         return run_child(args)
-    if not (args.reference / "trainers" / "pix2pix_trainer.py").is_file():
-        raise SystemExit(f"--reference {args.reference}: not a checkout of NVlabs/SPADE")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{args.work / 'mlflow.db'}")
     variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
-    ref = next((v.name for v in variants if v.reference), None)
-    if not args.train_only and (ref is None or all(v.reference for v in variants)):
-        raise SystemExit("--variant: give the reference and at least one variant of this project")
+    if any(v.reference for v in variants) and not (
+        args.reference and (args.reference / "trainers" / "pix2pix_trainer.py").is_file()
+    ):
+        raise SystemExit(f"--reference {args.reference}: give a checkout of NVlabs/SPADE for the 'reference' variant")
+    names = [v.name for v in variants]
+    ref = args.baseline or next((v.name for v in variants if v.reference), names[0])
+    if ref not in names:
+        raise SystemExit(f"--baseline {ref}: not one of the variants {names}")
+    if not args.train_only and len(variants) < 2:
+        raise SystemExit("--variant: give at least two variants (a baseline and one to test against it)")
+    args.baseline = ref
     args.steps = args.steps or bench_params({}, "bench/quality.py").train.max_steps
     sizes = args.sizes or [args.num_val]
     args.work.mkdir(parents=True, exist_ok=True)
@@ -490,7 +510,6 @@ def main(argv: list[str] | None = None) -> None:
         for n in sizes:
             m = score(args, run["file"], n)
             scores[(seed, name, mode, n)] = {"fid": m["fid"], "miou": m["miou"], "steps": run.get("steps", args.steps)}
-    names = [v.name for v in variants]
     lines = [f"load average {os.getloadavg()[0]:.2f}; per-step process CPU s (median):"]
     lines += [
         f"  {k[1]} seed {k[0]} ({k[2]}): {r['step_cpu_s']:.3f}, wall {r['step_wall_s']:.3f}" for k, r in runs.items()
