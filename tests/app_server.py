@@ -97,6 +97,7 @@ def build_registry(tmp_path_factory) -> Registry:
     for version, alias, fid, steps in (("1", "champion", 31.5, 500), ("2", "challenger", 40.25, 300)):
         tags = {
             "dataset": "toy",
+            "netG": "spade",
             "eval_resolution": "64x64",
             "training_steps": str(steps),
             "metric.fid": str(fid),

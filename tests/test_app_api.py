@@ -62,6 +62,7 @@ def test_models_lists_aliases_versions_and_their_tags(app_server):
         "uri": f"models:/{NAME}/1",
         "aliases": ["champion"],
         "dataset": "toy",
+        "netG": "spade",
         "size": "64x64",
         "training_steps": 500.0,
         "fid": 31.5,

@@ -145,7 +145,7 @@ def test_versions_carry_provenance_and_metrics(store):
         tags["validation_status"] == "challenger"
         and client.get_model_version(NAME, "2").tags["validation_status"] == "champion"
     )
-    assert len(tags["generator_sha256"]) == 64
+    assert len(tags["generator_sha256"]) == 64 and tags["netG"] == "spade"
     # the training run holds the pyfunc model and the raw checkpoint
     artifacts = [a.path for a in client.list_artifacts(runs[2], "checkpoint")]
     assert artifacts == ["checkpoint/generator.pt"]

@@ -79,6 +79,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
             ref.run_id,
         )
     tags = {**version_tags(metrics, loaded.meta, dataset, model_path, root), **parent_tags(loaded.meta.get("parent"))}
+    tags["netG"] = loaded.config.netG  # the generator family (spade | pix2pixhd), for the registry's listing
     evidence_path = root / params.evaluate.out_dir / EVIDENCE_FILE
     judge = None
     if settings.promote == "if_significant":

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # version tag -> the field the page shows (tags written by the register stage)
 SHOWN_TAGS = {
     "dataset": "dataset",
+    "netG": "netG",  # the generator family (versions registered before it existed: none)
     "eval_resolution": "size",
     "training_steps": "training_steps",
     "metric.fid": "fid",
