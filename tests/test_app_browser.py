@@ -126,6 +126,7 @@ def test_paint_generate_upload_and_errors_in_a_real_browser(browser, app_server,
     assert page.input_value("#model-select") == f"models:/{NAME}@champion"
     assert page.eval_on_selector_all("#palette li", "els => els.map(e => e.textContent)")[0].startswith("water")
     assert "FID 31.50" in page.text_content("#model-info")
+    assert page.text_content("#model-info").startswith("spade · dataset toy")  # the family first
     # paint: a grass stroke across the map, then fill the part below it with sand
     pick(page, "grass")
     page.select_option("#brush-size", "4")

@@ -63,7 +63,7 @@ async function selectModel(uri) {
   const model = await api(`/api/model?uri=${encodeURIComponent(uri)}`);
   S.model = model;
   const v = S.versions[uri] || {};
-  $("model-info").textContent = `dataset ${model.dataset || "?"} · ${model.width}×${model.height} · ` +
+  $("model-info").textContent = `${model.netG || "spade"} · dataset ${model.dataset || "?"} · ${model.width}×${model.height} · ` +
     `eval ${v.size || "–"} · steps ${fmt(v.training_steps ?? model.training_steps, 0)} · FID ${fmt(v.fid, 2)} · mIoU ${fmt(v.miou, 3)}`;
   S.w = model.width; S.h = model.height;
   const canvas = $("label-canvas");
