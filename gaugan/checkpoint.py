@@ -108,7 +108,7 @@ def read_model_file(path: Path | str) -> dict:
     """The payload of a generator file or a training-state file (CPU tensors); anything else is refused
     with a one-line error naming the file and what it holds."""
     path = Path(path)
-    payload = _read_payload(path, "generator or training-state file", "")
+    payload = read_torch_file(path, "generator or training-state file", "")
     found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
     if found not in (FORMAT, STATE_FORMAT):
         hint = " (a plain state dict: an NVlabs checkpoint? give its folder)" if found is None else ""
@@ -122,7 +122,7 @@ def read_model_file(path: Path | str) -> dict:
 def load_generator(path: Path | str, device: torch.device | str = "cpu") -> LoadedGenerator:
     """A file written by :func:`save_generator` -> eval-mode networks on ``device`` and their settings."""
     path = Path(path)
-    payload = _read_payload(path, "generator file", "; run the train stage or give the right path")
+    payload = read_torch_file(path, "generator file", "; run the train stage or give the right path")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         hint = (
@@ -167,14 +167,11 @@ def _part(payload: dict, key: str, kind: type, path: Path):
 
 
 def read_torch_file(path: Path | str, what: str, fix: str = ""):
-    """A ``.pt``/``.pth`` file's objects, read with ``torch.load(weights_only=True)`` (tensors and
-    plain containers only: a pickle that would run code is refused, never run); a missing, truncated
-    or foreign file is one :class:`CheckpointError` naming it."""
-    return _read_payload(Path(path), what, fix)
-
-
-def _read_payload(path: Path, what: str, fix: str):
-    """``torch.load(weights_only=True)`` onto the CPU, a missing or unreadable file being one clear error."""
+    """A ``.pt``/``.pth`` file's objects onto the CPU, read with ``torch.load(weights_only=True)``
+    (tensors and plain containers only: a pickle that would run code is refused, never run). A
+    missing file is a :class:`MissingFileError`, a truncated or foreign one a :class:`CheckpointError`,
+    each one line naming the file, ``what`` it should be and the ``fix``."""
+    path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path}: no such {what}{fix}")
     try:
@@ -225,7 +222,7 @@ def load_reference_checkpoint(module: nn.Module, path: Path | str) -> nn.Module:
     Raises :class:`CheckpointError` listing every missing and unexpected key and shape mismatch.
     """
     path = Path(path)
-    state = _read_payload(path, "checkpoint file", "")
+    state = read_torch_file(path, "checkpoint file", "")
     if isinstance(state, dict) and state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}  # saved from a DataParallel wrapper
     _load_strict(module, state, str(path))

@@ -12,6 +12,8 @@ UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
 # [spectral]<batch|syncbatch|instance|none> for D and E
 NORM_DE_PATTERN = re.compile(r"^(spectral)?(batch|syncbatch|instance|none)?$")
 GENERATOR_FAMILIES = ("spade", "pix2pixhd")  # model.netG
+# pix2pixhd's own options (the reference's --resnet_*), which change its weights
+PIX2PIXHD_OPTIONS = ("resnet_n_downsample", "resnet_n_blocks", "resnet_kernel_size", "resnet_initial_kernel_size")
 
 
 def size_hw(width: int, aspect_ratio: float = 1.0) -> tuple[int, int]:
@@ -101,7 +103,7 @@ class GauGANConfig:
         if self.netG == "spade":
             return []
         problems = []
-        for name in ("resnet_n_downsample", "resnet_n_blocks", "resnet_kernel_size", "resnet_initial_kernel_size"):
+        for name in PIX2PIXHD_OPTIONS:
             value = getattr(self, name)
             least = 0 if name == "resnet_n_blocks" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < least:

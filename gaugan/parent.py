@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gaugan.checkpoint import FORMAT, STATE_FORMAT, read_model_file
 from gaugan.classes import ClassTable
-from gaugan.config import GauGANConfig
+from gaugan.config import PIX2PIXHD_OPTIONS, GauGANConfig
 from gaugan.errors import CheckpointError
 from gaugan.growth import class_index_map, grow_moments, grow_state, semantic_index_map
 from gaugan.trainer import OPTIMIZER_PARTS, GauGANTrainer
@@ -26,7 +26,6 @@ from gaugan.trainer import OPTIMIZER_PARTS, GauGANTrainer
 GENERATOR_FIELDS = ("netG", "ngf", "norm_G", "use_vae", "use_instance", "contain_dontcare_label")
 SPADE_FIELDS = ("num_upsampling_layers",)
 SPADE_NORM_FIELDS = ("spade_hidden",)
-PIX2PIXHD_FIELDS = ("resnet_n_downsample", "resnet_n_blocks", "resnet_kernel_size", "resnet_initial_kernel_size")
 ENCODER_FIELDS = ("z_dim", "nef", "norm_E")
 DISCRIMINATOR_FIELDS = ("ndf", "norm_D", "num_D", "n_layers_D")
 FIELD_NAMES = {"use_instance": "instance channel (use_instance)", "contain_dontcare_label": "dontcare channel"}
@@ -80,7 +79,7 @@ def architecture_problems(parent: ParentModel, config: GauGANConfig) -> list[str
     """Every setting in which the parent's networks differ from ``config``'s (label_nc aside)."""
     fields = list(GENERATOR_FIELDS)
     if config.netG == "pix2pixhd":
-        fields += PIX2PIXHD_FIELDS
+        fields += PIX2PIXHD_OPTIONS
     else:
         fields += SPADE_FIELDS + (SPADE_NORM_FIELDS if "spade" in config.norm_G else ())
     if config.use_vae and parent.E is not None:

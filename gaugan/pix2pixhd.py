@@ -4,8 +4,9 @@ It takes the encoded label map at its input only: a 7x7 convolution, ``resnet_n_
 stride-2 convolutions, ``resnet_n_blocks`` residual blocks, as many transposed convolutions, a 7x7
 convolution and tanh, each convolution followed by ``norm_G``'s plain norm (instance norm by
 default). On a map of one class the first convolution's output is constant over the image, which
-instance norm turns into zeros: every class gives the same image. SPADE feeds the map into every
-normalization instead (the paper's Sec. 3).
+instance norm turns into zeros: in exact arithmetic every class gives the same image (in float32
+the rounding residue is scaled back up by the later instance norms; tests/test_pix2pixhd.py). SPADE
+feeds the map into every normalization instead (the paper's Sec. 3).
 
 The modules and their order follow NVlabs/SPADE's ``Pix2PixHDGenerator`` (``--netG pix2pixhd``),
 so its checkpoints' keys (``model.<i>...``) load here unchanged; this code is written from that

@@ -41,6 +41,22 @@ class Server:
     log: Path
 
 
+class LogWatch:
+    """The server log's new text since the last look: a traceback there fails the case."""
+
+    def __init__(self, log: Path):
+        self.path = log
+        self.seen = self.path.stat().st_size
+
+    def assert_clean(self, what: str) -> None:
+        with self.path.open("rb") as log:
+            log.seek(self.seen)
+            raw = log.read()
+        self.seen += len(raw)
+        new = raw.decode(errors="replace")
+        assert "Traceback" not in new and "Exception in ASGI" not in new, f"{what}: the server logged\n{new}"
+
+
 def _register(client, uri: str, generator: Path, tags: dict, alias: str):
     import mlflow
 

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
-from app_server import MAX_UPLOAD, NAME, SIZE, app_registry, app_server  # noqa: F401 (fixtures)
+from app_server import MAX_UPLOAD, NAME, SIZE, LogWatch, app_registry, app_server  # noqa: F401 (fixtures)
 from conftest import TOY_COLORS
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -32,21 +32,6 @@ SLOW_OK = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-
-
-class LogWatch:
-    """The server log's new text since the last look: a traceback there fails the case."""
-
-    def __init__(self, server):
-        self.path = server.log
-        self.seen = self.path.stat().st_size
-
-    def assert_clean(self, what: str) -> None:
-        with self.path.open("rb") as log:
-            log.seek(self.seen)
-            new = log.read().decode(errors="replace")
-        self.seen += len(new.encode())
-        assert "Traceback" not in new and "Exception in ASGI" not in new, f"{what}: the server logged\n{new}"
 
 
 OPERATIONS = [
@@ -92,7 +77,7 @@ CASES = [(m, p, POSITIVE) for m, p in OPERATIONS] + [(m, p, NEGATIVE) for m, p i
 @SLOW_OK
 def test_every_endpoint_answers_as_its_schema_says(api_schema, app_server, method, path, mode, data):
     case = data.draw(api_schema[path][method].as_strategy(generation_mode=mode))
-    watch = LogWatch(app_server)
+    watch = LogWatch(app_server.log)
     # every check but "schema-valid data is accepted": a schema can say "a base64 string", not "a PNG
     # of the model's classes", so a valid-looking request with a bad image is rightly a 400
     response = case.call_and_validate(timeout=60, excluded_checks=[positive_data_acceptance])
@@ -184,7 +169,7 @@ def expected_status(response: httpx.Response, good: bool) -> tuple[int, ...]:
 @SLOW_OK
 def test_any_upload_to_labelmap_is_a_map_of_the_models_size_or_a_4xx(app_server, upload, kind, snap):
     data, good = upload
-    watch = LogWatch(app_server)
+    watch = LogWatch(app_server.log)
     body = {"image": b64(data), "kind": kind, "snap": snap}
     response = httpx.post(f"{app_server.url}/api/labelmap", json=body, timeout=120)
     watch.assert_clean("labelmap")
@@ -204,7 +189,7 @@ def test_any_upload_to_labelmap_is_a_map_of_the_models_size_or_a_4xx(app_server,
 @SLOW_OK
 def test_any_upload_to_synthesize_is_an_image_of_the_maps_size_or_a_4xx(app_server, upload, seed):
     data, good = upload
-    watch = LogWatch(app_server)
+    watch = LogWatch(app_server.log)
     body = {"model": f"models:/{NAME}/2", "label": b64(data), "seed": seed}  # version 2: no style
     response = httpx.post(f"{app_server.url}/api/synthesize", json=body, timeout=120)
     watch.assert_clean("synthesize")
@@ -239,7 +224,7 @@ def style_uploads(draw) -> tuple[bytes, bool]:
 def test_any_style_image_styles_or_is_a_4xx(app_server, upload):
     """A whole image of any mode styles the picture (converted to RGB); a truncated one is a 400."""
     style, whole = upload
-    watch = LogWatch(app_server)
+    watch = LogWatch(app_server.log)
     labels = np.zeros((SIZE, SIZE), np.uint8)
     labels[SIZE // 2 :] = 1
     body = {"label": b64(encode(labels, "L")), "style": b64(style), "seed": 1}  # the champion: a style encoder

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gaugan.classes import ClassTable
-from gaugan.config import GauGANConfig, parse_norm_G, reference_setting
+from gaugan.config import PIX2PIXHD_OPTIONS, GauGANConfig, parse_norm_G, reference_setting
 from gaugan.errors import GauGANError
 from pipeline.datasets.class_tables import builtin_table
 from pipeline.errors import MissingInputError, ReferenceImportError
@@ -207,13 +207,14 @@ def generator_shapes(state: dict, path: Path) -> Shapes:
     return shapes
 
 
-def first_conv(state: dict):
-    """pix2pixHD's first convolution weight (``model.1.0``, spectral-normed or not), or None."""
-    return state.get("model.1.0.weight_orig", state.get("model.1.0.weight"))
-
-
 def _pix2pixhd_weight(state: dict, prefix: str):
+    """The weight of the convolution at ``prefix`` (``weight_orig`` under spectral norm), or None."""
     return state.get(f"{prefix}.weight_orig", state.get(f"{prefix}.weight"))
+
+
+def first_conv(state: dict):
+    """pix2pixHD's first convolution weight (``model.1.0``), or None."""
+    return _pix2pixhd_weight(state, "model.1.0")
 
 
 def pix2pixhd_config(
@@ -326,8 +327,7 @@ def option_problems(options: dict[str, str], setting: str, config: GauGANConfig)
         "netG": config.netG,
     }
     if config.netG == "pix2pixhd":
-        names = ("resnet_n_downsample", "resnet_n_blocks", "resnet_kernel_size", "resnet_initial_kernel_size")
-        expected.update({name: getattr(config, name) for name in names})
+        expected.update({name: getattr(config, name) for name in PIX2PIXHD_OPTIONS})
     else:
         expected["num_upsampling_layers"] = config.num_upsampling_layers
     if config.use_vae:
